@@ -1,0 +1,60 @@
+# Two commands on a fresh Debian 12 machine with Python 3.11: `make demo` and `make test`.
+# Each target sets up what it needs (venv, pip packages, Debian packages when running as root).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed-dev
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEB_TEST_PACKAGES := mosquitto mbpoll
+
+.PHONY: demo test lint typecheck pytest venv deb-test bench model clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install python3.11 and python3.11-venv (apt-get install python3.11 python3.11-venv)"; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { echo "creating the venv failed: apt-get install python3.11-venv"; exit 1; }
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+# Debian packages the tests talk to as real peers (a mosquitto broker, an independent Modbus master).
+deb-test:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mbpoll >/dev/null 2>&1 || missing="$$missing mbpoll"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || { echo "apt-get install$$missing failed"; exit 1; }; \
+	  else \
+	    echo "the tests need Debian packages:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check firmware_bridge inference gate_controller tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy firmware_bridge inference gate_controller
+
+pytest: $(STAMP) deb-test
+	$(PY) -m pytest
+
+test: $(STAMP) deb-test
+	$(VENV)/bin/ruff check firmware_bridge inference gate_controller tests benchmarks
+	$(VENV)/bin/mypy firmware_bridge inference gate_controller
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/smartgate demo -c config/demo.yaml
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache
