@@ -1,0 +1,810 @@
+"""The daemon's typed configuration: one schema, loaded once, every problem reported at once.
+
+Errors point at the YAML source (``file:line:column: field.path: what was expected``) so a
+technician can fix a site file without reading Python. Secrets never live in the YAML: only
+``*_file`` keys name them, resolved against ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)
+when that is set and the path is relative.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+from gate_controller.errors import ConfigError
+from gate_controller.policy import PolicyConfig
+
+__all__ = [
+    "BacklogConfig",
+    "ConfigIssue",
+    "ControlConfig",
+    "GateConfig",
+    "InferenceConfig",
+    "LaneConfig",
+    "LaneTimeouts",
+    "LinkConfig",
+    "LoggingConfig",
+    "MqttConfig",
+    "PlcConfig",
+    "PointConfig",
+    "PointMap",
+    "StorageConfig",
+    "TelemetryConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+    "read_secret",
+    "redacted_dump",
+    "resolve_secret_path",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+# Paths come from YAML strings; strict mode would refuse the str -> Path conversion.
+FilePath = Annotated[Path, Field(strict=False)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _reject(problems: Sequence[tuple[tuple[str | int, ...], str]]) -> None:
+    """Fail cross-field validation, keeping where in the section each problem is.
+
+    The locations travel in the error context so that `parse_config` can point at the exact
+    YAML line of each offending key instead of the section as a whole.
+    """
+    if problems:
+        summary = "; ".join(message for _, message in problems)
+        raise PydanticCustomError("located", "{summary}", {"summary": summary, "problems": list(problems)})
+
+
+# --------------------------------------------------------------------------- firmware links
+
+
+class LinkConfig(_Section):
+    """One GFP/1 byte stream to the gate firmware (scanner, OCR unit or combo device)."""
+
+    name: Name
+    url: Annotated[str, Field(min_length=1, max_length=512)]
+    baudrate: Annotated[int, Field(ge=1200, le=4_000_000)] = 115200
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    heartbeat_interval_s: Annotated[float, Field(ge=0.2, le=2.0)] = 1.0
+    link_timeout_s: Annotated[float, Field(ge=1.0, le=60.0)] = 5.0
+    partial_frame_timeout_s: Annotated[float, Field(ge=0.1, le=30.0)] = 2.0
+    reconnect_initial_s: Annotated[float, Field(ge=0.05, le=10.0)] = 0.5
+    reconnect_max_s: Annotated[float, Field(ge=0.1, le=300.0)] = 10.0
+    resend_rounds: Annotated[int, Field(ge=0, le=10)] = 3
+    resend_interval_s: Annotated[float, Field(ge=0.1, le=10.0)] = 1.0
+    scan_timeout_s: Annotated[float, Field(ge=1.0, le=600.0)] = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if "://" in value:
+            scheme = value.split("://", 1)[0]
+            if scheme not in {"socket", "rfc2217", "loop", "spy", "alt", "hwgrep"}:
+                raise ValueError(
+                    f"serial URL scheme must be socket://, rfc2217:// or loop:// or a device path (got {scheme}://)"
+                )
+        elif not value.startswith("/"):
+            raise ValueError(f"must be a device path like /dev/ttyUSB0 or a URL like socket://host:port (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> LinkConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            problems.append((("reconnect_max_s",), "must be >= reconnect_initial_s"))
+        if self.link_timeout_s <= self.heartbeat_interval_s * 2:
+            problems.append((("link_timeout_s",), "must exceed twice heartbeat_interval_s"))
+        _reject(problems)
+        return self
+
+
+# --------------------------------------------------------------------------- PLC
+
+PointTable = Literal["coil", "discrete_input", "holding_register", "input_register"]
+
+
+class PointConfig(_Section):
+    """Where one logical signal lives on the lane PLC."""
+
+    table: PointTable
+    address: Annotated[int, Field(ge=0, le=65535)]
+    inverted: bool = False
+
+
+def _point(table: PointTable, address: int) -> Any:
+    return Field(default_factory=lambda: PointConfig(table=table, address=address))
+
+
+# Which tables may carry which kind of signal: readable bits, writable bits, registers.
+_INPUT_BITS = ("loop_entry", "loop_stop", "loop_safety", "barrier_up", "barrier_down", "estop", "local_manual")
+_OUTPUT_BITS = ("barrier_raise", "light_green", "light_red", "sign_inspection", "alarm", "scan_permit")
+_OUTPUT_REGS = ("host_heartbeat", "lane_state", "display_message")
+_INPUT_REGS = ("plc_version", "plc_watchdog", "barrier_cycles")
+
+
+class PointMap(_Section):
+    """The lane's Modbus points; defaults are those of docs/plc-points.md (the shared register map)."""
+
+    loop_entry: PointConfig = _point("discrete_input", 0)
+    loop_stop: PointConfig = _point("discrete_input", 1)
+    loop_safety: PointConfig = _point("discrete_input", 2)
+    barrier_up: PointConfig = _point("discrete_input", 3)
+    barrier_down: PointConfig = _point("discrete_input", 4)
+    estop: PointConfig = _point("discrete_input", 5)
+    local_manual: PointConfig = _point("discrete_input", 6)
+    barrier_raise: PointConfig = _point("coil", 0)
+    light_green: PointConfig = _point("coil", 1)
+    light_red: PointConfig = _point("coil", 2)
+    sign_inspection: PointConfig = _point("coil", 3)
+    alarm: PointConfig = _point("coil", 4)
+    scan_permit: PointConfig = _point("coil", 5)
+    host_heartbeat: PointConfig = _point("holding_register", 0)
+    lane_state: PointConfig = _point("holding_register", 1)
+    display_message: PointConfig = _point("holding_register", 2)
+    plc_version: PointConfig = _point("input_register", 0)
+    plc_watchdog: PointConfig = _point("input_register", 1)
+    barrier_cycles: PointConfig = _point("input_register", 2)
+
+    @model_validator(mode="after")
+    def _tables_fit_signals(self) -> PointMap:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for name in _INPUT_BITS:
+            if getattr(self, name).table not in ("discrete_input", "coil"):
+                problems.append(((name, "table"), "a bit input: table must be discrete_input or coil"))
+        for name in _OUTPUT_BITS:
+            if getattr(self, name).table != "coil":
+                problems.append(((name, "table"), "written by the daemon: table must be coil"))
+        for name in _OUTPUT_REGS + _INPUT_REGS:
+            point = getattr(self, name)
+            allowed = ("holding_register",) if name in _OUTPUT_REGS else ("input_register", "holding_register")
+            if point.table not in allowed:
+                problems.append(((name, "table"), f"a register: table must be {' or '.join(allowed)}"))
+            if point.inverted:
+                problems.append(((name, "inverted"), "a register: inverted applies to bits only"))
+        seen: dict[tuple[str, int], str] = {}
+        for name in type(self).model_fields:
+            point = getattr(self, name)
+            slot = (point.table, point.address)
+            if slot in seen:
+                problems.append(((name, "address"), f"{point.table} {point.address} is already used by {seen[slot]}"))
+            seen[slot] = name
+        _reject(problems)
+        return self
+
+
+class PlcConfig(_Section):
+    """The lane PLC connection (Modbus TCP, or Modbus RTU over a serial URL)."""
+
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    serial_url: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    baudrate: Annotated[int, Field(ge=1200, le=921600)] = 19200
+    parity: Literal["N", "E", "O"] = "E"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    timeout_s: Annotated[float, Field(ge=0.05, le=5.0)] = 0.5
+    poll_hz: Annotated[float, Field(ge=1.0, le=50.0)] = 10.0
+    reconnect_max_s: Annotated[float, Field(ge=0.1, le=30.0)] = 2.0
+    heartbeat_interval_s: Annotated[float, Field(ge=0.1, le=1.0)] = 0.5
+    barrier_travel_s: Annotated[float, Field(ge=1.0, le=30.0)] = 6.0
+    points: PointMap = Field(default_factory=PointMap)
+
+    @model_validator(mode="after")
+    def _transport_needs(self) -> PlcConfig:
+        if self.transport == "tcp" and self.host is None:
+            _reject([(("host",), "transport tcp needs host")])
+        if self.transport == "rtu" and self.serial_url is None:
+            _reject([(("serial_url",), "transport rtu needs serial_url")])
+        return self
+
+
+# --------------------------------------------------------------------------- lanes
+
+
+class LaneTimeouts(_Section):
+    """How long each phase of a passage may take before the lane gives up on it."""
+
+    arrival_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 120.0
+    """From the entry loop to the stop line; longer means the vehicle backed out or stalled."""
+    collect_s: Annotated[float, Field(ge=1.0, le=600.0)] = 30.0
+    """From arrival at the stop line until scan and OCR reads must be in."""
+    ocr_settle_s: Annotated[float, Field(ge=0.0, le=60.0)] = 1.5
+    """Quiet time after the last OCR read before the reads of a container are final."""
+    decision_s: Annotated[float, Field(ge=0.1, le=60.0)] = 5.0
+    """Upper bound for image review plus policy; past it the decision is manual."""
+    pass_s: Annotated[float, Field(ge=5.0, le=3600.0)] = 120.0
+    """After release: time for the vehicle to pass under the barrier."""
+    clear_s: Annotated[float, Field(ge=0.0, le=60.0)] = 1.0
+    """Time the safety loop must stay clear before the barrier is lowered."""
+    hold_s: Annotated[float, Field(ge=5.0, le=86400.0)] = 900.0
+    """How long a stopped (not released) vehicle may wait before the transaction closes as manual."""
+
+
+class LaneConfig(_Section):
+    id: Name
+    scanner: bool = True
+    """Whether the lane has a drive-through X-ray scanner (a scan is then required for release)."""
+    links: Annotated[list[Name], Field(min_length=1, max_length=8)]
+    """Names of the firmware links (scanner, OCR unit) that feed this lane."""
+    plc: PlcConfig
+    timeouts: LaneTimeouts = Field(default_factory=LaneTimeouts)
+    exit_detection: bool = False
+    """Wait for the exit loop (loop_entry of the next zone wired as exit) before lowering."""
+    max_containers: Annotated[int, Field(ge=1, le=2)] = 2
+
+
+# --------------------------------------------------------------------------- hub link
+
+
+class TlsConfig(_Section):
+    ca_file: FilePath
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            _reject([((missing,), "cert_file and key_file go together")])
+        return self
+
+
+class BacklogConfig(_Section):
+    """Limits of the durable outbox while the broker is unreachable."""
+
+    max_messages: Annotated[int, Field(ge=100, le=100_000_000)] = 2_000_000
+    max_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    max_previews: Annotated[int, Field(ge=0, le=1_000_000)] = 2000
+    max_telemetry: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
+    min_free_disk_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+
+
+class MqttConfig(_Section):
+    url: Annotated[str, Field(min_length=1, max_length=512)]
+    """mqtts://host:8883 (TLS) or mqtt://host:1883 (plain, only with allow_insecure)."""
+    client_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    username: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    password_file: FilePath | None = None
+    tls: TlsConfig | None = None
+    allow_insecure: bool = False
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_/-]{1,64}$")] = "smartgate/v1"
+    keepalive_s: Annotated[int, Field(ge=5, le=600)] = 30
+    command_key_file: FilePath
+    clock_skew_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 300.0
+    replay_window_s: Annotated[float, Field(ge=60.0, le=7 * 86400.0)] = 86400.0
+    telemetry_interval_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 32
+    reconnect_initial_s: Annotated[float, Field(ge=0.05, le=60.0)] = 0.5
+    reconnect_max_s: Annotated[float, Field(ge=0.1, le=600.0)] = 30.0
+    publish_previews: bool = True
+    backlog: BacklogConfig = Field(default_factory=BacklogConfig)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"scheme must be mqtt:// or mqtts:// (got {value!r})")
+        if not parts.hostname:
+            raise ValueError(f"needs a host (got {value!r})")
+        if parts.username or parts.password:
+            raise ValueError("credentials must not be inline: use username and password_file")
+        try:
+            port = parts.port
+        except ValueError as err:
+            raise ValueError(f"bad port in {value!r}") from err
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"port must be between 1 and 65535 (got {port})")
+        return value
+
+    @model_validator(mode="after")
+    def _security(self) -> MqttConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        scheme = urlsplit(self.url).scheme
+        if scheme == "mqtts" and self.tls is None:
+            problems.append((("url",), "mqtts:// needs a tls section (at least ca_file)"))
+        if scheme == "mqtt" and self.tls is not None:
+            problems.append((("tls",), "a tls section needs an mqtts:// url"))
+        if scheme == "mqtt" and not self.allow_insecure:
+            problems.append((("url",), "plain mqtt:// is refused: use mqtts:// or set allow_insecure: true"))
+        if (self.username is None) != (self.password_file is None):
+            problems.append((("username" if self.username is None else "password_file",),
+                             "username and password_file go together"))
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            problems.append((("reconnect_max_s",), "must be >= reconnect_initial_s"))
+        _reject(problems)
+        return self
+
+    @property
+    def host(self) -> str:
+        host = urlsplit(self.url).hostname
+        assert host is not None
+        return host
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+class InferenceConfig(_Section):
+    model_path: FilePath | None = None
+    """A .tflite with its metadata .json beside it; null uses the model shipped with smartgate."""
+    threads: Annotated[int, Field(ge=1, le=16)] = 1
+    timeout_s: Annotated[float, Field(ge=0.1, le=60.0)] = 3.0
+    preview_max_width: Annotated[int, Field(ge=128, le=4096)] = 1024
+
+
+class StorageConfig(_Section):
+    state_dir: FilePath = Path("/var/lib/smartgate")
+    """Outbox, notice store, sequence counters, scan archive and labelled samples live here."""
+    archive_scans: bool = True
+    archive_max_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.sqlite3"
+
+    @property
+    def notices_path(self) -> Path:
+        return self.state_dir / "notices.sqlite3"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.state_dir / "scans"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.state_dir / "samples"
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["journald", "text", "json"] = "journald"
+
+
+class TelemetryConfig(_Section):
+    prometheus_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Serve Prometheus text metrics on this port; null (the default) keeps the endpoint off."""
+    prometheus_host: Annotated[str, Field(min_length=1, max_length=253)] = "127.0.0.1"
+
+
+class ControlConfig(_Section):
+    socket_path: FilePath = Path("/run/smartgate/control.sock")
+    """Local socket that `smartgate status` reads."""
+    watchdog_progress_s: Annotated[float, Field(ge=1.0, le=600.0)] = 10.0
+    """The systemd watchdog is fed only while every pipeline stage made progress this recently."""
+
+
+class GateConfig(_Section):
+    """The whole daemon configuration (one YAML file)."""
+
+    site: Name
+    gate: Name
+    links: Annotated[list[LinkConfig], Field(min_length=1, max_length=32)]
+    lanes: Annotated[list[LaneConfig], Field(min_length=1, max_length=16)]
+    mqtt: MqttConfig
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> GateConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        link_names = [link.name for link in self.links]
+        first_link: dict[str, int] = {}
+        first_url: dict[str, int] = {}
+        for i, link in enumerate(self.links):
+            if link.name in first_link:
+                problems.append((("links", i, "name"), f"duplicate link name {link.name!r}"))
+            first_link.setdefault(link.name, i)
+            if link.url in first_url:
+                problems.append((("links", i, "url"), f"links[{first_url[link.url]}] already opens {link.url!r}"))
+            first_url.setdefault(link.url, i)
+        first_lane: dict[str, int] = {}
+        owner: dict[str, str] = {}
+        for i, lane in enumerate(self.lanes):
+            if lane.id in first_lane:
+                problems.append((("lanes", i, "id"), f"duplicate lane id {lane.id!r}"))
+            first_lane.setdefault(lane.id, i)
+            for j, name in enumerate(lane.links):
+                if name not in first_link:
+                    hint = _did_you_mean(name, link_names)
+                    problems.append((("lanes", i, "links", j), f"unknown link {name!r}{hint}"))
+                elif name in owner and owner[name] != lane.id:
+                    problems.append((("lanes", i, "links", j), f"link {name!r} already feeds lane {owner[name]!r}"))
+                owner.setdefault(name, lane.id)
+        endpoints: dict[tuple[str, str, int, int], str] = {}
+        for i, lane in enumerate(self.lanes):
+            plc = lane.plc
+            key = (plc.transport, plc.host or plc.serial_url or "", plc.port if plc.transport == "tcp" else 0,
+                   plc.unit_id)
+            if key in endpoints:
+                problems.append((("lanes", i, "plc", "unit_id"),
+                                 f"lane {endpoints[key]!r} already uses this PLC endpoint and unit id"))
+            endpoints.setdefault(key, lane.id)
+        _reject(problems)
+        return self
+
+    @property
+    def root_topic(self) -> str:
+        return f"{self.mqtt.topic_prefix}/{self.site}/{self.gate}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"smartgate-{self.site}-{self.gate}"
+
+    def lane(self, lane_id: str) -> LaneConfig:
+        for lane in self.lanes:
+            if lane.id == lane_id:
+                return lane
+        raise KeyError(lane_id)
+
+    def link(self, name: str) -> LinkConfig:
+        for link in self.links:
+            if link.name == name:
+                return link
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def resolve_secret_path(path: Path, *, base_dir: Path | None = None) -> Path:
+    """Where a ``*_file`` secret lives.
+
+    Relative paths are looked up in ``$CREDENTIALS_DIRECTORY`` first (systemd ``LoadCredential=``
+    puts each credential there under its name), then relative to the config file's directory.
+    """
+    if path.is_absolute():
+        return path
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        candidate = Path(creds) / path
+        if candidate.exists() or base_dir is None:
+            return candidate
+    return (base_dir or Path.cwd()) / path
+
+
+def read_secret(path: Path, *, base_dir: Path | None = None) -> bytes:
+    """The secret's bytes, without the trailing newline editors add."""
+    resolved = resolve_secret_path(path, base_dir=base_dir)
+    try:
+        data = resolved.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read secret file {resolved}: {err.strerror or err}") from err
+    data = data.rstrip(b"\r\n")
+    if not data:
+        raise ConfigError(f"secret file {resolved} is empty")
+    return data
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem, located in the YAML source."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+Loc = tuple[str | int, ...]
+
+
+class _Positions:
+    """Line/column of every YAML node, keyed by its path in the loaded document."""
+
+    def __init__(self) -> None:
+        self.values: dict[Loc, tuple[int, int]] = {}
+        self.keys: dict[Loc, tuple[int, int]] = {}
+
+    def value(self, loc: Loc) -> tuple[int, int]:
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.values:
+                return self.values[loc[:n]]
+        return (1, 1)
+
+    def key(self, loc: Loc) -> tuple[int, int]:
+        return self.keys.get(loc) or self.value(loc)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, column: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.column = key, line, column
+
+
+def _construct(node: yaml.Node, loc: Loc, pos: _Positions, loader: yaml.SafeLoader) -> Any:
+    pos.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                key = str(key)
+            if key in out:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            pos.keys[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _construct(value_node, (*loc, key), pos, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, (*loc, i), pos, loader) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _format_loc(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (for hints and bounds)."""
+    model: type[BaseModel] | None = GateConfig
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _model_of(field.annotation)
+    return model
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    if get_origin(annotation) is Annotated:
+        return _model_of(get_args(annotation)[0])
+    return None
+
+
+def _bounds(loc: Loc) -> tuple[Any, Any]:
+    model = _model_at(loc)
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return (None, None)
+    field: FieldInfo | None = model.model_fields.get(loc[-1])
+    if field is None:
+        return (None, None)
+    low = high = None
+    for meta in _iter_metadata(field):
+        low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
+        low = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else low
+        high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
+        high = getattr(meta, "lt", None) if getattr(meta, "lt", None) is not None else high
+    return (low, high)
+
+
+def _iter_metadata(field: FieldInfo) -> Iterator[Any]:
+    yield from field.metadata
+    stack = [field.annotation]
+    while stack:
+        ann = stack.pop()
+        if get_origin(ann) is Annotated:
+            args = get_args(ann)
+            for meta in args[1:]:
+                if isinstance(meta, FieldInfo):
+                    yield from meta.metadata
+                else:
+                    yield meta
+            stack.append(args[0])
+        else:
+            stack.extend(a for a in get_args(ann) if a is not type(None))
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "path_type": "a path string",
+    "list_type": "a list",
+    "dict_type": "a mapping of keys to values",
+    "model_type": "a mapping of keys to values",
+    "model_attributes_type": "a mapping of keys to values",
+}
+
+_SECRET_WORDS = ("password", "secret", "key", "token")
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = str(error["type"])
+    loc: Loc = tuple(error["loc"])
+    got = error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind in _TYPE_WORDS:
+        return f"expected {_TYPE_WORDS[kind]} (got {_show(got)})"
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+        low, high = _bounds(loc)
+        if low is not None and high is not None:
+            return f"must be between {low} and {high} (got {_show(got)})"
+        word = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {word} {bound} (got {_show(got)})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')} (got {_show(got)})"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        name = str(loc[-1])
+        model = _model_at(loc)
+        hint = _did_you_mean(name, list(model.model_fields)) if model else ""
+        if not hint and any(word in name.lower() for word in _SECRET_WORDS):
+            hint = "; secrets are never inline: name a file with the *_file key"
+        return f"unknown key {name!r}{hint}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')} (got {_show(got)})"
+    if kind in {"string_too_short", "too_short"}:
+        return f"is too short ({error['msg'].lower()})"
+    if kind in {"string_too_long", "too_long"}:
+        return f"is too long ({error['msg'].lower()})"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_config(text: str, *, source: str = "<config>") -> GateConfig:
+    """Validate YAML text; raise `ConfigError` carrying every `ConfigIssue` found."""
+    loader = yaml.SafeLoader(text)
+    positions = _Positions()
+    try:
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+        if node is None:
+            raise ConfigError.from_issues([ConfigIssue(source, 1, 1, "", "the file is empty")])
+        data = _construct(node, (), positions, yaml.SafeLoader(""))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = " ".join(p for p in (err.context, err.problem) if p)
+        raise ConfigError.from_issues([ConfigIssue(source, line, col, "", f"YAML syntax: {what}")]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError.from_issues([ConfigIssue(source, 1, 1, "", f"YAML syntax: {err}")]) from err
+    except _DuplicateKey as err:
+        raise ConfigError.from_issues(
+            [ConfigIssue(source, err.line, err.column, err.key, "key appears twice in the same mapping")]
+        ) from err
+    if not isinstance(data, dict):
+        raise ConfigError.from_issues([ConfigIssue(source, 1, 1, "", "the top level must be a mapping of keys")])
+    try:
+        return GateConfig.model_validate(data)
+    except ValidationError as err:
+        issues = []
+        for error in _expand_located(err.errors(include_url=False)):
+            loc = _strip_union_tags(tuple(error["loc"]))
+            line, col = positions.key(loc) if error["type"] == "extra_forbidden" else positions.value(loc)
+            issues.append(ConfigIssue(source, line, col, _format_loc(loc), _describe({**error, "loc": loc})))
+        issues.sort(key=lambda i: (i.line, i.column, i.path))
+        raise ConfigError.from_issues(_dedupe(issues)) from err
+
+
+def _expand_located(errors: Sequence[Any]) -> Iterator[Mapping[str, Any]]:
+    for error in errors:
+        ctx = error.get("ctx") or {}
+        if error["type"] == "located" and "problems" in ctx:
+            for sub_loc, message in ctx["problems"]:
+                yield {"type": "value_error", "loc": (*error["loc"], *sub_loc), "msg": message,
+                       "ctx": {"error": message}, "input": None}
+        else:
+            yield error
+
+
+def _strip_union_tags(loc: Loc) -> Loc:
+    # pydantic adds union member tags (e.g. 'constrained-str', 'function-after[...]') to locations.
+    return tuple(
+        p for p in loc if isinstance(p, int) or not (re.match(r"^[a-z-]+(\[.*\])?$", p) and "-" in p or "[" in p)
+    )
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    seen: set[str] = set()
+    out = []
+    for issue in issues:
+        if str(issue) not in seen:
+            seen.add(str(issue))
+            out.append(issue)
+    return out
+
+
+def load_config(path: str | Path) -> GateConfig:
+    """Load and validate a config file; a `ConfigError` lists every problem with file:line:column."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError.from_issues([ConfigIssue(str(source), 1, 1, "", f"cannot read: {reason}")]) from err
+    return parse_config(text, source=str(source))
+
+
+def redacted_dump(config: GateConfig) -> dict[str, Any]:
+    """The effective config (defaults filled in) as plain data, with anything secret-looking masked.
+
+    Secrets are only ever file paths, but a technician pastes this output into tickets, so the
+    contents of those files are never read here and URL user-info is masked all the same.
+    """
+    data = config.model_dump(mode="json")
+    return _mask(data)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if isinstance(item, str) and key in {"password", "secret", "token"}:
+                out[key] = "***"
+            else:
+                out[key] = _mask(item)
+        return out
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return value
