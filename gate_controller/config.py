@@ -102,7 +102,9 @@ class LinkConfig(_Section):
                     f"serial URL scheme must be socket://, rfc2217:// or loop:// or a device path (got {scheme}://)"
                 )
         elif not value.startswith("/"):
-            raise ValueError(f"must be a device path like /dev/ttyUSB0 or a URL like socket://host:port (got {value!r})")
+            raise ValueError(
+                f"must be a device path like /dev/ttyUSB0 or a URL like socket://host:port (got {value!r})"
+            )
         return value
 
     @model_validator(mode="after")
@@ -758,7 +760,7 @@ def _expand_located(errors: Sequence[Any]) -> Iterator[Mapping[str, Any]]:
 def _strip_union_tags(loc: Loc) -> Loc:
     # pydantic adds union member tags (e.g. 'constrained-str', 'function-after[...]') to locations.
     return tuple(
-        p for p in loc if isinstance(p, int) or not (re.match(r"^[a-z-]+(\[.*\])?$", p) and "-" in p or "[" in p)
+        p for p in loc if isinstance(p, int) or not ((re.match(r"^[a-z-]+(\[.*\])?$", p) and "-" in p) or "[" in p)
     )
 
 
@@ -789,8 +791,8 @@ def redacted_dump(config: GateConfig) -> dict[str, Any]:
     Secrets are only ever file paths, but a technician pastes this output into tickets, so the
     contents of those files are never read here and URL user-info is masked all the same.
     """
-    data = config.model_dump(mode="json")
-    return _mask(data)
+    data: dict[str, Any] = _mask(config.model_dump(mode="json"))
+    return data
 
 
 def _mask(value: Any) -> Any:

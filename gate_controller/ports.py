@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from inference.errors import SmartGateError
 from inference.scan import Scan
 
 __all__ = [
     "CommandRefused",
     "CommandTarget",
-    "DecisionOutcome",
     "Decider",
+    "DecisionOutcome",
     "EventSeverity",
     "EventType",
     "OcrObservation",
@@ -137,7 +138,7 @@ class TransactionJournal(Protocol):
         ...
 
 
-class CommandRefused(Exception):
+class CommandRefused(SmartGateError):
     """A hub command is valid but cannot be carried out now; the text goes into the reply."""
 
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from inference.errors import ScanFormatError
 
-__all__ = ["Scan", "load_scan", "save_scan", "pixel_bytes_sha256"]
+__all__ = ["Scan", "load_scan", "pixel_bytes_sha256", "save_scan"]
 
 _DTYPES: dict[int, type[np.unsignedinteger[Any]]] = {8: np.uint8, 16: np.uint16}
 
@@ -143,14 +143,13 @@ def load_scan(path: str | Path) -> Scan:
     source = Path(path)
     try:
         with np.load(source, allow_pickle=False) as npz:
-            if "pixels" not in npz.files or "meta" not in npz.files:
-                raise ScanFormatError(f"{source}: archive must hold arrays 'pixels' and 'meta' (has {npz.files})")
-            pixels = npz["pixels"]
-            meta_raw = npz["meta"]
-    except ScanFormatError:
-        raise
+            files = list(npz.files)
+            pixels = npz["pixels"] if "pixels" in files else None
+            meta_raw = npz["meta"] if "meta" in files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ScanFormatError(f"{source}: not a readable .npz archive: {err}") from err
+    if pixels is None or meta_raw is None:
+        raise ScanFormatError(f"{source}: archive must hold arrays 'pixels' and 'meta' (has {files})")
     try:
         meta = json.loads(str(meta_raw.item() if meta_raw.shape == () else meta_raw))
     except (ValueError, TypeError) as err:
