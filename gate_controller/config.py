@@ -57,7 +57,7 @@ Seconds = Annotated[float, Field(gt=0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 def _reject(problems: Sequence[tuple[tuple[str | int, ...], str]]) -> None:
@@ -78,19 +78,33 @@ class LinkConfig(_Section):
     """One GFP/1 byte stream to the gate firmware (scanner, OCR unit or combo device)."""
 
     name: Name
+    """Link name; lanes refer to it, events and telemetry report it."""
     url: Annotated[str, Field(min_length=1, max_length=512)]
+    """Device path (/dev/ttyUSB0, /dev/serial/by-id/...), socket://host:port or rfc2217://host:port."""
     baudrate: Annotated[int, Field(ge=1200, le=4_000_000)] = 115200
+    """Serial speed; ignored by socket:// links."""
     parity: Literal["N", "E", "O"] = "N"
+    """Serial parity: N(one), E(ven), O(dd)."""
     bytesize: Literal[7, 8] = 8
+    """Data bits per character."""
     stopbits: Literal[1, 2] = 1
+    """Stop bits."""
     heartbeat_interval_s: Annotated[float, Field(ge=0.2, le=2.0)] = 1.0
+    """Period of our HEARTBEAT to the firmware (GFP/1 asks for at least every 2 s)."""
     link_timeout_s: Annotated[float, Field(ge=1.0, le=60.0)] = 5.0
+    """No valid frame for this long and the link is down (GFP/1: 5 s)."""
     partial_frame_timeout_s: Annotated[float, Field(ge=0.1, le=30.0)] = 2.0
+    """A partial frame followed by this much silence is discarded (GFP/1: 2 s)."""
     reconnect_initial_s: Annotated[float, Field(ge=0.05, le=10.0)] = 0.5
+    """First reconnect delay; doubles up to reconnect_max_s, with jitter."""
     reconnect_max_s: Annotated[float, Field(ge=0.1, le=300.0)] = 10.0
+    """Longest reconnect delay."""
     resend_rounds: Annotated[int, Field(ge=0, le=10)] = 3
+    """RESEND rounds for missing scan columns (GFP/1: 3)."""
     resend_interval_s: Annotated[float, Field(ge=0.1, le=10.0)] = 1.0
+    """Time between RESEND rounds (GFP/1: 1 s)."""
     scan_timeout_s: Annotated[float, Field(ge=1.0, le=600.0)] = 60.0
+    """A scan without SCAN_END this long after its last frame is dropped (GFP/1: 60 s)."""
 
     @field_validator("url")
     @classmethod
@@ -127,8 +141,11 @@ class PointConfig(_Section):
     """Where one logical signal lives on the lane PLC."""
 
     table: PointTable
+    """Modbus table of the point."""
     address: Annotated[int, Field(ge=0, le=65535)]
+    """Zero-based address in that table."""
     inverted: bool = False
+    """The signal is active-low (e.g. a normally-closed estop contact); bits only."""
 
 
 def _point(table: PointTable, address: int) -> Any:
@@ -146,24 +163,43 @@ class PointMap(_Section):
     """The lane's Modbus points; defaults are those of docs/plc-points.md (the shared register map)."""
 
     loop_entry: PointConfig = _point("discrete_input", 0)
+    """Vehicle on the entry loop (start of the scan zone)."""
     loop_stop: PointConfig = _point("discrete_input", 1)
+    """Vehicle at the stop line in front of the barrier."""
     loop_safety: PointConfig = _point("discrete_input", 2)
+    """Vehicle under the barrier arm; the barrier is never lowered while it is set."""
     barrier_up: PointConfig = _point("discrete_input", 3)
+    """Barrier fully raised (limit switch)."""
     barrier_down: PointConfig = _point("discrete_input", 4)
+    """Barrier fully lowered (limit switch)."""
     estop: PointConfig = _point("discrete_input", 5)
+    """Emergency stop pressed; the daemon then writes no coil but alarm."""
     local_manual: PointConfig = _point("discrete_input", 6)
+    """Lane key switch in local/manual mode; the daemon then writes no coil but alarm."""
     barrier_raise: PointConfig = _point("coil", 0)
+    """1 = raise and hold raised, 0 = lower (level, never a pulse)."""
     light_green: PointConfig = _point("coil", 1)
+    """Green traffic light."""
     light_red: PointConfig = _point("coil", 2)
+    """Red traffic light."""
     sign_inspection: PointConfig = _point("coil", 3)
+    """GO TO INSPECTION sign."""
     alarm: PointConfig = _point("coil", 4)
+    """Beacon/buzzer."""
     scan_permit: PointConfig = _point("coil", 5)
+    """Scanner may fire (only while the lane is in automatic operation)."""
     host_heartbeat: PointConfig = _point("holding_register", 0)
+    """Counter the daemon increments at least once per second while healthy."""
     lane_state: PointConfig = _point("holding_register", 1)
+    """Written by the daemon: 0 offline, 1 automatic, 2 manual, 3 fault, 4 closed."""
     display_message: PointConfig = _point("holding_register", 2)
+    """0 blank, 1 PROCEED, 2 STOP-WAIT, 3 GO TO INSPECTION, 4 LANE CLOSED."""
     plc_version: PointConfig = _point("input_register", 0)
+    """PLC program version (read)."""
     plc_watchdog: PointConfig = _point("input_register", 1)
+    """0 ok, 1 tripped (host heartbeat stale) (read)."""
     barrier_cycles: PointConfig = _point("input_register", 2)
+    """Barrier cycle counter, low 16 bits (read)."""
 
     @model_validator(mode="after")
     def _tables_fit_signals(self) -> PointMap:
@@ -196,20 +232,35 @@ class PlcConfig(_Section):
     """The lane PLC connection (Modbus TCP, or Modbus RTU over a serial URL)."""
 
     transport: Literal["tcp", "rtu"] = "tcp"
+    """tcp (Modbus TCP) or rtu (Modbus RTU on a serial URL)."""
     host: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """tcp: PLC address."""
     port: Annotated[int, Field(ge=1, le=65535)] = 502
+    """tcp: PLC port."""
     serial_url: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    """rtu: serial device or URL (/dev/ttyS1, rfc2217://...)."""
     baudrate: Annotated[int, Field(ge=1200, le=921600)] = 19200
+    """rtu: serial speed."""
     parity: Literal["N", "E", "O"] = "E"
+    """rtu: parity."""
     bytesize: Literal[7, 8] = 8
+    """rtu: data bits."""
     stopbits: Literal[1, 2] = 1
+    """rtu: stop bits."""
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    """Modbus device (unit) id."""
     timeout_s: Annotated[float, Field(ge=0.05, le=5.0)] = 0.5
+    """Per-request timeout; writes are never blindly retried."""
     poll_hz: Annotated[float, Field(ge=1.0, le=50.0)] = 10.0
+    """Input polling rate."""
     reconnect_max_s: Annotated[float, Field(ge=0.1, le=30.0)] = 2.0
+    """Reconnect backoff cap (the register map asks for about 2 s)."""
     heartbeat_interval_s: Annotated[float, Field(ge=0.1, le=1.0)] = 0.5
+    """host_heartbeat write period; the PLC watchdog trips after 3 s without a change."""
     barrier_travel_s: Annotated[float, Field(ge=1.0, le=30.0)] = 6.0
+    """Time allowed for the limit switch after a barrier command before BARRIER_FAULT."""
     points: PointMap = Field(default_factory=PointMap)
+    """The point map: logical signal -> table, address, polarity."""
 
     @model_validator(mode="after")
     def _transport_needs(self) -> PlcConfig:
@@ -244,15 +295,19 @@ class LaneTimeouts(_Section):
 
 class LaneConfig(_Section):
     id: Name
+    """Lane id; part of telemetry, events and transactions."""
     scanner: bool = True
     """Whether the lane has a drive-through X-ray scanner (a scan is then required for release)."""
     links: Annotated[list[Name], Field(min_length=1, max_length=8)]
     """Names of the firmware links (scanner, OCR unit) that feed this lane."""
     plc: PlcConfig
+    """The lane PLC connection and point map."""
     timeouts: LaneTimeouts = Field(default_factory=LaneTimeouts)
+    """Phase timeouts of the lane state machine."""
     exit_detection: bool = False
     """Wait for the exit loop (loop_entry of the next zone wired as exit) before lowering."""
     max_containers: Annotated[int, Field(ge=1, le=2)] = 2
+    """Most containers one truck carries through this lane (2 x 20 ft = 2)."""
 
 
 # --------------------------------------------------------------------------- hub link
@@ -260,8 +315,11 @@ class LaneConfig(_Section):
 
 class TlsConfig(_Section):
     ca_file: FilePath
+    """CA certificate(s) that signed the broker certificate."""
     cert_file: FilePath | None = None
+    """Client certificate (optional; goes with key_file)."""
     key_file: FilePath | None = None
+    """Client private key (a secret: relative paths resolve in $CREDENTIALS_DIRECTORY)."""
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
@@ -275,31 +333,52 @@ class BacklogConfig(_Section):
     """Limits of the durable outbox while the broker is unreachable."""
 
     max_messages: Annotated[int, Field(ge=100, le=100_000_000)] = 2_000_000
+    """Transactions and events kept while the hub is unreachable before BACKLOG_FULL."""
     max_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    """Outbox size before BACKLOG_FULL (previews and telemetry are dropped first)."""
     max_previews: Annotated[int, Field(ge=0, le=1_000_000)] = 2000
+    """Preview images kept in the backlog; the oldest are dropped beyond this."""
     max_telemetry: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
+    """Telemetry messages kept in the backlog; dropped first."""
     min_free_disk_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    """BACKLOG_FULL alarm when free disk falls below this."""
 
 
 class MqttConfig(_Section):
     url: Annotated[str, Field(min_length=1, max_length=512)]
     """mqtts://host:8883 (TLS) or mqtt://host:1883 (plain, only with allow_insecure)."""
     client_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    """MQTT client id; null derives smartgate-<site>-<gate>."""
     username: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """Broker account; goes with password_file."""
     password_file: FilePath | None = None
+    """File holding the broker password (a secret)."""
     tls: TlsConfig | None = None
+    """TLS settings; required for mqtts://."""
     allow_insecure: bool = False
+    """Permit plain mqtt:// (loopback demos and labs only)."""
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_/-]{1,64}$")] = "smartgate/v1"
+    """Contract root; topics are <prefix>/<site>/<gate>/..."""
     keepalive_s: Annotated[int, Field(ge=5, le=600)] = 30
+    """MQTT keepalive."""
     command_key_file: FilePath
+    """File holding the site HMAC key that signs commands and release notices (a secret)."""
     clock_skew_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 300.0
+    """Commands whose ts is further from the gate clock are rejected."""
     replay_window_s: Annotated[float, Field(ge=60.0, le=7 * 86400.0)] = 86400.0
+    """Command request_ids are remembered this long (replay protection)."""
     telemetry_interval_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0
+    """Telemetry period."""
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 32
+    """QoS 1 messages awaiting PUBACK at once."""
     reconnect_initial_s: Annotated[float, Field(ge=0.05, le=60.0)] = 0.5
+    """First reconnect delay; doubles up to reconnect_max_s, with jitter."""
     reconnect_max_s: Annotated[float, Field(ge=0.1, le=600.0)] = 30.0
+    """Longest reconnect delay."""
     publish_previews: bool = True
+    """Publish a JPEG preview for every scan."""
     backlog: BacklogConfig = Field(default_factory=BacklogConfig)
+    """Outbox limits."""
 
     @field_validator("url")
     @classmethod
@@ -356,15 +435,20 @@ class InferenceConfig(_Section):
     model_path: FilePath | None = None
     """A .tflite with its metadata .json beside it; null uses the model shipped with smartgate."""
     threads: Annotated[int, Field(ge=1, le=16)] = 1
+    """Interpreter threads for the image review."""
     timeout_s: Annotated[float, Field(ge=0.1, le=60.0)] = 3.0
+    """Past this the verdict is unavailable (which never leads to automatic release)."""
     preview_max_width: Annotated[int, Field(ge=128, le=4096)] = 1024
+    """Width of the preview JPEG in pixels."""
 
 
 class StorageConfig(_Section):
     state_dir: FilePath = Path("/var/lib/smartgate")
     """Outbox, notice store, sequence counters, scan archive and labelled samples live here."""
     archive_scans: bool = True
+    """Keep received scans on disk (for scan.fetch and inspection feedback)."""
     archive_max_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
+    """Scan archive size; the oldest scans are pruned beyond it."""
 
     @property
     def outbox_path(self) -> Path:
@@ -385,13 +469,16 @@ class StorageConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe level logged."""
     format: Literal["journald", "text", "json"] = "journald"
+    """journald (syslog priority prefixes for journald), text, or json lines."""
 
 
 class TelemetryConfig(_Section):
     prometheus_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     """Serve Prometheus text metrics on this port; null (the default) keeps the endpoint off."""
     prometheus_host: Annotated[str, Field(min_length=1, max_length=253)] = "127.0.0.1"
+    """Address the Prometheus endpoint binds to."""
 
 
 class ControlConfig(_Section):
@@ -405,16 +492,27 @@ class GateConfig(_Section):
     """The whole daemon configuration (one YAML file)."""
 
     site: Name
+    """Site id; part of every MQTT topic."""
     gate: Name
+    """Gate id within the site."""
     links: Annotated[list[LinkConfig], Field(min_length=1, max_length=32)]
+    """Firmware links (GFP/1 byte streams)."""
     lanes: Annotated[list[LaneConfig], Field(min_length=1, max_length=16)]
+    """Lanes of this gate."""
     mqtt: MqttConfig
+    """The hub link."""
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    """Image review."""
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    """Decision policy."""
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    """Durable state on disk."""
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """Log output."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    """Telemetry outputs besides MQTT."""
     control: ControlConfig = Field(default_factory=ControlConfig)
+    """Local control socket and watchdog."""
 
     @model_validator(mode="after")
     def _references(self) -> GateConfig:

@@ -121,7 +121,7 @@ class SyntheticScan:
 class _Canvas:
     """Per-material path lengths (mm) on the nominal pulse grid, plus what is needed for truth."""
 
-    def __init__(self, rows: int, columns: int, col_mm: float, length_mm: float,
+    def __init__(self, rows: int, columns: int, col_mm: float, length_mm: float, *,
                  rng: np.random.Generator, with_masks: bool) -> None:
         self.rows = rows
         self.columns = columns
@@ -180,12 +180,12 @@ class _Canvas:
         return x0, y0, img.astype(np.float32) * (thickness_mm / 255.0)
 
     def add_polygon(self, material: int, points_mm: npt.NDArray[np.float64], thickness_mm: float,
-                    cx: float, cy: float, layer: str = "cargo") -> tuple[int, int, int, int]:
+                    cx: float, cy: float, *, layer: str = "cargo") -> tuple[int, int, int, int]:
         x0, y0, patch = self.polygon_patch(points_mm, thickness_mm, cx, cy)
         self.add(material, x0, y0, patch, layer)
         return x0, y0, patch.shape[1], patch.shape[0]
 
-    def add_box(self, material: int, x0: float, x1: float, y0: float, y1: float, thickness_mm: float,
+    def add_box(self, material: int, x0: float, x1: float, y0: float, y1: float, *, thick: float,
                 layer: str = "cargo") -> None:
         """Axis-aligned box with fractional edges (coverage-weighted, so thin things stay visible)."""
         xa, xb = max(x0, 0.0), min(x1, float(self.columns))
@@ -196,20 +196,20 @@ class _Canvas:
         iy0, iy1 = math.floor(ya), math.ceil(yb)
         cols = np.clip(np.minimum(np.arange(ix0, ix1) + 1, xb) - np.maximum(np.arange(ix0, ix1), xa), 0, 1)
         rows = np.clip(np.minimum(np.arange(iy0, iy1) + 1, yb) - np.maximum(np.arange(iy0, iy1), ya), 0, 1)
-        patch = (np.outer(rows, cols) * thickness_mm).astype(np.float32)
+        patch = (np.outer(rows, cols) * thick).astype(np.float32)
         self.add(material, ix0, iy0, patch, layer)
 
-    def add_edge_sheet(self, material: int, x0: float, x1: float, y_row: float, sheet_mm: float,
+    def add_edge_sheet(self, material: int, x0: float, x1: float, y_row: float, sheet_mm: float, *,
                        across_mm: float, layer: str = "structure") -> None:
         """A horizontal sheet crossed edge-on by the beam: path = across, averaged over >= 1 row."""
         h = max(sheet_mm / self.row_mm, 1.0)
-        self.add_box(material, x0, x1, y_row, y_row + h, across_mm * sheet_mm / (h * self.row_mm), layer)
+        self.add_box(material, x0, x1, y_row, y_row + h, thick=across_mm * sheet_mm / (h * self.row_mm), layer=layer)
 
-    def add_vertical_sheet(self, material: int, x: float, y0: float, y1: float, sheet_mm: float,
+    def add_vertical_sheet(self, material: int, x: float, y0: float, y1: float, sheet_mm: float, *,
                            across_mm: float, layer: str = "structure") -> None:
         """A vertical sheet across the beam path seen edge-on (end walls, cross member webs)."""
         w = max(sheet_mm / self.col_mm, 1.0)
-        self.add_box(material, x, x + w, y0, y1, across_mm * sheet_mm / (w * self.col_mm), layer)
+        self.add_box(material, x, x + w, y0, y1, thick=across_mm * sheet_mm / (w * self.col_mm), layer=layer)
 
 
 def _rot(points: npt.NDArray[np.float64], angle: float) -> npt.NDArray[np.float64]:
@@ -239,7 +239,7 @@ def _draw_container(cv: _Canvas) -> None:
     flank = ((phase > 0.2) & (phase < 0.35)) | ((phase > 0.7) & (phase < 0.85))
     wall = np.where(flank, 2 * 1.6 * 2.2, 2 * 1.6).astype(np.float32)
     wall[(cols < xs) | (cols >= xe)] = 0
-    y0, y1 = int(cv.y_roof), int(math.ceil(cv.y_bottom))
+    y0, y1 = int(cv.y_roof), math.ceil(cv.y_bottom)
     cv.t[_FE, y0:y1, :] += wall[None, :]
     # Roof (2 mm, corrugated: a wavy edge-on line) and top side rails.
     wave = (np.sin((cols - xs) * cv.col_mm / 460.0 * 2 * math.pi) * 18.0 / cv.row_mm).astype(np.float32)
@@ -250,59 +250,60 @@ def _draw_container(cv: _Canvas) -> None:
     roof = np.float32(_INNER_WIDTH_MM * 2.0 / cv.row_mm)
     cv.t[_FE, ri, c] += roof * (1 - frac)
     cv.t[_FE, ri + 1, c] += roof * frac
-    cv.add_box(_FE, xs, xe, cv.y_roof, cv.y_roof + 100.0 / cv.row_mm, 2 * 12.0)
+    cv.add_box(_FE, xs, xe, cv.y_roof, cv.y_roof + 100.0 / cv.row_mm, thick=2 * 12.0)
     # Floor: 28 mm plywood edge-on across the width, cross members every ~300 mm, bottom rails.
     ply_rows = 28.0 / cv.row_mm
-    cv.add_box(_ORG, xs, xe, cv.y_floor, cv.y_floor + ply_rows, _INNER_WIDTH_MM * 0.7)
+    cv.add_box(_ORG, xs, xe, cv.y_floor, cv.y_floor + ply_rows, thick=_INNER_WIDTH_MM * 0.7)
     pitch = float(rng.uniform(290, 310)) / cv.col_mm
     x = xs + float(rng.uniform(0.5, 1.0)) * pitch
     while x < xe - 5:
-        cv.add_vertical_sheet(_FE, x, cv.y_floor + ply_rows, cv.y_bottom, 4.5, _INNER_WIDTH_MM)
-        cv.add_edge_sheet(_FE, x - 22 / cv.col_mm, x + 22 / cv.col_mm, cv.y_bottom - 0.6, 4.5, _INNER_WIDTH_MM)
+        cv.add_vertical_sheet(_FE, x, cv.y_floor + ply_rows, cv.y_bottom, 4.5, across_mm=_INNER_WIDTH_MM)
+        cv.add_edge_sheet(_FE, x - 22 / cv.col_mm, x + 22 / cv.col_mm, cv.y_bottom - 0.6, 4.5,
+                          across_mm=_INNER_WIDTH_MM)
         x += pitch
-    cv.add_box(_FE, xs, xe, cv.y_floor, cv.y_bottom, 2 * 6.0)
+    cv.add_box(_FE, xs, xe, cv.y_floor, cv.y_bottom, thick=2 * 6.0)
     # End frames: front wall and corner posts, door end with doors, locking bars, header/sill.
-    cv.add_box(_FE, xs, xs + 60 / cv.col_mm, cv.y_roof, cv.y_bottom, 2 * 9.0 + 40.0)
-    cv.add_vertical_sheet(_FE, xs + 30 / cv.col_mm, cv.y_roof, cv.y_floor, 2.0, _INNER_WIDTH_MM * 0.9)
-    cv.add_box(_FE, xe - 130 / cv.col_mm, xe, cv.y_roof, cv.y_bottom, 2 * 11.0 + 30.0)
+    cv.add_box(_FE, xs, xs + 60 / cv.col_mm, cv.y_roof, cv.y_bottom, thick=2 * 9.0 + 40.0)
+    cv.add_vertical_sheet(_FE, xs + 30 / cv.col_mm, cv.y_roof, cv.y_floor, 2.0, across_mm=_INNER_WIDTH_MM * 0.9)
+    cv.add_box(_FE, xe - 130 / cv.col_mm, xe, cv.y_roof, cv.y_bottom, thick=2 * 11.0 + 30.0)
     for k in range(4):
         cv.add_box(_FE, xe - (40 + 20 * k) / cv.col_mm, xe - (20 + 20 * k) / cv.col_mm,
-                   cv.y_roof, cv.y_bottom, 2 * 15.0)
-    cv.add_vertical_sheet(_FE, xe - 60 / cv.col_mm, cv.y_roof, cv.y_floor, 2.0, _INNER_WIDTH_MM * 0.8)
+                   cv.y_roof, cv.y_bottom, thick=2 * 15.0)
+    cv.add_vertical_sheet(_FE, xe - 60 / cv.col_mm, cv.y_roof, cv.y_floor, 2.0, across_mm=_INNER_WIDTH_MM * 0.8)
     for xc in (xs, xe - 178 / cv.col_mm):
         for yc in (cv.y_roof, cv.y_bottom - 118 / cv.row_mm):
-            cv.add_box(_FE, xc, xc + 178 / cv.col_mm, yc, yc + 118 / cv.row_mm, 2 * 40.0)
+            cv.add_box(_FE, xc, xc + 178 / cv.col_mm, yc, yc + 118 / cv.row_mm, thick=2 * 40.0)
     # Trailer chassis below the container: two main beams' flanges and a web band.
     top = cv.y_bottom + 20 / cv.row_mm
-    cv.add_box(_FE, xs - 10, xe + 10, top, top + 15 / cv.row_mm, 2 * 150.0)
-    cv.add_box(_FE, xs - 10, xe + 10, top, cv.rows, 2 * 10.0)
+    cv.add_box(_FE, xs - 10, xe + 10, top, top + 15 / cv.row_mm, thick=2 * 150.0)
+    cv.add_box(_FE, xs - 10, xe + 10, top, cv.rows, thick=2 * 10.0)
 
 
 # --- cargo --------------------------------------------------------------------------------------
 
 
-def _blocky(rng: np.random.Generator, h: int, w: int, cell_h: int, cell_w: int, spread: float) -> FloatArray:
+def _blocky(rng: np.random.Generator, h: int, w: int, cell_h: int, cell_w: int, *, spread: float) -> FloatArray:
     """Piecewise-constant multiplicative texture: one value per carton/bag/crate."""
     gh, gw = max(1, -(-h // max(cell_h, 1))), max(1, -(-w // max(cell_w, 1)))
     grid = rng.uniform(1 - spread, 1 + spread, size=(gh, gw)).astype(np.float32)
     return np.repeat(np.repeat(grid, max(cell_h, 1), axis=0), max(cell_w, 1), axis=1)[:h, :w]
 
 
-def _pallet(cv: _Canvas, x0: float, length_mm: float, height_mm: float, depth_mm: float,
+def _pallet(cv: _Canvas, x0: float, length_mm: float, height_mm: float, depth_mm: float, *,
             density: float) -> None:
     rng = cv.rng
     w = max(2, int(length_mm / cv.col_mm))
     base = 150.0
-    cv.add_box(_ORG, x0, x0 + w, cv.floor_row(base), cv.y_floor, depth_mm * 0.6 * 0.45)
+    cv.add_box(_ORG, x0, x0 + w, cv.floor_row(base), cv.y_floor, thick=depth_mm * 0.6 * 0.45)
     for k in range(3):  # pallet blocks
         bx = x0 + k * (w - 100 / cv.col_mm) / 2
-        cv.add_box(_ORG, bx, bx + 100 / cv.col_mm, cv.floor_row(base), cv.y_floor, depth_mm * 0.6 * 0.5)
+        cv.add_box(_ORG, bx, bx + 100 / cv.col_mm, cv.floor_row(base), cv.y_floor, thick=depth_mm * 0.6 * 0.5)
     top = cv.floor_row(base + height_mm)
     y0 = int(top)
     h = max(1, int(cv.floor_row(base)) - y0)
     cell_w = int(rng.uniform(250, 600) / cv.col_mm)
     cell_h = int(rng.uniform(200, 500) / cv.row_mm)
-    tex = _blocky(rng, h, w, cell_h, cell_w, 0.35)
+    tex = _blocky(rng, h, w, cell_h, cell_w, spread=0.35)
     patch = tex * np.float32(depth_mm * density)
     # Carton walls: slightly denser lines at the carton boundaries.
     patch[::max(cell_h, 1), :] *= 1.4
@@ -326,7 +327,7 @@ def _cargo_cartons(cv: _Canvas, x0: float, x1: float) -> None:
     length = rng.choice([1000.0, 1200.0])
     while x + length / cv.col_mm < x1:
         _pallet(cv, x, length, rng.uniform(0.4, 1.0) * max_h, depth * rng.uniform(0.8, 1.0),
-                density * rng.uniform(0.8, 1.2))
+                density=density * rng.uniform(0.8, 1.2))
         x += (length + rng.uniform(0, 120)) / cv.col_mm
 
 
@@ -363,7 +364,7 @@ def _cargo_bulk(cv: _Canvas, x0: float, x1: float) -> None:
     # Heaped surface: angle-of-repose slopes at both ends and a gently wavy top.
     slope = np.minimum(t, 1 - t) * (x1 - x0) * cv.col_mm * rng.uniform(0.4, 0.9)
     surface = np.minimum(level, slope) + np.sin(t * rng.uniform(4, 12)) * 60
-    top_rows = cv.floor_row(np.maximum(surface, 0))
+    top_rows = cv.y_floor - np.maximum(surface, 0) / cv.row_mm
     rows = np.arange(cv.rows, dtype=np.float32)[:, None]
     fill = np.clip(rows - top_rows[None, :] + 0.5, 0, 1) * (rows <= cv.y_floor)
     grain = 1 + rng.normal(0, 0.04, size=fill.shape).astype(np.float32)
@@ -371,7 +372,7 @@ def _cargo_bulk(cv: _Canvas, x0: float, x1: float) -> None:
     cv.add(material, int(x0), 0, patch)
 
 
-def _drum(cv: _Canvas, cx: float, base_mm: float, per_depth: int, fill: float, liquid: float) -> None:
+def _drum(cv: _Canvas, cx: float, base_mm: float, per_depth: int, fill: float, *, liquid: float) -> None:
     """A row of upright 200 l steel drums seen from the side: walls dark at the tangents."""
     r_mm, h_mm = 292.0, 880.0
     w = int(2 * r_mm / cv.col_mm) + 1
@@ -399,11 +400,11 @@ def _cargo_drums(cv: _Canvas, x0: float, x1: float) -> None:
     liquid = rng.uniform(0.35, 0.9)
     x = x0 + 320 / cv.col_mm
     while x + 320 / cv.col_mm < x1:
-        _drum(cv, x, 150.0, per_depth, rng.uniform(0.6, 0.95), liquid)
+        _drum(cv, x, 150.0, per_depth, rng.uniform(0.6, 0.95), liquid=liquid)
         if stacked:
-            _drum(cv, x, 150.0 + 900.0, per_depth, rng.uniform(0.6, 0.95), liquid)
+            _drum(cv, x, 150.0 + 900.0, per_depth, rng.uniform(0.6, 0.95), liquid=liquid)
         x += (590 + rng.uniform(0, 40)) / cv.col_mm
-    cv.add_box(_ORG, x0, x, cv.floor_row(150), cv.y_floor, _INNER_WIDTH_MM * 0.25)
+    cv.add_box(_ORG, x0, x, cv.floor_row(150), cv.y_floor, thick=_INNER_WIDTH_MM * 0.25)
 
 
 def _machine(cv: _Canvas, x0: float, length_mm: float) -> None:
@@ -412,10 +413,10 @@ def _machine(cv: _Canvas, x0: float, length_mm: float) -> None:
     height_mm = rng.uniform(700, 1900)
     cx = x0 + length_mm / 2 / cv.col_mm
     base = 120.0
-    cv.add_box(_ORG, x0, x0 + length_mm / cv.col_mm, cv.floor_row(base), cv.y_floor, _INNER_WIDTH_MM * 0.35)
+    cv.add_box(_ORG, x0, x0 + length_mm / cv.col_mm, cv.floor_row(base), cv.y_floor, thick=_INNER_WIDTH_MM * 0.35)
     if rng.random() < 0.6:  # crate boards
         cv.add_box(_ORG, x0, x0 + length_mm / cv.col_mm, cv.floor_row(base + height_mm + 60),
-                   cv.floor_row(base), 2 * 25.0 * 0.5)
+                   cv.floor_row(base), thick=2 * 25.0 * 0.5)
     for _ in range(int(rng.integers(3, 9))):
         w, h = rng.uniform(250, length_mm * 0.8), rng.uniform(150, height_mm * 0.7)
         pcx = cx + rng.uniform(-0.3, 0.3) * length_mm / cv.col_mm
@@ -482,8 +483,8 @@ def _car(cv: _Canvas, x0: float, base_mm: float, layer: str) -> tuple[float, flo
 
     # Body shell: both side panels plus trim and interior.
     pts, cx, cy = place(prof)
-    cv.add_polygon(_FE, pts, 2 * 0.9 + 3.0, cx, cy, layer)
-    cv.add_polygon(_ORG, pts, width * 0.08, cx, cy, layer)  # seats, trim, dashboard
+    cv.add_polygon(_FE, pts, 2 * 0.9 + 3.0, cx, cy, layer=layer)
+    cv.add_polygon(_ORG, pts, width * 0.08, cx, cy, layer=layer)  # seats, trim, dashboard
     # Roof and floor pan seen edge-on.
     roof = np.array([[hood_l + 520, height - 10], [length - trunk_l - 420, height - 10],
                      [length - trunk_l - 420, height - 40], [hood_l + 520, height - 40]], dtype=np.float64)
@@ -493,29 +494,29 @@ def _car(cv: _Canvas, x0: float, base_mm: float, layer: str) -> tuple[float, flo
         if flip:
             part[:, 0] = length - part[:, 0]
         pts, cx, cy = place(part)
-        cv.add_polygon(_FE, pts, width * 0.8 * 0.9 / 30.0, cx, cy, layer)
+        cv.add_polygon(_FE, pts, width * 0.8 * 0.9 / 30.0, cx, cy, layer=layer)
     # Engine block and gearbox.
     ex = hood_l * 0.5 if not flip else length - hood_l * 0.5
     eng = np.array([[ex - 300, clearance + 250], [ex + 300, clearance + 250],
                     [ex + 300, clearance + 700], [ex - 300, clearance + 700]], dtype=np.float64)
     pts, cx, cy = place(eng)
-    cv.add_polygon(_AL if rng.random() < 0.5 else _FE, pts, rng.uniform(120, 220), cx, cy, layer)
+    cv.add_polygon(_AL if rng.random() < 0.5 else _FE, pts, rng.uniform(120, 220), cx, cy, layer=layer)
     # Wheels: tyre ring (rubber, both sides), rim, brake disc, axle.
     wheel_r = rng.uniform(290, 340)
     for wx in (length * 0.17, length * 0.8):
         center = np.array([[wx, wheel_r + 0.0]])
         c_pts, cx, cy = place(center)
         wcx, wcy = cx + c_pts[0, 0] / cv.col_mm, cy + c_pts[0, 1] / cv.row_mm
-        cv.add_polygon(_ORG, _ellipse(2 * wheel_r, 2 * wheel_r), 2 * 200 * 1.1, wcx, wcy, layer)
-        cv.add_polygon(_ORG, _ellipse(1.3 * wheel_r, 1.3 * wheel_r), -2 * 200 * 1.1, wcx, wcy, layer)
-        cv.add_polygon(_AL, _ellipse(1.3 * wheel_r, 1.3 * wheel_r), 2 * 20.0, wcx, wcy, layer)
-        cv.add_polygon(_FE, _ellipse(0.9 * wheel_r, 0.9 * wheel_r), 2 * 25.0, wcx, wcy, layer)
-        cv.add_polygon(_FE, _rect(70, 70), width * 0.5, wcx, wcy, layer)
+        cv.add_polygon(_ORG, _ellipse(2 * wheel_r, 2 * wheel_r), 2 * 200 * 1.1, wcx, wcy, layer=layer)
+        cv.add_polygon(_ORG, _ellipse(1.3 * wheel_r, 1.3 * wheel_r), -2 * 200 * 1.1, wcx, wcy, layer=layer)
+        cv.add_polygon(_AL, _ellipse(1.3 * wheel_r, 1.3 * wheel_r), 2 * 20.0, wcx, wcy, layer=layer)
+        cv.add_polygon(_FE, _ellipse(0.9 * wheel_r, 0.9 * wheel_r), 2 * 25.0, wcx, wcy, layer=layer)
+        cv.add_polygon(_FE, _rect(70, 70), width * 0.5, wcx, wcy, layer=layer)
     # Fuel tank, exhaust.
     tank = np.array([[length * 0.55, clearance + 20], [length * 0.7, clearance + 20],
                      [length * 0.7, clearance + 240], [length * 0.55, clearance + 240]], dtype=np.float64)
     pts, cx, cy = place(tank)
-    cv.add_polygon(_ORG, pts, 500 * 0.7, cx, cy, layer)
+    cv.add_polygon(_ORG, pts, 500 * 0.7, cx, cy, layer=layer)
     y_top = row_base - height / cv.row_mm
     return x0, y_top, x0 + length / cv.col_mm, row_base
 
@@ -527,7 +528,7 @@ def _cargo_vehicles(cv: _Canvas, x0: float, x1: float) -> None:
         _, _, xe, _ = _car(cv, x, 0.0, "cargo")
         # Lashing: wheel chocks and chains (small steel parts).
         for dx in (-0.0, 0.0):
-            cv.add_box(_FE, x + dx, x + dx + 120 / cv.col_mm, cv.floor_row(120), cv.y_floor, 2 * 20.0)
+            cv.add_box(_FE, x + dx, x + dx + 120 / cv.col_mm, cv.floor_row(120), cv.y_floor, thick=2 * 20.0)
         x = xe + rng.uniform(250, 700) / cv.col_mm
 
 
@@ -543,7 +544,7 @@ def _cargo_mixed(cv: _Canvas, x0: float, x1: float) -> None:
         kind = rng.integers(0, 5)
         if kind == 0:
             _pallet(cv, x, (end - x) * cv.col_mm, rng.uniform(0.3, 1.0) * max_h,
-                    rng.uniform(0.3, 1.0) * _INNER_WIDTH_MM, rng.uniform(0.05, 0.35))
+                    rng.uniform(0.3, 1.0) * _INNER_WIDTH_MM, density=rng.uniform(0.05, 0.35))
         elif kind == 1:
             _cargo_bags(cv, x, end)
         elif kind == 2:
@@ -552,10 +553,10 @@ def _cargo_mixed(cv: _Canvas, x0: float, x1: float) -> None:
             _machine(cv, x, (end - x) * cv.col_mm)
         else:  # crate with furniture-like wood and some fittings
             h = rng.uniform(0.3, 1.0) * max_h
-            cv.add_box(_ORG, x, end, cv.floor_row(h), cv.y_floor, rng.uniform(0.2, 0.8) * _INNER_WIDTH_MM * 0.12)
+            cv.add_box(_ORG, x, end, cv.floor_row(h), cv.y_floor, thick=rng.uniform(0.2, 0.8) * _INNER_WIDTH_MM * 0.12)
             for _ in range(int(rng.integers(0, 5))):
                 cv.add_box(_FE, x + rng.uniform(0, end - x), x + rng.uniform(0, end - x) + 3,
-                           cv.floor_row(rng.uniform(0, h)), cv.floor_row(rng.uniform(0, h)) + 2, 8.0)
+                           cv.floor_row(rng.uniform(0, h)), cv.floor_row(rng.uniform(0, h)) + 2, thick=8.0)
         x = end + rng.uniform(0, 600) / cv.col_mm
 
 
@@ -565,7 +566,7 @@ def _dunnage(cv: _Canvas) -> None:
     for _ in range(int(rng.integers(1, 4))):
         x = rng.uniform(cv.x_in0 + 10, cv.x_in1 - 200)
         cv.add_box(_ORG, x, x + rng.uniform(300, 1500) / cv.col_mm, cv.floor_row(25), cv.y_floor,
-                   rng.uniform(60, 200) * 0.6, layer="structure")
+                   thick=rng.uniform(60, 200) * 0.6, layer="structure")
 
 
 _CARGO_DRAWERS: dict[str, Callable[[_Canvas, float, float], None]] = {
@@ -627,7 +628,7 @@ def _anomaly_dense(cv: _Canvas, layer: str) -> tuple[float, float]:
     thickness = rng.uniform(45, 120) if lead else rng.uniform(70, 170)
     cx, cy = _inside_point(cv, w, h, on_floor=rng.random() < 0.3)
     shape = _rect(w, h) if rng.random() < 0.6 else _ellipse(w, h)
-    cv.add_polygon(material, _rot(shape, rng.uniform(0, math.pi)), thickness, cx, cy, layer)
+    cv.add_polygon(material, _rot(shape, rng.uniform(0, math.pi)), thickness, cx, cy, layer=layer)
     return cx, cy
 
 
@@ -636,7 +637,8 @@ def _pistol(length: float) -> list[tuple[npt.NDArray[np.float64], float]]:
     slide = np.array([[-100, -18], [100, -18], [100, 14], [-100, 14]]) * s
     grip = np.array([[-95, 10], [-45, 10], [-60, 125], [-100, 120]]) * s
     guard = np.array([[-45, 10], [-5, 10], [-10, 45], [-45, 40]]) * s
-    return [(slide.astype(np.float64), 30.0), (grip.astype(np.float64), 26.0), (guard.astype(np.float64), 6.0)]
+    return [(slide.astype(np.float64), 30.0), (grip.astype(np.float64), 26.0),
+            (guard.astype(np.float64), 6.0)]
 
 
 def _rifle(length: float) -> list[tuple[npt.NDArray[np.float64], float]]:
@@ -666,10 +668,10 @@ def _anomaly_weapon(cv: _Canvas, layer: str) -> tuple[float, float]:
         oy = (k * rng.uniform(30, 60) if rifle else rng.uniform(-150, 150)) / cv.row_mm
         for pts, thickness in parts:
             if thickness < 0:  # polymer / wooden stock
-                cv.add_polygon(_ORG, _rot(pts, angle), 45.0, cx + ox, cy + oy, layer)
+                cv.add_polygon(_ORG, _rot(pts, angle), 45.0, cx + ox, cy + oy, layer=layer)
             else:
                 cv.add_polygon(_FE, _rot(pts, angle), thickness * rng.uniform(0.9, 1.15), cx + ox, cy + oy,
-                               layer)
+                               layer=layer)
     return cx, cy
 
 
@@ -684,7 +686,7 @@ def _anomaly_vehicle(cv: _Canvas, layer: str) -> tuple[float, float]:
     max_h = (cv.y_floor - cv.y_roof_inner) * cv.row_mm - 200
     x = bx0 - rng.uniform(0, 600) / cv.col_mm
     while x < bx1 + 300 / cv.col_mm:
-        _pallet(cv, x, 1200.0, rng.uniform(0.6, 1.0) * max_h, depth, rng.uniform(0.1, 0.3))
+        _pallet(cv, x, 1200.0, rng.uniform(0.6, 1.0) * max_h, depth, density=rng.uniform(0.1, 0.3))
         x += 1250 / cv.col_mm
     return (bx0 + bx1) / 2, (by0 + by1) / 2
 
@@ -699,7 +701,7 @@ def _anomaly_organic(cv: _Canvas, layer: str) -> tuple[float, float]:
     brick_w, brick_h = rng.uniform(150, 300), rng.uniform(60, 120)
     x_, y_, patch = cv.polygon_patch(_rot(_rect(w, h), rng.normal(0, 0.25)), depth * density, cx, cy)
     tex = _blocky(rng, patch.shape[0], patch.shape[1], max(1, int(brick_h / cv.row_mm)),
-                  max(1, int(brick_w / cv.col_mm)), 0.08)
+                  max(1, int(brick_w / cv.col_mm)), spread=0.08)
     cv.add(_ORG, x_, y_, patch * tex, layer)
     return cx, cy
 
@@ -719,7 +721,7 @@ def _benign_clutter(cv: _Canvas) -> None:
         w, h = rng.uniform(80, 600), rng.uniform(20, 200)
         cx, cy = _inside_point(cv, w, h, on_floor=rng.random() < 0.5)
         cv.add_polygon(_FE if rng.random() < 0.5 else _AL, _rot(_rect(w, h), rng.uniform(0, math.pi)),
-                       rng.uniform(4, 18), cx, cy, "cargo")
+                       rng.uniform(4, 18), cx, cy, layer="cargo")
 
 
 # --- detector -----------------------------------------------------------------------------------
@@ -763,9 +765,7 @@ def _render(cv: _Canvas, channels: int, bits: int, rng: np.random.Generator,
         for m in range(1, 4):
             att += cv.t[m] * mu[m]
         att = cv2.remap(att, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        signal = cv2.exp(-att)
-        signal *= col_gain[None, :]
-        signal *= row_gain[c]
+        signal = np.asarray(cv2.exp(-att), dtype=np.float32) * col_gain[None, :] * row_gain[c]
         # Photon noise (scaled Poisson, Gaussian approximation) and read noise, then the dark offset.
         sigma = cv2.sqrt(signal * photon + read2)
         noise = rng.standard_normal(size=(rows, cols), dtype=np.float32)
@@ -821,7 +821,7 @@ def generate_scan(
         raise ValueError(f"columns must be >= 200 (got {n_cols})")
     length_mm = _LENGTHS_MM[length_ft]
     col_mm = (length_mm + 2 * _MARGIN_MM) / n_cols
-    cv = _Canvas(rows, n_cols, col_mm, length_mm, rng, with_masks)
+    cv = _Canvas(rows, n_cols, col_mm, length_mm, rng=rng, with_masks=with_masks)
     _draw_container(cv)
     _draw_cargo(cv, cargo)
     if clutter if clutter is not None else rng.random() < 0.3:
@@ -875,7 +875,8 @@ def generate_scan(
             "finding": finding, "labels": labels, "regions": [r.as_dict() for r in regions],
         },
     }
-    scan = Scan(pixels=pixels, scan_id=sid, bits=bits, pixel_mm=round(col_mm, 4), declared=declared, meta=meta)
+    scan = Scan(pixels=pixels, scan_id=sid, bits=bits, pixel_mm=round(col_mm, 4), declared=declared,
+                meta=meta)
     return SyntheticScan(scan=scan, regions=tuple(regions), labels=tuple(labels), cargo=cargo,
                          finding=finding, not_empty=not_empty, masks=masks)
 

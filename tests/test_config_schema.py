@@ -225,3 +225,10 @@ def test_redacted_dump_masks_url_userinfo_and_keeps_defaults() -> None:
     from gate_controller.config import _mask
 
     assert _mask({"url": "socket://user:pw@host:1"}) == {"url": "socket://***@host:1"}
+
+
+def test_docs_embed_the_generated_reference() -> None:
+    from gate_controller.config_reference import reference_markdown
+
+    docs = (EXAMPLE.parents[1] / "docs" / "configuration.md").read_text()
+    assert reference_markdown() in docs, "docs/configuration.md is stale: paste `smartgate config reference`"

@@ -17,6 +17,7 @@ examples:
   smartgate config check config/*.yaml          # several files; exit 78 if any is invalid
   smartgate config show config/demo.yaml        # effective config with defaults, as YAML
   smartgate config show --json config/demo.yaml
+  smartgate config reference                     # every key, type, default, bounds (Markdown)
 
 exit status: 0 valid, 78 (EX_CONFIG) invalid; each problem is printed as
   FILE:LINE:COLUMN: field.path: what was expected
@@ -42,6 +43,8 @@ def register(subparsers: Any) -> None:
     show.add_argument("path", metavar="PATH", help="configuration file")
     show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     show.set_defaults(func=_show)
+    ref = sub.add_parser("reference", help="print the reference of every key (Markdown, as in docs/configuration.md)")
+    ref.set_defaults(func=_reference)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -77,4 +80,11 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, sort_keys=False))
     else:
         print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from gate_controller.config_reference import reference_markdown
+
+    print(reference_markdown(), end="")
     return 0
