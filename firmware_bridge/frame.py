@@ -106,4 +106,4 @@ def header_is_valid(header: bytes | bytearray | memoryview) -> bool:
     if len(header) < HEADER_SIZE or bytes(header[:2]) != MAGIC:
         return False
     version, _type, _seq, length, hcrc = _HEADER_TAIL.unpack_from(header, 2)
-    return version == VERSION and length <= MAX_PAYLOAD and crc16_ccitt_false(header[2:10]) == hcrc
+    return bool(version == VERSION and length <= MAX_PAYLOAD and crc16_ccitt_false(header[2:10]) == hcrc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import select
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 _FALLBACK_READ_TIMEOUT_S = 0.1
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class SerialTransport:
@@ -143,10 +149,9 @@ class SerialTransport:
         loop, exited = self._loop, self._reader_exited
         if loop is None or exited is None:
             return
-        try:
-            loop.call_soon_threadsafe(lambda: exited.done() or exited.set_result(None))
-        except RuntimeError:  # the loop is already closed; close() joins the thread directly
-            pass
+        # RuntimeError: the loop is already closed; close() then joins the thread directly.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, exited)
 
     def _select_loop(self, ser: Any, fd: int) -> None:
         stop_r = self._stop_r

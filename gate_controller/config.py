@@ -259,8 +259,12 @@ class PlcConfig(_Section):
     """host_heartbeat write period; the PLC watchdog trips after 3 s without a change."""
     barrier_travel_s: Annotated[float, Field(ge=1.0, le=30.0)] = 6.0
     """Time allowed for the limit switch after a barrier command before BARRIER_FAULT."""
+    link_loss_s: Annotated[float, Field(ge=0.2, le=1.5)] = 1.0
+    """No good answer from the PLC for this long means the link is lost and the lane goes to fault."""
     points: PointMap = Field(default_factory=PointMap)
     """The point map: logical signal -> table, address, polarity."""
+    exit_loop: PointConfig | None = None
+    """Exit detector beyond the barrier (a bit input); needed when the lane has exit_detection."""
 
     @model_validator(mode="after")
     def _transport_needs(self) -> PlcConfig:
@@ -268,6 +272,19 @@ class PlcConfig(_Section):
             _reject([(("host",), "transport tcp needs host")])
         if self.transport == "rtu" and self.serial_url is None:
             _reject([(("serial_url",), "transport rtu needs serial_url")])
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        # Register map rule 7: the lane must be in fault within 2 s of losing the PLC.
+        if self.link_loss_s + self.timeout_s > 2.0:
+            problems.append((("link_loss_s",), "link_loss_s + timeout_s must not exceed 2.0 s"))
+        if self.exit_loop is not None:
+            if self.exit_loop.table not in ("discrete_input", "coil"):
+                problems.append((("exit_loop", "table"), "a bit input: table must be discrete_input or coil"))
+            for name in type(self.points).model_fields:
+                point = getattr(self.points, name)
+                if (point.table, point.address) == (self.exit_loop.table, self.exit_loop.address):
+                    problems.append((("exit_loop", "address"),
+                                     f"{point.table} {point.address} is already used by {name}"))
+        _reject(problems)
         return self
 
 
@@ -291,6 +308,12 @@ class LaneTimeouts(_Section):
     """Time the safety loop must stay clear before the barrier is lowered."""
     hold_s: Annotated[float, Field(ge=5.0, le=86400.0)] = 900.0
     """How long a stopped (not released) vehicle may wait before the transaction closes as manual."""
+    pre_arrival_s: Annotated[float, Field(ge=0.0, le=60.0)] = 5.0
+    """OCR reads this long before the entry loop still belong to the arriving vehicle."""
+    entry_gap_s: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    """The entry loop must stay clear this long before it counts a new vehicle (trailer gaps)."""
+    backout_s: Annotated[float, Field(ge=0.5, le=60.0)] = 3.0
+    """Stop loop clear this long with the barrier down: the vehicle left the stop line without passing."""
 
 
 class LaneConfig(_Section):
@@ -308,6 +331,12 @@ class LaneConfig(_Section):
     """Wait for the exit loop (loop_entry of the next zone wired as exit) before lowering."""
     max_containers: Annotated[int, Field(ge=1, le=2)] = 2
     """Most containers one truck carries through this lane (2 x 20 ft = 2)."""
+
+    @model_validator(mode="after")
+    def _exit_detector(self) -> LaneConfig:
+        if self.exit_detection and self.plc.exit_loop is None:
+            _reject([(("plc", "exit_loop"), "exit_detection needs plc.exit_loop (the exit detector input)")])
+        return self
 
 
 # --------------------------------------------------------------------------- hub link

@@ -11,10 +11,15 @@ if TYPE_CHECKING:
     from gate_controller.config import ConfigIssue
 
 __all__ = [
+    "ArchiveError",
     "ConfigError",
+    "HubConnectError",
     "HubError",
+    "OutboxError",
     "PlcError",
+    "PlcInterlockError",
     "PlcTimeoutError",
+    "PlcVerificationError",
     "SmartGateError",
 ]
 
@@ -39,5 +44,29 @@ class PlcTimeoutError(PlcError, TimeoutError):
     """A Modbus request to the lane PLC timed out."""
 
 
+class PlcInterlockError(PlcError):
+    """A write was refused before it reached the PLC because a safety rule forbids it right now.
+
+    Raised for any coil other than ``alarm`` while ``estop`` or ``local_manual`` is set, and for
+    lowering the barrier while ``loop_safety`` is set. Nothing was written.
+    """
+
+
+class PlcVerificationError(PlcError):
+    """The PLC acknowledged a write but reading the point back shows a different value."""
+
+
 class HubError(SmartGateError):
     """The hub link (MQTT) failed in a way the caller must handle."""
+
+
+class HubConnectError(HubError):
+    """One attempt to reach the MQTT broker failed (refused, TLS, authentication, no CONNACK)."""
+
+
+class OutboxError(HubError):
+    """The durable outbox could not commit (disk full, I/O error): nothing was recorded."""
+
+
+class ArchiveError(SmartGateError):
+    """The scan archive has no such scan or transaction, or cannot store a sample."""

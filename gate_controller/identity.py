@@ -103,8 +103,11 @@ _CONFUSABLE: Final = frozenset(
     frozenset(pair) for pair in _CONFUSABLE_PAIRS.split()
 )
 _CONFUSION_SHARE: Final = 0.8  # share of a character's error probability that goes to look-alikes
-_Q_MIN: Final = 0.05
-_Q_MAX: Final = 0.98  # no single character observation is ever trusted beyond this
+_ERROR_MIN: Final = 0.002  # no single character observation is ever trusted beyond 99.8 %
+_ERROR_MAX: Final = 0.95
+# A read placed by alignment (truncated, padded, shifted) may be placed wrongly: its characters
+# are weaker evidence than those of a read that lines up with the others as it is.
+_ALIGNED_ERROR_MIN: Final = 0.1
 
 # Candidate enumeration for explanations and rivals (the decision itself uses the exact posterior).
 _ALT_MIN_P: Final = 1e-4
@@ -113,6 +116,9 @@ _ENUM_POSITIONS: Final = 6
 _RIVAL_MIN_POSTERIOR: Final = 1e-3
 _MAX_READ_LENGTH: Final = 2 * NUMBER_LENGTH
 _DIRECT_MAX_MISMATCH: Final = 3
+_END_GAP: Final = 0.9
+_VOTE_GAP: Final = 0.5
+_VOTE_MIN_CONFIDENCE: Final = 0.5
 
 
 class IdentityReason(enum.StrEnum):
@@ -135,7 +141,7 @@ class IdentityReason(enum.StrEnum):
     BLIND_SPOT = "blind_spot"
     """The deciding evidence lies where the check digit cannot see (A/K/U-type letters, remainder 10)."""
     CONFLICTING_READS = "conflicting_reads"
-    """A read in the group is a different valid number: two containers may be mixed up."""
+    """A confident read in the group is a different valid number: two containers may be mixed up."""
     DUPLICATE = "duplicate"
     """Two containers of one truck resolved to the same number."""
 
@@ -151,6 +157,13 @@ class IdentitySettings(BaseModel):
     """A lone read (and each of its characters, when reported) must be at least this confident."""
     max_corrections: int = Field(default=1, ge=0, le=2)
     """Positions that may hold a character no read saw there (never the check digit)."""
+    blind_spot_margin: int = Field(default=2, ge=1, le=4)
+    """Where the check digit is blind (A/K/U-type letters, remainder 10, swapped letters), this many
+    more reads must show the accepted character than its twin. 2 means no lone read decides."""
+    confidence_gamma: float = Field(default=2.0, ge=1.0, le=3.0)
+    """Calibration of the OCR unit's scores: a character reported at confidence c is taken to be
+    wrong with probability (1 - c) ** gamma. 1.0 takes the scores as probabilities; calibrate per
+    site against operator-confirmed numbers (docs/decisions.md)."""
     group_max_distance: float = Field(default=0.3, ge=0.1, le=0.5)
     """Reads further apart than this (normalized edit distance) are different containers."""
 
@@ -359,6 +372,8 @@ class _Fusion:
     observations: list[list[_Observation]]
     contributing: list[int]  # indices of reads that placed at least one character
     direct: dict[int, str]  # read index -> its normalized 11-character text (direct placement)
+    texts: dict[int, str]  # read index -> cleaned text, for every contributing read
+    confs: dict[int, list[float]]  # read index -> confidence of each cleaned character
 
 
 def _read_char_conf(read: OcrRead, index: int) -> float:
@@ -391,7 +406,9 @@ def _align(text: str, ref: str) -> list[int | None]:
     """For each of the 11 reference positions, the index of the read character placed there.
 
     Levenshtein alignment with look-alike substitutions at half cost, so a dropped, inserted or
-    truncated character shifts only the characters after it instead of the whole read.
+    truncated character shifts only the characters after it instead of the whole read. Gaps at
+    either end cost a little less than inside: truncation and leading or trailing junk are far
+    more common than a character lost in the middle.
     """
     n, m = len(ref), len(text)
     inf = math.inf
@@ -407,10 +424,14 @@ def _align(text: str, ref: str) -> list[int | None]:
                 c = here + _sub_cost(text[j], i, ref)
                 if c < cost[i + 1][j + 1]:
                     cost[i + 1][j + 1], move[i + 1][j + 1] = c, 1
-            if i < n and here + 1.0 < cost[i + 1][j]:
-                cost[i + 1][j], move[i + 1][j] = here + 1.0, 2
-            if j < m and here + 1.0 < cost[i][j + 1]:
-                cost[i][j + 1], move[i][j + 1] = here + 1.0, 3
+            if i < n:
+                c = here + (_END_GAP if j in (0, m) else 1.0)
+                if c < cost[i + 1][j]:
+                    cost[i + 1][j], move[i + 1][j] = c, 2
+            if j < m:
+                c = here + (_END_GAP if i in (0, n) else 1.0)
+                if c < cost[i][j + 1]:
+                    cost[i][j + 1], move[i][j + 1] = c, 3
     placed: list[int | None] = [None] * n
     i, j = n, m
     while i > 0 or j > 0:
@@ -436,13 +457,13 @@ def _reference(cleaned: Sequence[tuple[str, list[float]]]) -> str | None:
         for pos, char in enumerate(text):
             mapped = _normalize_char(char, pos)
             if mapped is not None:
-                votes[pos][mapped[0]] = votes[pos].get(mapped[0], 0.0) + max(confs[pos], _Q_MIN) * mapped[1]
+                votes[pos][mapped[0]] = votes[pos].get(mapped[0], 0.0) + max(confs[pos], 0.05) * mapped[1]
     if not any_full:
         return None
     return "".join(max(v.items(), key=lambda kv: (kv[1], kv[0]))[0] if v else "?" for v in votes)
 
 
-def _fuse(reads: Sequence[OcrRead]) -> _Fusion | IdentityReason:
+def _fuse(reads: Sequence[OcrRead], gamma: float) -> _Fusion | IdentityReason:
     cleaned = [_cleaned_with_conf(r) for r in reads]
     if not any(text for text, _ in cleaned):
         return IdentityReason.NO_READS
@@ -470,7 +491,9 @@ def _fuse(reads: Sequence[OcrRead]) -> _Fusion | IdentityReason:
             mapped = _normalize_char(text[j], pos)
             if mapped is None:
                 continue
-            q = min(max(confs[j] * mapped[1], _Q_MIN), _Q_MAX)
+            floor = _ERROR_MIN if index in direct else _ALIGNED_ERROR_MIN
+            error = min(max((1.0 - confs[j]) ** gamma, floor), _ERROR_MAX)
+            q = (1.0 - error) * mapped[1]
             observations[pos].append(_Observation(mapped[0], q, index))
             used = True
         if used:
@@ -494,7 +517,9 @@ def _fuse(reads: Sequence[OcrRead]) -> _Fusion | IdentityReason:
         total = sum(weights)
         probs.append([w / total for w in weights])
         seen.append({obs.char for obs in observations[pos]})
-    return _Fusion(probs, seen, observations, contributing, direct)
+    texts = {index: cleaned[index][0] for index in contributing}
+    confs = {index: cleaned[index][1] for index in contributing}
+    return _Fusion(probs, seen, observations, contributing, direct, texts, confs)
 
 
 def _posterior_search(probs: Sequence[Sequence[float]]) -> tuple[str | None, float, float]:
@@ -613,7 +638,7 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
             reason=reason, iso_type=iso_type, cameras=cameras, candidates=tuple(candidates), detail=detail,
         )
 
-    fused = _fuse(reads)
+    fused = _fuse(reads, cfg.confidence_gamma)
     if isinstance(fused, IdentityReason):
         what = "no read has any text" if fused is IdentityReason.NO_READS else "no read covers all 11 characters"
         return reject(fused, what)
@@ -673,11 +698,20 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
             f"{best} needs {len(corrections)} characters no read saw (max {cfg.max_corrections})",
             confidence=posterior, candidates=candidates,
         )
-    blind = _blind_spot(best, fused.seen, corrections)
+    if corrections and check_remainder(best) == 10:
+        return reject(
+            IdentityReason.BLIND_SPOT,
+            f"{best} would be a correction into remainder 10 (check digit 0 then stands for two "
+            "remainders); such numbers are accepted only as read",
+            confidence=posterior, candidates=candidates,
+        )
+    blind = _outvoted_blind_neighbour(best, fused, cfg.blind_spot_margin)
     if blind is not None:
         return reject(IdentityReason.BLIND_SPOT, blind, confidence=posterior, candidates=candidates)
-    for text in fused.direct.values():
-        if text != best and is_valid_number(text):
+    neighbours = set(_blind_neighbours(best))
+    for index, text in fused.direct.items():
+        strong = min(fused.confs[index]) >= cfg.single_read_min_confidence
+        if strong and text != best and text not in neighbours and is_valid_number(text):
             return reject(
                 IdentityReason.CONFLICTING_READS,
                 f"a read is the different valid number {text}; the group may hold two containers",
@@ -697,24 +731,95 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
     )
 
 
-def _blind_spot(number: str, seen: Sequence[set[str]], corrections: Sequence[int]) -> str | None:
-    """Where the check digit cannot vouch for the choice that was made, say so."""
+def _blind_neighbours(number: str) -> dict[str, str]:
+    """Valid numbers the check digit cannot tell from ``number``, each with how it arises.
+
+    One character replaced by another of equal value modulo 11 at that position (A/K/U, F/P/Z, ...
+    in the owner code), one character replaced so that the remainder moves between 0 and 10 (both
+    give check digit 0), or two adjacent characters swapped without changing the sum (two letters
+    of one class in the owner code).
+    """
+    out: dict[str, str] = {}
+    check = int(number[10])
+    remainder = check_remainder(number)
     for pos in range(10):
         alphabet = _ALPHABET_OF_KIND[_KIND[pos]]
-        mine = _RESIDUES[pos][alphabet.index(number[pos])]
-        twins = sorted(
-            c for c in seen[pos] if c != number[pos] and _RESIDUES[pos][alphabet.index(c)] == mine
-        )
-        if twins:
-            return (
-                f"position {pos + 1}: reads show {number[pos]} and {'/'.join(twins)}, which the check digit "
-                "cannot tell apart (equal value modulo 11)"
+        residues = _RESIDUES[pos]
+        base = remainder - residues[alphabet.index(number[pos])]
+        for k, char in enumerate(alphabet):
+            if char != number[pos] and (base + residues[k]) % 11 % 10 == check:
+                out[number[:pos] + char + number[pos + 1:]] = f"{number[pos]}/{char} at position {pos + 1}"
+    for pos in range(10):
+        if number[pos] != number[pos + 1]:
+            swapped = number[:pos] + number[pos + 1] + number[pos] + number[pos + 2:]
+            if is_valid_number(swapped):
+                out[swapped] = f"{number[pos]}{number[pos + 1]} swapped at positions {pos + 1}-{pos + 2}"
+    return out
+
+
+def _edit_cost(text: str, ref: str) -> float:
+    """Cost of the alignment `_align` would choose (same weights), without the traceback."""
+    n, m = len(ref), len(text)
+    prev = [0.0] * (m + 1)
+    for j in range(1, m + 1):
+        prev[j] = prev[j - 1] + _END_GAP
+    for i in range(1, n + 1):
+        gap_i = _END_GAP if i == n else 1.0
+        cur = [prev[0] + _END_GAP] + [0.0] * m
+        for j in range(1, m + 1):
+            gap_j = _END_GAP if j == m else 1.0
+            cur[j] = min(
+                prev[j - 1] + _sub_cost(text[j - 1], i - 1, ref),
+                prev[j] + gap_j,
+                cur[j - 1] + gap_i,
             )
-    if corrections and check_remainder(number) == 10:
-        return (
-            f"{number} would be a correction into remainder 10 (check digit 0 stands for two remainders); "
-            "such numbers are accepted only as read"
+        prev = cur
+    return prev[m]
+
+
+def _outvoted_blind_neighbour(number: str, fused: _Fusion, margin: int) -> str | None:
+    """Where the check digit is blind, the reads themselves must carry the decision.
+
+    For every blind-spot neighbour of the accepted number the reads vote. A read that lines up
+    directly votes with the character it shows at the differing position, if its own camera is
+    at least moderately sure of it; other reads (placed by alignment), and every read for a swap,
+    vote for whichever of the two numbers they are clearly closer to in edit cost, or abstain.
+    A neighbour that is a likely misread (shown by some read, a look-alike, a swap) must be
+    outvoted by ``margin``, so a lone read or a correction into a blind spot never decides
+    between them; an unseen twin that is no look-alike needs one vote (the posterior already
+    weighs how unlikely that misread is).
+    """
+    for twin, how in _blind_neighbours(number).items():
+        diff = [pos for pos in range(NUMBER_LENGTH) if twin[pos] != number[pos]]
+        likely = len(diff) > 1 or any(
+            twin[pos] in fused.seen[pos] or frozenset((twin[pos], number[pos])) in _CONFUSABLE for pos in diff
         )
+        needed = margin if likely else 1
+        mine = theirs = 0
+        voters = list(fused.contributing)
+        if len(diff) == 1:
+            pos = diff[0]
+            for index, text in fused.direct.items():
+                if fused.confs[index][pos] < _VOTE_MIN_CONFIDENCE:
+                    continue  # a character its own camera doubts is no testimony
+                if text[pos] == number[pos]:
+                    mine += 1
+                elif text[pos] == twin[pos]:
+                    theirs += 1
+            voters = [i for i in voters if i not in fused.direct]
+        if mine - theirs < needed:  # only then is the slower edit-cost vote worth running
+            for index in voters:
+                text = fused.texts[index]
+                a, b = _edit_cost(text, number), _edit_cost(text, twin)
+                if a + _VOTE_GAP <= b:
+                    mine += 1
+                elif b + _VOTE_GAP <= a:
+                    theirs += 1
+        if mine - theirs < needed:
+            return (
+                f"{number} and {twin} ({how}) pass the same check digit; the reads favour {number} "
+                f"by {mine} to {theirs}, a margin of {needed} is required"
+            )
     return None
 
 

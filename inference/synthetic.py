@@ -842,8 +842,9 @@ def generate_scan(
     # Map canvas columns to output columns through the (monotonic) sampling positions.
     regions: list[Region] = []
     for x, y, w, h, label in raw_regions:
-        ox0 = int(np.searchsorted(src_x, x, side="left"))
-        ox1 = int(np.searchsorted(src_x, x + w, side="left"))
+        # Output columns that sample (linearly) any canvas column of the object.
+        ox0 = int(np.searchsorted(src_x, x - 1, side="right"))
+        ox1 = min(int(np.searchsorted(src_x, x + w, side="left")), n_cols)
         regions.append(Region(x=ox0, y=y, w=max(1, ox1 - ox0), h=h, label=label))
     masks: dict[str, npt.NDArray[np.bool_]] = {}
     if with_masks:

@@ -19,6 +19,11 @@ __all__ = ["build_parser", "main"]
 # The explicit command registry; order is the order of `smartgate --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "config",
+    "review",
+    "synth",
+    "sniff",
+    "sim",
+    "hub",
 )
 
 EX_USAGE = 64

@@ -1,0 +1,6 @@
+"""Simulated lane hardware: the virtual lane PLC with lane physics, served over Modbus."""
+
+from gate_controller.sim.lane_plc import Spot, Vehicle, VirtualLanePlc, WriteRecord
+from gate_controller.sim.modbus_server import VirtualPlcServer
+
+__all__ = ["Spot", "Vehicle", "VirtualLanePlc", "VirtualPlcServer", "WriteRecord"]

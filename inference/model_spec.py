@@ -1,0 +1,192 @@
+"""The metadata JSON that ships next to every model file, and its validation.
+
+The runtime is driven entirely by this document (input geometry, normalization, tiling, output
+channels, labels, thresholds), so a model retrained on real labelled scans is deployed by
+replacing the ``.tflite`` and its ``.json`` only, with no code change. The file's SHA-256 is
+recorded here and checked at load time: a truncated or swapped model file is a `ModelError`,
+never a silently wrong verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inference.errors import ModelError
+
+__all__ = [
+    "FORMAT",
+    "InputSpec",
+    "ModelSpec",
+    "NormalizationSpec",
+    "OutputSpec",
+    "QuantizationSpec",
+    "ThresholdSpec",
+    "TilingSpec",
+    "file_sha256",
+    "load_spec",
+    "metadata_path_for",
+]
+
+FORMAT = "smartgate.model/1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuantizationSpec(_Strict):
+    scale: float = Field(gt=0)
+    zero_point: int = Field(ge=-128, le=255)
+
+
+class InputSpec(_Strict):
+    """One model input tile: NHWC, rows x tile width x channels."""
+
+    name: str
+    shape: tuple[int, int, int, int]
+    dtype: Literal["int8", "uint8", "float32"]
+    quantization: QuantizationSpec | None = None
+    column_mm: float = Field(gt=0, description="column pitch the scan is resampled to")
+    channels: tuple[str, ...] = Field(min_length=1, max_length=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        if self.shape[0] != 1:
+            raise ValueError("input batch must be 1")
+        if self.shape[3] != len(self.channels):
+            raise ValueError("input shape channels must match 'channels'")
+        if self.dtype != "float32" and self.quantization is None:
+            raise ValueError("a quantized input needs 'quantization'")
+        return self
+
+    @property
+    def rows(self) -> int:
+        return self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
+
+
+class OutputSpec(_Strict):
+    """Per-cell probabilities: channel 0 is ``not_empty``, the others are the anomaly labels."""
+
+    name: str
+    shape: tuple[int, int, int, int]
+    dtype: Literal["int8", "uint8", "float32"]
+    quantization: QuantizationSpec | None = None
+    stride: int = Field(ge=1)
+    channels: tuple[str, ...] = Field(min_length=2)
+    activation: Literal["sigmoid"] = "sigmoid"
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputSpec:
+        if self.channels[0] != "not_empty":
+            raise ValueError("output channel 0 must be 'not_empty'")
+        if self.shape[3] != len(self.channels):
+            raise ValueError("output shape channels must match 'channels'")
+        if self.dtype != "float32" and self.quantization is None:
+            raise ValueError("a quantized output needs 'quantization'")
+        return self
+
+
+class NormalizationSpec(_Strict):
+    """How transmitted intensity becomes model input (see inference/preprocess.py)."""
+
+    transform: Literal["log_attenuation"] = "log_attenuation"
+    air_percentile: float = Field(default=99.5, gt=50, le=100)
+    air_floor_fraction: float = Field(default=0.5, gt=0, le=1)
+    scale: tuple[float, ...] = Field(min_length=1, max_length=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> NormalizationSpec:
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("normalization scales must be > 0")
+        return self
+
+
+class TilingSpec(_Strict):
+    overlap: int = Field(ge=0)
+
+
+class ThresholdSpec(_Strict):
+    suspect: float = Field(gt=0, lt=1)
+    not_empty: float = Field(gt=0, lt=1)
+    region: float | None = Field(default=None, gt=0, lt=1)
+    not_empty_pool: int = Field(default=3, ge=1, le=15)
+
+
+class ModelSpec(BaseModel):
+    """The whole metadata document. ``training`` and ``metrics`` are free-form provenance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["smartgate.model/1"]
+    name: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=32)
+    created: str
+    model_file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input: InputSpec
+    output: OutputSpec
+    normalization: NormalizationSpec
+    tiling: TilingSpec
+    labels: tuple[str, ...] = Field(min_length=1)
+    thresholds: ThresholdSpec
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if tuple(self.output.channels[1:]) != tuple(self.labels):
+            raise ValueError("output channels after 'not_empty' must equal 'labels'")
+        if len(self.normalization.scale) != len(self.input.channels):
+            raise ValueError("one normalization scale per input channel")
+        if self.input.width % self.output.stride or self.input.rows % self.output.stride:
+            raise ValueError("input rows and width must be multiples of the output stride")
+        expected = (1, self.input.rows // self.output.stride, self.input.width // self.output.stride,
+                    len(self.output.channels))
+        if tuple(self.output.shape) != expected:
+            raise ValueError(f"output shape {self.output.shape} does not match input/stride {expected}")
+        if self.tiling.overlap >= self.input.width or self.tiling.overlap % self.output.stride:
+            raise ValueError("tiling overlap must be a multiple of the stride and below the tile width")
+        return self
+
+    @property
+    def region_threshold(self) -> float:
+        return self.thresholds.region if self.thresholds.region is not None else self.thresholds.suspect
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+
+
+def metadata_path_for(model_path: Path) -> Path:
+    """``foo.tflite`` -> ``foo.json`` (the metadata always sits next to the model)."""
+    return model_path.with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_spec(path: Path) -> ModelSpec:
+    """Read and validate a metadata file; every defect is a `ModelError` naming the file."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelError(f"model metadata {path} not found") from err
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"model metadata {path} is not readable JSON: {err}") from err
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ModelError(f"model metadata {path} is invalid: {err}") from err

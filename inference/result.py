@@ -1,0 +1,121 @@
+"""The outcome of one image review, and its wire form in the hub contract.
+
+Kept free of numpy/OpenCV/LiteRT so the daemon side of the isolated worker can build, pass and
+publish results without loading the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["VERDICTS", "ReviewRegion", "ReviewResult", "Verdict"]
+
+Verdict = Literal["clear", "suspect", "unavailable"]
+VERDICTS: tuple[str, ...] = ("clear", "suspect", "unavailable")
+
+
+@dataclass(frozen=True)
+class ReviewRegion:
+    """A flagged area in scan pixel coordinates (x = column, y = row) with its label and score."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float
+    label: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "score": round(self.score, 4),
+                "label": self.label}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ReviewRegion:
+        return cls(x=int(raw["x"]), y=int(raw["y"]), w=int(raw["w"]), h=int(raw["h"]),
+                   score=float(raw["score"]), label=str(raw["label"]))
+
+
+@dataclass(frozen=True)
+class ReviewResult:
+    """One scan's review.
+
+    ``verdict`` ``suspect`` when an anomaly scores at or above the suspect threshold, or when the
+    cargo is declared empty and ``not_empty_score`` reaches the not-empty threshold
+    (``declared_empty_violation``). ``unavailable`` (crash, hang, timeout, missing or corrupt
+    model, unreadable scan) carries ``error`` and no scores; it must never lead to release.
+    ``score`` is what the contract reports: the anomaly score, or the not-empty score when that
+    is what made a declared-empty scan suspect.
+    """
+
+    verdict: Verdict
+    score: float | None
+    not_empty_score: float | None
+    regions: tuple[ReviewRegion, ...] = ()
+    latency_ms: float = 0.0
+    model: str | None = None
+    version: str | None = None
+    error: str | None = None
+    anomaly_score: float | None = None
+    not_empty: bool | None = None
+    declared_empty_violation: bool = False
+    scan_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def unavailable(cls, error: str, *, latency_ms: float = 0.0, model: str | None = None,
+                    version: str | None = None, scan_id: str | None = None) -> ReviewResult:
+        return cls(verdict="unavailable", score=None, not_empty_score=None, latency_ms=latency_ms,
+                   model=model, version=version, error=error, scan_id=scan_id)
+
+    def to_contract(self) -> dict[str, Any]:
+        """Exactly the ``scan.inference`` object of the MQTT contract (section 4).
+
+        With verdict ``unavailable`` there is no score: ``score`` is reported as 0.0 to keep the
+        field a number, and the verdict is what consumers act on (docs/image-review.md).
+        """
+        return {
+            "model": self.model,
+            "version": self.version,
+            "score": round(self.score, 4) if self.score is not None else 0.0,
+            "verdict": self.verdict,
+            "regions": [r.as_dict() for r in self.regions],
+            "latency_ms": round(self.latency_ms, 2),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything, for logs, the CLI and the worker pipe."""
+        return {
+            "scan_id": self.scan_id,
+            "verdict": self.verdict,
+            "score": None if self.score is None else round(self.score, 4),
+            "not_empty_score": None if self.not_empty_score is None else round(self.not_empty_score, 4),
+            "anomaly_score": None if self.anomaly_score is None else round(self.anomaly_score, 4),
+            "not_empty": self.not_empty,
+            "declared_empty_violation": self.declared_empty_violation,
+            "regions": [r.as_dict() for r in self.regions],
+            "latency_ms": round(self.latency_ms, 2),
+            "model": self.model,
+            "version": self.version,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ReviewResult:
+        verdict = raw["verdict"]
+        if verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {verdict!r}")
+        return cls(
+            verdict=verdict,
+            score=None if raw.get("score") is None else float(raw["score"]),
+            not_empty_score=None if raw.get("not_empty_score") is None else float(raw["not_empty_score"]),
+            regions=tuple(ReviewRegion.from_dict(r) for r in raw.get("regions", [])),
+            latency_ms=float(raw.get("latency_ms", 0.0)),
+            model=raw.get("model"),
+            version=raw.get("version"),
+            error=raw.get("error"),
+            anomaly_score=None if raw.get("anomaly_score") is None else float(raw["anomaly_score"]),
+            not_empty=raw.get("not_empty"),
+            declared_empty_violation=bool(raw.get("declared_empty_violation", False)),
+            scan_id=raw.get("scan_id"),
+        )

@@ -1,0 +1,234 @@
+"""In-process image review: scan -> tiles -> TFLite -> cell maps -> regions -> verdict.
+
+The model outputs, per 8 x 8 cell of the resampled scan, the probability that the cell holds
+cargo (``not_empty``) and one probability per anomaly label. Tiles overlap; overlapping cells
+take the maximum. Regions are connected groups of cells whose best anomaly probability reaches
+the region threshold, kept when their peak reaches the suspect threshold, and mapped back to
+scan pixel coordinates. The scan's not-empty score is the maximum of the cargo map after a small
+box filter, so a single spurious cell cannot call an empty box loaded.
+
+`Reviewer` is not thread-safe and blocks for the duration of one review (tens of ms): the daemon
+uses it through `inference.worker.ReviewWorker`, which runs it in a separate process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from inference.errors import InferenceError
+from inference.model_spec import ModelSpec
+from inference.preprocess import PreparedScan, dequantize, prepare_scan, quantize
+from inference.result import ReviewRegion, ReviewResult
+from inference.runtime import ModelInfo, TfliteModel
+from inference.scan import Scan
+
+__all__ = ["MAX_REGIONS", "Reviewer", "ScanAnalysis"]
+
+MAX_REGIONS = 16
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ScanAnalysis:
+    """Raw per-cell output for one scan (used by the review, the evaluation and the preview).
+
+    ``probs`` is ``(cell_rows, cell_cols, 1 + len(labels))``: channel 0 = not empty, then labels.
+    ``cell_w``/``cell_h`` are the size of one cell in scan pixels.
+    """
+
+    probs: FloatArray
+    labels: tuple[str, ...]
+    cell_w: float
+    cell_h: float
+    scan_rows: int
+    scan_columns: int
+    invoke_ms: float
+    tiles: int
+
+    @property
+    def anomaly(self) -> FloatArray:
+        return self.probs[..., 1:]
+
+    def cell_box(self, x: int, y: int, w: int, h: int) -> tuple[slice, slice]:
+        """Cells touched by a scan-pixel box (for scoring a ground-truth region)."""
+        r0 = int(y // self.cell_h)
+        r1 = int(np.ceil((y + h) / self.cell_h))
+        c0 = int(x // self.cell_w)
+        c1 = int(np.ceil((x + w) / self.cell_w))
+        return slice(max(r0, 0), max(r1, r0 + 1)), slice(max(c0, 0), max(c1, c0 + 1))
+
+
+class Reviewer:
+    """Loads one model and reviews scans with it, synchronously.
+
+    Thresholds default to the model's metadata; ``suspect_threshold``/``not_empty_threshold``
+    override them (the config's knobs, None = metadata).
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        num_threads: int = 1,
+        *,
+        suspect_threshold: float | None = None,
+        not_empty_threshold: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        for name, value in (("suspect_threshold", suspect_threshold), ("not_empty_threshold", not_empty_threshold)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1) (got {value})")
+        self._model = TfliteModel(model_path, num_threads)
+        spec = self._model.spec
+        self.spec: ModelSpec = spec
+        self.suspect_threshold = suspect_threshold if suspect_threshold is not None else spec.thresholds.suspect
+        self.not_empty_threshold = (not_empty_threshold if not_empty_threshold is not None
+                                    else spec.thresholds.not_empty)
+        # The region threshold keeps its ratio to the suspect threshold when that is overridden.
+        ratio = spec.region_threshold / spec.thresholds.suspect
+        self.region_threshold = min(self.suspect_threshold, self.suspect_threshold * ratio)
+        self._clock = clock
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._model.info
+
+    @property
+    def model_path(self) -> Path:
+        return self._model.path
+
+    @property
+    def backend(self) -> str:
+        return self._model.backend
+
+    def prepare(self, scan: Scan) -> PreparedScan:
+        spec = self.spec
+        return prepare_scan(scan, spec.input, spec.normalization, spec.tiling.overlap, spec.output.stride)
+
+    def quantized_tiles(self, prepared: PreparedScan) -> list[npt.NDArray[Any]]:
+        """The exact input tensors `analyse` feeds to the interpreter (benchmarks use them)."""
+        spec = self.spec.input
+        q = quantize(prepared.data, spec.quantization, spec.dtype)
+        return [np.ascontiguousarray(q[None, :, off:off + spec.width, :]) for off in prepared.offsets]
+
+    def invoke(self, tile: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return self._model.run(tile)
+
+    def analyse(self, scan: Scan) -> ScanAnalysis:
+        """Run the model over the whole scan and stitch the per-cell probabilities."""
+        spec = self.spec
+        prepared = self.prepare(scan)
+        stride = spec.output.stride
+        cells_w = spec.input.width // stride
+        total = prepared.data.shape[1] // stride
+        stitched = np.zeros((spec.input.rows // stride, total, len(spec.output.channels)), dtype=np.float32)
+        invoke_s = 0.0
+        for off, tile in zip(prepared.offsets, self.quantized_tiles(prepared), strict=True):
+            t0 = self._clock()
+            raw = self._model.run(tile)
+            invoke_s += self._clock() - t0
+            out = dequantize(raw[0], spec.output.quantization)
+            c0 = off // stride
+            np.maximum(stitched[:, c0:c0 + cells_w], out, out=stitched[:, c0:c0 + cells_w])
+        valid = -(-prepared.width // stride)
+        probs = np.ascontiguousarray(stitched[:, :valid])
+        if not np.isfinite(probs).all():
+            raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
+        return ScanAnalysis(
+            probs=probs,
+            labels=tuple(spec.labels),
+            cell_w=stride * prepared.scale_x,
+            cell_h=stride * prepared.scale_y,
+            scan_rows=scan.rows,
+            scan_columns=scan.columns,
+            invoke_ms=invoke_s * 1000.0,
+            tiles=len(prepared.offsets),
+        )
+
+    def not_empty_map(self, analysis: ScanAnalysis) -> FloatArray:
+        k = self.spec.thresholds.not_empty_pool
+        cargo = analysis.probs[..., 0]
+        if k <= 1:
+            return cargo
+        return np.asarray(cv2.blur(cargo, (k, k), borderType=cv2.BORDER_REPLICATE), dtype=np.float32)
+
+    def _box(self, analysis: ScanAnalysis, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+        """Cell box (exclusive end) -> scan pixel box clipped to the scan."""
+        px0 = int(np.floor(x0 * analysis.cell_w))
+        py0 = int(np.floor(y0 * analysis.cell_h))
+        px1 = min(int(np.ceil(x1 * analysis.cell_w)), analysis.scan_columns)
+        py1 = min(int(np.ceil(y1 * analysis.cell_h)), analysis.scan_rows)
+        return px0, py0, max(1, px1 - px0), max(1, py1 - py0)
+
+    def regions(self, analysis: ScanAnalysis) -> list[ReviewRegion]:
+        """Connected anomaly cells -> labelled regions in scan pixels, strongest first."""
+        anomaly = analysis.anomaly
+        best = anomaly.max(axis=-1)
+        mask = (best >= self.region_threshold).astype(np.uint8)
+        if not mask.any():
+            return []
+        count, labels_img, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        comp = labels_img.ravel()
+        flat_best = best.ravel()
+        # Peak probability per component, vectorized over cells.
+        peaks = np.zeros(count, dtype=np.float32)
+        np.maximum.at(peaks, comp, flat_best)
+        out: list[ReviewRegion] = []
+        for i in np.flatnonzero(peaks >= self.suspect_threshold):
+            if i == 0:
+                continue
+            x0, y0, w, h = (int(v) for v in stats[i, :4])
+            cells = comp == i
+            # The label is the class with the highest probability anywhere in the component.
+            per_class = anomaly.reshape(-1, anomaly.shape[-1])[cells].max(axis=0)
+            label = analysis.labels[int(per_class.argmax())]
+            px, py, pw, ph = self._box(analysis, x0, y0, x0 + w, y0 + h)
+            out.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=float(peaks[i]), label=label))
+        out.sort(key=lambda r: -r.score)
+        return out[:MAX_REGIONS]
+
+    def review(self, scan: Scan, *, declared: str | None = None) -> ReviewResult:
+        """Review one scan. ``declared`` (e.g. the release notice's) overrides ``scan.declared``.
+
+        Raises `ScanFormatError` for a scan the model cannot take and `InferenceError` when the
+        runtime fails; the isolated worker turns both into verdict ``unavailable``.
+        """
+        t0 = self._clock()
+        analysis = self.analyse(scan)
+        regions = self.regions(analysis)
+        anomaly_score = float(analysis.anomaly.max()) if analysis.anomaly.size else 0.0
+        cargo = self.not_empty_map(analysis)
+        not_empty_score = float(cargo.max()) if cargo.size else 0.0
+        not_empty = not_empty_score >= self.not_empty_threshold
+        decl = declared if declared is not None else scan.declared
+        violation = decl is not None and decl.strip().lower() == "empty" and not_empty
+        suspect = anomaly_score >= self.suspect_threshold or violation
+        score = anomaly_score
+        if violation:
+            score = max(anomaly_score, not_empty_score)
+            ys, xs = np.nonzero(cargo >= self.not_empty_threshold)
+            px, py, pw, ph = self._box(analysis, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            regions.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=not_empty_score, label="not_empty"))
+        info = self.model_info
+        return ReviewResult(
+            verdict="suspect" if suspect else "clear",
+            score=score,
+            not_empty_score=not_empty_score,
+            regions=tuple(regions),
+            latency_ms=(self._clock() - t0) * 1000.0,
+            model=info.name,
+            version=info.version,
+            anomaly_score=anomaly_score,
+            not_empty=not_empty,
+            declared_empty_violation=violation,
+            scan_id=scan.scan_id,
+            extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles},
+        )

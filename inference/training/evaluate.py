@@ -1,0 +1,256 @@
+"""Evaluation and threshold calibration, measured with the TFLite runtime (never TensorFlow).
+
+Every figure comes from `inference.reviewer.Reviewer` running the shipped int8 model through
+LiteRT, exactly as on the gate. Definitions:
+
+* detection rate of a class: share of injected objects of that class whose region of the scan
+  (its ground-truth box, widened by one cell) reaches the suspect threshold in any anomaly
+  channel, i.e. the gate raises a region over it and calls the scan suspect;
+* false-alarm rate: share of scans without any anomaly that are called suspect (any region);
+* declared-empty accuracy: over scans declared empty, share whose not-empty decision matches
+  the truth; false "not empty": share of truly empty declared-empty boxes called loaded.
+
+ROC curves sweep the threshold: detection rate per class against the false-alarm rate, and
+not-empty detection against false "not empty".
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.reviewer import Reviewer, ScanAnalysis
+from inference.scan import Scan
+from inference.synthetic import generate_scenario
+from inference.training.dataset import FieldSample, split_seed
+
+__all__ = [
+    "ScanRecord",
+    "choose_thresholds",
+    "collect_field",
+    "collect_synthetic",
+    "compute_metrics",
+    "plot_roc",
+    "score_scan",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanRecord:
+    source: str
+    scan_id: str
+    cargo: str | None
+    declared: str | None
+    anomaly_score: float
+    not_empty_score: float
+    not_empty_truth: bool | None
+    has_anomaly: bool
+    objects: list[dict[str, Any]] = field(default_factory=list)  # label, score, predicted
+    false_region_scores: list[float] = field(default_factory=list)
+    latency_ms: float = 0.0
+    invoke_ms: float = 0.0
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]], *, source: str,
+               cargo: str | None, not_empty_truth: bool | None, has_anomaly: bool) -> ScanRecord:
+    t0 = time.perf_counter()
+    analysis: ScanAnalysis = reviewer.analyse(scan)
+    found = reviewer.regions(analysis)
+    cargo_map = reviewer.not_empty_map(analysis)
+    latency = (time.perf_counter() - t0) * 1000.0
+    anomaly = analysis.anomaly
+    objects = []
+    gt_boxes = []
+    for r in regions:
+        if r["label"] not in analysis.labels:
+            continue
+        rs, cs = analysis.cell_box(r["x"], r["y"], r["w"], r["h"])
+        rs = slice(max(rs.start - 1, 0), rs.stop + 1)
+        cs = slice(max(cs.start - 1, 0), cs.stop + 1)
+        window = anomaly[rs, cs]
+        per_class = window.reshape(-1, window.shape[-1]).max(axis=0) if window.size else np.zeros(len(analysis.labels))
+        objects.append({"label": r["label"], "score": float(per_class.max()),
+                        "predicted": analysis.labels[int(per_class.argmax())]})
+        gt_boxes.append((r["x"], r["y"], r["w"], r["h"]))
+    false_scores = [reg.score for reg in found
+                    if not any(_overlaps((reg.x, reg.y, reg.w, reg.h), b) for b in gt_boxes)]
+    return ScanRecord(
+        source=source, scan_id=scan.scan_id, cargo=cargo, declared=scan.declared,
+        anomaly_score=float(anomaly.max()), not_empty_score=float(cargo_map.max()),
+        not_empty_truth=not_empty_truth, has_anomaly=has_anomaly, objects=objects,
+        false_region_scores=false_scores, latency_ms=latency, invoke_ms=analysis.invoke_ms)
+
+
+def collect_synthetic(reviewer: Reviewer, split: str, base_seed: int, count: int) -> list[ScanRecord]:
+    records = []
+    for i in range(count):
+        seed = split_seed(split, base_seed, i)
+        syn = generate_scenario(seed, "random")
+        records.append(score_scan(reviewer, syn.scan, [r.as_dict() for r in syn.regions], source=f"synthetic:{split}",
+                                  cargo=syn.cargo, not_empty_truth=syn.not_empty,
+                                  has_anomaly=bool(syn.regions)))
+        if (i + 1) % 250 == 0:
+            _log.info("evaluated %d/%d %s scans", i + 1, count, split)
+    return records
+
+
+def collect_field(reviewer: Reviewer, samples: Iterable[FieldSample]) -> list[ScanRecord]:
+    records = []
+    for s in samples:
+        anomalous = s.finding == "contraband"
+        truth: bool | None = None
+        if "empty" in s.labels or ((s.declared or "").lower() == "empty" and s.finding == "clean"):
+            truth = False
+        elif "not_empty" in s.labels or s.finding == "misdeclared":
+            truth = True
+        scan = s.scan if s.declared == s.scan.declared else Scan(
+            pixels=s.scan.pixels, scan_id=s.scan.scan_id, bits=s.scan.bits, pixel_mm=s.scan.pixel_mm,
+            declared=s.declared, meta=s.scan.meta)
+        records.append(score_scan(reviewer, scan, list(s.regions), source=f"field:{s.path.name}", cargo=None,
+                                  not_empty_truth=truth, has_anomaly=anomalous))
+    return records
+
+
+def _rate(values: Sequence[float], threshold: float) -> float:
+    return float(np.mean(np.asarray(values) >= threshold)) if len(values) else float("nan")
+
+
+def choose_thresholds(records: Sequence[ScanRecord], *, target_false_alarm: float = 0.01,
+                      target_false_not_empty: float = 0.005) -> tuple[float, float]:
+    """Lowest thresholds (most sensitive) whose false rates on these records stay within target."""
+    negatives = np.sort([r.anomaly_score for r in records if not r.has_anomaly])
+    empties = np.sort([r.not_empty_score for r in records
+                       if r.declared == "empty" and r.not_empty_truth is False])
+
+    def lowest(values: np.ndarray[Any, Any], target: float, floor: float) -> float:
+        if values.size == 0:
+            return 0.5
+        allowed = int(np.floor(target * values.size))
+        # Threshold just above the (allowed+1)-th highest negative score.
+        kth = values[values.size - 1 - allowed] if allowed < values.size else 0.0
+        return float(min(max(kth + 1.0 / 256.0, floor), 0.99))
+
+    return lowest(negatives, target_false_alarm, 0.05), lowest(empties, target_false_not_empty, 0.05)
+
+
+def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: float,
+                    labels: Sequence[str]) -> dict[str, Any]:
+    negatives = [r for r in records if not r.has_anomaly]
+    per_class: dict[str, Any] = {}
+    for label in labels:
+        objs = [o for r in records for o in r.objects if o["label"] == label]
+        detected = [o for o in objs if o["score"] >= suspect]
+        per_class[label] = {
+            "objects": len(objs),
+            "detected": len(detected),
+            "detection_rate": round(len(detected) / len(objs), 4) if objs else None,
+            "label_accuracy": round(np.mean([o["predicted"] == label for o in detected]), 4) if detected else None,
+        }
+    false_alarm = _rate([r.anomaly_score for r in negatives], suspect)
+    declared_empty = [r for r in records if r.declared == "empty" and r.not_empty_truth is not None]
+    correct = [(r.not_empty_score >= not_empty) == r.not_empty_truth for r in declared_empty]
+    truly_empty = [r for r in declared_empty if r.not_empty_truth is False]
+    loaded = [r for r in declared_empty if r.not_empty_truth is True]
+    latencies = np.array([r.latency_ms for r in records]) if records else np.zeros(1)
+    return {
+        "scans": len(records),
+        "anomaly_free_scans": len(negatives),
+        "thresholds": {"suspect": round(suspect, 4), "not_empty": round(not_empty, 4)},
+        "detection": per_class,
+        "false_alarm_scan_rate": round(false_alarm, 4),
+        "false_regions_per_clean_scan": round(float(np.mean([
+            sum(s >= suspect for s in r.false_region_scores) for r in negatives])), 4) if negatives else None,
+        "declared_empty": {
+            "scans": len(declared_empty),
+            "accuracy": round(float(np.mean(correct)), 4) if correct else None,
+            "false_not_empty_rate": round(_rate([r.not_empty_score for r in truly_empty], not_empty), 4),
+            "loaded_detected_rate": round(_rate([r.not_empty_score for r in loaded], not_empty), 4),
+            "truly_empty": len(truly_empty),
+            "loaded": len(loaded),
+        },
+        "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
+                       "p95": round(float(np.percentile(latencies, 95)), 2)},
+    }
+
+
+def _roc(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
+    thresholds = np.unique(np.concatenate([[0.0, 1.01], np.asarray(pos), np.asarray(neg)]))[::-1]
+    p, n = np.asarray(pos), np.asarray(neg)
+    tpr = np.array([(p >= t).mean() if p.size else np.nan for t in thresholds])
+    fpr = np.array([(n >= t).mean() if n.size else np.nan for t in thresholds])
+    auc = float(np.trapezoid(tpr, fpr)) if p.size and n.size else float("nan")
+    return fpr, tpr, auc
+
+
+def plot_roc(records: Sequence[ScanRecord], labels: Sequence[str], suspect: float, not_empty: float, *,
+             out_dir: Path, title_suffix: str = "") -> dict[str, Any]:
+    """Write roc_anomaly.png and roc_not_empty.png; returns the AUCs."""
+    # matplotlib is in the train extra only (and has no stubs here): imported by name.
+    importlib.import_module("matplotlib").use("Agg")
+    plt = importlib.import_module("matplotlib.pyplot")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    neg = [r.anomaly_score for r in records if not r.has_anomaly]
+    aucs: dict[str, Any] = {}
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    for label in labels:
+        pos = [o["score"] for r in records for o in r.objects if o["label"] == label]
+        if not pos:
+            continue
+        fpr, tpr, auc = _roc(pos, neg)
+        aucs[label] = round(auc, 4)
+        ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f}, n={len(pos)})")
+    fa = _rate(neg, suspect)
+    ax.axvline(fa, color="grey", linestyle=":", label=f"operating point (t={suspect:.2f}, FA={fa:.1%})")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-alarm rate (anomaly-free scans called suspect)")
+    ax.set_ylabel("detection rate")
+    ax.set_title(f"Anomaly detection ROC, LiteRT int8{title_suffix} (n_neg={len(neg)})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc_anomaly.png")
+    plt.close(fig)
+
+    declared = [r for r in records if r.declared == "empty" and r.not_empty_truth is not None]
+    pos = [r.not_empty_score for r in declared if r.not_empty_truth]
+    negs = [r.not_empty_score for r in declared if not r.not_empty_truth]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    if pos and negs:
+        fpr, tpr, auc = _roc(pos, negs)
+        aucs["not_empty"] = round(auc, 4)
+        ax.plot(fpr, tpr, label=f"declared empty: loaded vs empty (AUC {auc:.3f})")
+        ax.axvline(_rate(negs, not_empty), color="grey", linestyle=":",
+                   label=f"operating point (t={not_empty:.2f})")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false 'not empty' rate (empty boxes)")
+    ax.set_ylabel("loaded boxes detected")
+    ax.set_title(f"Declared-empty verification ROC{title_suffix} (n={len(pos)}+{len(negs)})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc_not_empty.png")
+    plt.close(fig)
+    return aucs
+
+
+def records_to_json(records: Sequence[ScanRecord], path: Path) -> None:
+    path.write_text(json.dumps([asdict(r) for r in records]), encoding="utf-8")

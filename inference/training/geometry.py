@@ -1,0 +1,42 @@
+"""The model's input/output geometry and normalization, fixed at training time.
+
+They end up in the shipped metadata; the runtime reads them from there, never from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inference.model_spec import InputSpec, NormalizationSpec
+from inference.synthetic import ANOMALY_CLASSES
+
+__all__ = ["Geometry"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Tile 128 rows x 256 columns at 20 mm per column: a 40 ft scan is 3 tiles."""
+
+    rows: int = 128
+    tile_width: int = 256
+    column_mm: float = 20.0
+    stride: int = 8
+    overlap: int = 32
+    channels: tuple[str, ...] = ("high", "low_minus_high")
+    scale: tuple[float, ...] = (8.0, 3.0)
+    labels: tuple[str, ...] = ANOMALY_CLASSES
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("not_empty", *self.labels)
+
+    @property
+    def cell_rows(self) -> int:
+        return self.rows // self.stride
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(name="scan_tile", shape=(1, self.rows, self.tile_width, len(self.channels)),
+                         dtype="float32", column_mm=self.column_mm, channels=self.channels)
+
+    def normalization(self) -> NormalizationSpec:
+        return NormalizationSpec(scale=self.scale)

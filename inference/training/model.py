@@ -1,0 +1,47 @@
+"""The network: a small fully convolutional net producing per-cell logits at stride 8.
+
+Sized for the gate computer: about 0.12 M parameters, ~100 M multiply-accumulates per 128 x 256
+tile, int8. Dilated convolutions at the end give each cell a receptive field of about 135 model
+pixels (2.7 m), enough to see a car or a pallet around a concealed object. TensorFlow is only
+imported here and in train.py (the ``train`` extra).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from inference.training.geometry import Geometry
+
+__all__ = ["WIDTHS", "build_export_model", "build_model"]
+
+WIDTHS = (16, 32, 48, 64)
+
+
+def _cbr(x: Any, filters: int, stride: int = 1, dilation: int = 1, name: str = "") -> Any:
+    x = tf.keras.layers.Conv2D(filters, 3, strides=stride, dilation_rate=dilation, padding="same",
+                               use_bias=False, name=f"{name}_conv")(x)
+    x = tf.keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return tf.keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
+
+
+def build_model(g: Geometry, widths: tuple[int, int, int, int] = WIDTHS) -> Any:
+    """Training model: any width, outputs logits ``(batch, rows/8, width/8, 1 + labels)``."""
+    inp = tf.keras.Input((g.rows, None, len(g.channels)), name="scan")
+    x = _cbr(inp, widths[0], 2, name="c1")
+    x = _cbr(x, widths[1], 2, name="c2")
+    x = _cbr(x, widths[1], name="c3")
+    x = _cbr(x, widths[2], 2, name="c4")
+    x = _cbr(x, widths[2], name="c5")
+    x = _cbr(x, widths[3], dilation=2, name="c6")
+    x = _cbr(x, widths[3], dilation=4, name="c7")
+    logits = tf.keras.layers.Conv2D(len(g.outputs), 1, name="head")(x)
+    return tf.keras.Model(inp, logits, name="smartgate_xray")
+
+
+def build_export_model(trained: Any, g: Geometry) -> Any:
+    """Fixed-shape inference model (one tile, sigmoid probabilities) sharing the trained weights."""
+    inp = tf.keras.Input((g.rows, g.tile_width, len(g.channels)), batch_size=1, name="scan_tile")
+    probs = tf.keras.layers.Activation("sigmoid", name="probs")(trained(inp, training=False))
+    return tf.keras.Model(inp, probs, name="smartgate_xray_tile")

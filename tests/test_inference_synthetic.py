@@ -1,0 +1,164 @@
+"""The synthetic scan generator: determinism, geometry, physics, ground truth, speed."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from inference.scan import Scan, load_scan, save_scan
+from inference.synthetic import (
+    ANOMALY_CLASSES,
+    CARGO_KINDS,
+    LOW_HIGH_RATIO,
+    SCENARIOS,
+    generate_scan,
+    generate_scenario,
+)
+
+
+def _att(scan: Scan, channel: int) -> np.ndarray:
+    air = np.percentile(scan.pixels[channel], 99.5)
+    return np.log(air / np.maximum(scan.pixels[channel].astype(np.float64), 1.0))
+
+
+def test_same_seed_same_scan_and_other_seed_differs() -> None:
+    a = generate_scan(11, cargo="cartons", anomalies=("weapon",))
+    b = generate_scan(11, cargo="cartons", anomalies=("weapon",))
+    c = generate_scan(12, cargo="cartons", anomalies=("weapon",))
+    assert a.scan.sha256() == b.scan.sha256()
+    assert a.regions == b.regions
+    assert a.scan.sha256() != c.scan.sha256()
+
+
+def test_default_40ft_shape_dtype_and_meta() -> None:
+    syn = generate_scan(1)
+    scan = syn.scan
+    assert scan.pixels.shape == (2, 256, 2400)
+    assert scan.pixels.dtype == np.uint16
+    assert scan.bits == 16
+    assert 5.0 < scan.pixel_mm < 5.5
+    assert scan.scan_id == "SYN-00000001"
+    assert syn.cargo in CARGO_KINDS
+    assert scan.meta["synthetic"]["seed"] == 1
+    # High values are air: the top rows (above the roof) are bright, the roof line is dark.
+    assert np.median(scan.pixels[0, :5, 100:-100]) > 0.8 * 65535
+
+
+@pytest.mark.parametrize(("length", "columns"), [(20, 1200), (40, 2400), (45, 2700)])
+def test_lengths(length: int, columns: int) -> None:
+    assert generate_scan(3, length_ft=length, cargo="empty").scan.columns == columns
+
+
+def test_options_rows_channels_bits_columns() -> None:
+    scan = generate_scan(4, rows=128, channels=1, bits=8, columns=1800, scan_id="X-1").scan
+    assert scan.pixels.shape == (1, 128, 1800)
+    assert scan.pixels.dtype == np.uint8
+    assert scan.scan_id == "X-1"
+
+
+def test_fast_enough() -> None:
+    generate_scan(0)
+    t0 = time.perf_counter()
+    for seed in range(3):
+        generate_scan(seed, cargo="mixed", anomalies=("weapon", "dense_object"))
+    per_scan = (time.perf_counter() - t0) / 3
+    assert per_scan < 0.5, f"{per_scan:.3f} s per 40 ft scan"
+
+
+@pytest.mark.parametrize("label", ANOMALY_CLASSES)
+def test_anomaly_region_ground_truth_and_attenuation(label: str) -> None:
+    clean = generate_scan(21, cargo="cartons", clutter=False)
+    syn = generate_scan(21, cargo="cartons", anomalies=(label,), clutter=False)
+    assert len(syn.regions) == 1
+    r = syn.regions[0]
+    assert r.label == label
+    assert 0 <= r.x and r.x + r.w <= syn.scan.columns and 0 <= r.y and r.y + r.h <= syn.scan.rows
+    assert r.w > 2 and r.h > 2
+    # The injected object attenuates: the box is darker than the same box without the object.
+    box = (slice(r.y, r.y + r.h), slice(r.x, r.x + r.w))
+    assert _att(syn.scan, 0)[box].mean() > _att(clean.scan, 0)[box].mean() + 0.1
+    assert label in syn.labels and "not_empty" in syn.labels
+    assert syn.finding == "contraband"
+
+
+def test_dual_energy_separates_organic_from_metal() -> None:
+    organic = generate_scan(31, cargo="empty", anomalies=("organic_mass",), clutter=False)
+    dense = generate_scan(31, cargo="empty", anomalies=("dense_object",), clutter=False)
+
+    def ratio(syn: object) -> float:
+        r = syn.regions[0]  # type: ignore[attr-defined]
+        scan = syn.scan  # type: ignore[attr-defined]
+        box = (slice(r.y, r.y + r.h), slice(r.x, r.x + r.w))
+        hi, lo = _att(scan, 0)[box], _att(scan, 1)[box]
+        sel = (hi > 0.3) & (hi < 5.0)
+        return float(np.median(lo[sel] / hi[sel]))
+
+    r_org, r_metal = ratio(organic), ratio(dense)
+    # Low energy attenuates more than high energy, and more so for organic material.
+    assert r_org > r_metal > 1.0
+    assert abs(r_org - LOW_HIGH_RATIO[0]) < 0.12
+
+
+def test_empty_and_declared_empty_findings() -> None:
+    empty = generate_scan(5, cargo="empty", declared="empty")
+    assert empty.labels == ("empty",)
+    assert empty.finding == "clean"
+    assert not empty.not_empty
+    loaded = generate_scan(5, cargo="bags", declared="empty")
+    assert loaded.finding == "misdeclared"
+    assert loaded.not_empty
+    assert loaded.scan.declared == "empty"
+    # cargo None with declared empty means a truthful empty box.
+    assert generate_scan(6, declared="empty").cargo == "empty"
+
+
+def test_masks_for_training() -> None:
+    syn = generate_scan(8, cargo="drums", anomalies=("dense_object",), with_masks=True)
+    assert set(syn.masks) == {"cargo", "dense_object"}
+    for mask in syn.masks.values():
+        assert mask.shape == (256, 2400) and mask.dtype == bool
+    r = syn.regions[0]
+    inside = syn.masks["dense_object"][r.y:r.y + r.h, r.x:r.x + r.w].sum()
+    assert inside == syn.masks["dense_object"].sum() > 0
+    assert syn.masks["cargo"].mean() > 0.05
+
+
+def test_speed_changes_stretch_columns_consistently() -> None:
+    # Same cargo, two seeds: region boxes follow the stretched columns (object width varies).
+    widths = {generate_scan(s, cargo="empty", anomalies=("dense_object",)).regions[0].w for s in range(40, 46)}
+    assert len(widths) > 1
+
+
+def test_archive_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    syn = generate_scan(9, cargo="machinery", anomalies=("weapon",), declared="machinery")
+    path = save_scan(syn.scan, tmp_path / "s.npz")
+    back = load_scan(path)
+    assert back.sha256() == syn.scan.sha256()
+    assert back.declared == "machinery"
+    assert back.meta["synthetic"]["regions"][0]["label"] == "weapon"
+    wire = Scan.from_wire(syn.scan.wire_bytes(), columns=2400, rows=256, channels=2, bits=16,
+                          scan_id="W", pixel_mm=syn.scan.pixel_mm)
+    assert np.array_equal(wire.pixels, syn.scan.pixels)
+
+
+@pytest.mark.parametrize("kind", SCENARIOS)
+def test_every_scenario_generates(kind: str) -> None:
+    syn = generate_scenario(100, kind, length_ft=20)
+    assert syn.scan.columns == 1200
+    if kind in ANOMALY_CLASSES:
+        assert kind in {r.label for r in syn.regions}
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="cargo"):
+        generate_scan(1, cargo="gold")
+    with pytest.raises(ValueError, match="anomaly"):
+        generate_scan(1, anomalies=("bomb",))
+    with pytest.raises(ValueError, match="length_ft"):
+        generate_scan(1, length_ft=30)
+    with pytest.raises(ValueError, match="channels"):
+        generate_scan(1, channels=3)
+    with pytest.raises(ValueError, match="scenario"):
+        generate_scenario(1, "nothing")
