@@ -66,10 +66,10 @@ CROSS_CLASS: dict[str, str] = {"0": "O", "1": "I", "2": "Z", "5": "S", "8": "B",
 class Noise:
     """Noise per read set. Defaults are the benchmark's reference level."""
 
-    cameras_min: int = 2
-    cameras_max: int = 4
-    drop: float = 0.10  # a camera that sees the container returns no read
-    substitution: float = 0.02  # per character: a different glyph is read
+    cameras_min: int = 4  # cameras that see the container (side, side, rear or front, top)
+    cameras_max: int = 5
+    drop: float = 0.08  # a camera that sees the container returns no read
+    substitution: float = 0.015  # per character: a different glyph is read
     lookalike_share: float = 0.85  # of substitutions: a visual look-alike (else any character)
     cross_class: float = 0.03  # per character: a letter/digit look-alike (O for 0 in the serial)
     swap: float = 0.02  # per read: two adjacent characters swapped
@@ -78,8 +78,8 @@ class Noise:
     truncation: float = 0.05  # per read: 1-4 characters missing at one end
     separators: float = 0.10  # per read: printed as "MSKU 123456 5"
     confident_error: float = 0.25  # a wrong character still gets a high confidence
-    uncertain_correct: float = 0.05  # a right character gets a low confidence
-    weak_read: float = 0.08  # the whole read is blurred: every confidence scaled down
+    uncertain_correct: float = 0.03  # a right character gets a low confidence
+    weak_read: float = 0.05  # the whole read is blurred: every confidence scaled down
     char_confidence: float = 0.7  # the read reports per-character confidences
     damaged: float = 0.0  # per set: one painted character damaged alike for every camera
 

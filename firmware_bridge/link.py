@@ -155,6 +155,7 @@ class GfpLink:
         self._conn_id = 0
         self._session_end: asyncio.Future[str] | None = None
         self._session_started = 0.0
+        self._session_was_up = False
         self._last_frame_at: float | None = None
         self._last_posted_frame_at: float | None = None
         self._next_heartbeat = 0.0
@@ -163,6 +164,7 @@ class GfpLink:
         self._faults: dict[str, FaultEvent] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._running = False
         self._open_failing = False
@@ -198,6 +200,10 @@ class GfpLink:
         while True:
             yield await self._events.get()
 
+    async def wait_connected(self) -> None:
+        """Return once the port is open (the link may not be up yet: no frame may have arrived)."""
+        await self._connected.wait()
+
     def counters(self) -> LinkCounters:
         rx = self._receiver.counters
         asm = self._assembler.counters
@@ -229,7 +235,13 @@ class GfpLink:
         transport = self._transport
         if transport is None or not transport.is_open:
             raise LinkClosedError(f"link {self.name} is not connected")
-        await transport.write(self._encode(Control(command=command, now_ms=now_ms)))
+        try:
+            await transport.write(self._encode(Control(command=command, now_ms=now_ms)))
+        except LinkClosedError:
+            raise
+        except LinkError as err:
+            self._end_session(f"write failed: {err}")
+            raise
 
     async def run(self) -> None:
         """Keep the link open until cancelled or `stop`; never returns on port errors."""
@@ -257,12 +269,24 @@ class GfpLink:
     # ------------------------------------------------------------------ connection loop
 
     async def _connection_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
-            transport = self._make_transport()
+            # Everything a new connection's callbacks look at is set up before the port opens:
+            # the reader thread may deliver frames (or report the port closed) at once.
+            self._conn_id += 1
+            self._receiver.reset()
+            self._last_posted_frame_at = None
+            self._last_frame_at = None
+            self._session_was_up = False
+            self._session_end = loop.create_future()
+            transport = self._make_transport(self._conn_id)
+            self._transport = transport
             try:
                 await transport.open()
             except LinkError as err:
+                self._transport = None
+                self._session_end = None
                 self._counts["connect_failures"] += 1
                 if not self._open_failing:
                     log.warning("link %s: %s; retrying with backoff", self.name, err)
@@ -278,8 +302,9 @@ class GfpLink:
             self._counts["connects"] += 1
             reason = _CLOSED_BY_OWNER
             try:
-                reason = await self._session(transport)
+                reason = await self._session()
             finally:
+                self._connected.clear()
                 self._transport = None
                 self._session_end = None
                 self._counts["disconnects"] += 1
@@ -290,9 +315,8 @@ class GfpLink:
             await self._backoff(attempt)
             attempt += 1
 
-    def _make_transport(self) -> SerialTransport:
+    def _make_transport(self, conn_id: int) -> SerialTransport:
         s = self.settings
-        conn_id = self._conn_id + 1
         return SerialTransport(
             s.url, name=self.name, baudrate=s.baudrate, parity=s.parity, bytesize=s.bytesize,
             stopbits=s.stopbits, write_timeout_s=s.write_timeout_s,
@@ -301,18 +325,14 @@ class GfpLink:
             on_idle=self._on_idle, idle_timeout=self._idle_timeout,
         )
 
-    async def _session(self, transport: SerialTransport) -> str:
-        loop = asyncio.get_running_loop()
-        self._conn_id += 1
-        self._session_end = loop.create_future()
-        self._session_was_up = False
-        self._last_frame_at = None
-        self._transport = transport
+    async def _session(self) -> str:
+        assert self._session_end is not None
         self._session_started = self._clock()
         log.debug("link %s: %s open, sending CONTROL hello", self.name, self.settings.url)
         # Rule 9: ask for HELLO on every (re)connect; the firmware may have powered up long ago.
         self._send_nowait(Control(command="hello"))
         self._next_heartbeat = self._session_started
+        self._connected.set()
         self._wake.set()
         return await self._session_end
 
@@ -361,7 +381,7 @@ class GfpLink:
             self._wake.set()
 
     def _on_frames(self, conn_id: int, frames: list[Frame], last_frame_at: float | None) -> None:
-        if conn_id != self._conn_id or self._transport is None:
+        if conn_id != self._conn_id:
             return  # a late callback of a previous connection
         if last_frame_at is not None:
             self._last_frame_at = last_frame_at
@@ -496,6 +516,8 @@ class GfpLink:
             else self._post(self._on_write_failed, conn_id, f.exception()))
 
     def _on_write_failed(self, conn_id: int, error: BaseException) -> None:
+        if isinstance(error, LinkClosedError):
+            return  # a write queued while the port was closing; the session is ending anyway
         if conn_id == self._conn_id:
             log.warning("link %s: %s", self.name, error)
             self._end_session(f"write failed: {error}")
@@ -526,7 +548,7 @@ class GfpLink:
         asm_deadline = self._assembler.next_deadline()
         if asm_deadline is not None:
             deadlines.append(asm_deadline)
-        if self._transport is not None and self._session_end is not None and not self._session_end.done():
+        if self._connected.is_set() and self._session_end is not None and not self._session_end.done():
             if now >= self._next_heartbeat:
                 self._send_nowait(DaemonHeartbeat(uptime_ms=int((now - self._started_at) * 1000),
                                                   state=self.daemon_state))

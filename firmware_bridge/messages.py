@@ -274,7 +274,8 @@ class ScanLines:
     scan_no: int
     first_column: int
     column_count: int
-    data: bytes
+    data: bytes | memoryview
+    """Pixel bytes; decoding gives a view into the frame payload (no copy on the hot path)."""
 
     @classmethod
     def decode(cls, payload: bytes) -> ScanLines:
@@ -282,10 +283,10 @@ class ScanLines:
             raise PayloadError(cls.frame_type, "short", f"{len(payload)} bytes")
         scan_no, first, count = _LINES_HEADER.unpack_from(payload)
         return cls(scan_no=scan_no, first_column=first, column_count=count,
-                   data=payload[COLUMN_HEADER_SIZE:])
+                   data=memoryview(payload)[COLUMN_HEADER_SIZE:])
 
     def to_payload(self) -> bytes:
-        return _LINES_HEADER.pack(self.scan_no, self.first_column, self.column_count) + self.data
+        return _LINES_HEADER.pack(self.scan_no, self.first_column, self.column_count) + bytes(self.data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,7 @@ class _OpenScan:
     column_bytes: int
     max_columns: int
     last_frame_at: float
-    columns: dict[int, bytes] = field(default_factory=dict)
+    columns: dict[int, bytes | memoryview] = field(default_factory=dict)
     end: ScanEnd | None = None
     end_received_at: float | None = None
     resend_rounds: int = 0

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import serial
+import serial.serialposix
+from serial.urlhandler import protocol_socket
 
 from firmware_bridge.errors import LinkClosedError, LinkError
 from firmware_bridge.frame import MAX_READ_CHUNK
@@ -29,6 +31,7 @@ __all__ = ["SerialTransport"]
 log = logging.getLogger(__name__)
 
 _FALLBACK_READ_TIMEOUT_S = 0.1
+_DIRECT_READ = {serial.serialposix.Serial.read, protocol_socket.Serial.read}
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
 
@@ -90,11 +93,17 @@ class SerialTransport:
         loop = asyncio.get_running_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"gfp-{self.name}-write")
+        opening = self._executor.submit(self._open_blocking)
         try:
-            self._ser = await loop.run_in_executor(self._executor, self._open_blocking)
+            self._ser = await asyncio.wrap_future(opening)
         except BaseException:
+            # Cancelled mid-open: the thread may still be connecting. Let it finish (bounded by
+            # pyserial's connect timeout) and close whatever it opened, so nothing leaks.
             self._executor.shutdown(wait=True)
             self._executor = None
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                with contextlib.suppress(serial.SerialException, OSError):
+                    opening.result().close()
             raise
         self._stop_r, self._stop_w = os.pipe()
         self._loop = loop
@@ -155,17 +164,45 @@ class SerialTransport:
 
     def _select_loop(self, ser: Any, fd: int) -> None:
         stop_r = self._stop_r
+        # pyserial's own read() copies every chunk twice and selects again; for its plain tty
+        # and socket classes (not wrappers such as spy:// that override read) we read the
+        # descriptor it opened directly, which doubles the rate a pty can be drained at.
+        direct = type(ser).read in _DIRECT_READ
         while not self._stop.is_set():
             timeout = self._idle_timeout() if self._idle_timeout else None
             ready, _, _ = select.select([fd, stop_r], [], [], timeout)
             if stop_r in ready:
                 return
             if fd in ready:
-                data = ser.read(MAX_READ_CHUNK)
-                if data:
-                    self._on_data(data)
+                if direct:
+                    self._drain(fd)
+                else:
+                    data = ser.read(MAX_READ_CHUNK)
+                    if data:
+                        self._on_data(data)
             elif self._on_idle is not None:
                 self._on_idle()
+
+    def _drain(self, fd: int) -> None:
+        """Read until the descriptor is empty: one select per burst, not one per chunk.
+
+        A tty in pyserial's raw mode (VMIN=0) answers an empty read with b"" rather than EAGAIN,
+        so b"" only means a lost device on the first read after select reported readiness (the
+        rule pyserial itself applies).
+        """
+        first = True
+        while not self._stop.is_set():
+            try:
+                data = os.read(fd, MAX_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                if first:
+                    raise serial.SerialException("device reports readiness to read but returned no data "
+                                                 "(device disconnected?)")
+                return
+            first = False
+            self._on_data(data)
 
     def _polling_loop(self, ser: Any) -> None:
         while not self._stop.is_set():

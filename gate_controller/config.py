@@ -311,7 +311,7 @@ class LaneTimeouts(_Section):
     pre_arrival_s: Annotated[float, Field(ge=0.0, le=60.0)] = 5.0
     """OCR reads this long before the entry loop still belong to the arriving vehicle."""
     entry_gap_s: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
-    """The entry loop must stay clear this long before it counts a new vehicle (trailer gaps)."""
+    """A loop must stay clear this long before it counts a new vehicle (gaps between tractor and trailer)."""
     backout_s: Annotated[float, Field(ge=0.5, le=60.0)] = 3.0
     """Stop loop clear this long with the barrier down: the vehicle left the stop line without passing."""
 

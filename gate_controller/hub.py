@@ -358,8 +358,7 @@ class HubLink:
         return base / 2 + self._rng.random() * base / 2
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await _wait_event(self._stopping, seconds)
 
     async def _link_event(self, *, active: bool, detail: Mapping[str, Any]) -> None:
         """LINK_DOWN for the hub link itself, committed like every event (it reaches the hub later)."""
@@ -419,7 +418,7 @@ class HubLink:
             post(self._on_publish, s, mid)
 
         def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-            post(self._on_message, s, message.topic, bytes(message.payload))
+            post(self._on_message, s, message.topic, bytes(message.payload), bool(message.retain))
 
         def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
             post(self._on_suback, s, [str(r) for r in reasons if r.is_failure])
@@ -467,6 +466,7 @@ class HubLink:
                 flight.waiter.set_result(False)
 
     def _on_disconnect(self, s: _Session, reason: str) -> None:
+        s.alive = False
         self._release_waiters(s)
         if not s.connack.done():
             s.connack.set_exception(HubConnectError(f"connection closed before CONNACK: {reason}"))
@@ -487,7 +487,8 @@ class HubLink:
         self._latest_id = max(self._latest_id, s.boundary)
         s.connected_at = time.monotonic()
         self._session = s
-        result, _ = s.client.subscribe([(f"{self._notice_prefix}+", 1), (f"{self._cmd_prefix}+", 1)])
+        result, _ = s.client.subscribe([(f"{self._notice_prefix}+", 1), (f"{self._cmd_prefix}+", 1),
+                                        (self.status_topic, 1)])
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return f"subscribe failed: {mqtt.error_string(result)}"
         try:
@@ -522,14 +523,14 @@ class HubLink:
         deadline = time.monotonic() + timeout
         while s.alive and s.rows_inflight and time.monotonic() < deadline - timeout / 2:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0.1)
+            await _wait_event(self._wake, 0.1)
         death = {"state": "offline", "reason": "shutdown", "boot_id": self.outbox.boot_id, "gate": self.gate,
                  "site": self.site, "ts": utc_timestamp(self._wall_clock())}
         try:
             waiter = self._publish_direct(s, self.status_topic, death, retain=True, wait=True)
             assert waiter is not None
-            acked = await asyncio.wait_for(asyncio.shield(waiter), max(0.1, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                acked = await asyncio.shield(waiter)
         except HubError as err:
             logger.warning("hub link: shutdown status not published: %s", err)
         except TimeoutError:
@@ -550,7 +551,8 @@ class HubLink:
         try:
             # A clean DISCONNECT must reach the broker before the socket closes, or the broker
             # publishes the Will over our shutdown status; give paho's thread a moment to send it.
-            await asyncio.wait_for(asyncio.shield(join), 2.0 if graceful else 0.5)
+            async with asyncio.timeout(2.0 if graceful else 0.5):
+                await asyncio.shield(join)
         except TimeoutError:
             sock = s.client.socket()
             if sock is not None:
@@ -632,8 +634,7 @@ class HubLink:
                     return
             else:
                 lapped_since = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), keepalive)
+            await _wait_event(self._wake, keepalive)
 
     async def _fill(self, s: _Session) -> None:
         while s.alive and len(s.rows_inflight) < self._window and not self._lapped(s):
@@ -757,15 +758,36 @@ class HubLink:
 
     # ------------------------------------------------------------------ inbound
 
-    def _on_message(self, s: _Session, topic: str, payload: bytes) -> None:
+    def _on_message(self, s: _Session, topic: str, payload: bytes, retain: bool) -> None:
         if not s.alive:
             return
-        if topic.startswith(self._notice_prefix):
+        if topic == self.status_topic:
+            self._on_own_status(s, payload, retain)
+        elif topic.startswith(self._notice_prefix):
             self._notice_queue.put_nowait((topic[len(self._notice_prefix):], payload))
         elif topic.startswith(self._cmd_prefix):
             self._command_queue.put_nowait((topic[len(self._cmd_prefix):], payload))
         else:
             logger.debug("hub link: ignoring message on %s", topic)
+
+    def _on_own_status(self, s: _Session, payload: bytes, retain: bool) -> None:
+        """Heal a Will published over our birth.
+
+        When the broker notices a dead connection only after our new session is up (a half-open
+        TCP connection taken over by the reconnect), it publishes that connection's Will after our
+        birth, and the retained status would say offline while we are online. Seeing a live (not
+        retained) offline status for ourselves while connected, we publish the birth again.
+        """
+        if retain or self._stopping.is_set() or not self._connected.is_set():
+            return
+        try:
+            state = json.loads(payload).get("state")
+        except (ValueError, AttributeError):
+            return
+        if state == "offline":
+            logger.info("hub link: an offline status was published for this gate while it is online; rebirth")
+            with contextlib.suppress(HubError):
+                self._publish_direct(s, self.status_topic, self._birth_payload(), retain=True, wait=False)
 
     async def _notice_worker(self) -> None:
         assert self._loop is not None
@@ -790,6 +812,20 @@ class HubLink:
                 await self._commands.handle(name, payload)
             except Exception:
                 logger.exception("hub link: command %s failed", name)
+
+
+async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; True if it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives while the
+    awaited event is being set, which left a cancelled pump running for a whole keepalive.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _json(obj: Mapping[str, Any]) -> bytes:

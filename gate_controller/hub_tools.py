@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,12 +29,59 @@ from gate_controller.signing import sign
 from gate_controller.timestamps import utc_timestamp
 
 __all__ = [
+    "SCHEMA_NAMES",
     "HubClient",
     "ReceivedMessage",
+    "contract_errors",
+    "contract_schema",
     "describe",
     "make_command",
     "make_notice",
+    "schema_name_for",
 ]
+
+SCHEMA_NAMES = ("transaction", "event", "telemetry", "status", "reply", "command", "release-notice")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def contract_schema(name: str) -> dict[str, Any]:
+    """One of the JSON Schemas shipped in ``gate_controller/schemas`` (also in docs/mqtt/asyncapi.yaml)."""
+    if name not in SCHEMA_NAMES:
+        raise ValueError(f"no contract schema {name!r} (have {', '.join(SCHEMA_NAMES)})")
+    text = resources.files("gate_controller").joinpath("schemas", f"{name}.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def schema_name_for(topic: str) -> str | None:
+    """The schema of a contract topic; None for binary payloads (previews, images) and foreign topics."""
+    _, _, kind = _kind_of(topic)
+    return {"transactions": "transaction", "events": "event", "telemetry": "telemetry", "status": "status",
+            "reply": "reply", "cmd": "command", "release": "release-notice"}.get(kind)
+
+
+def contract_errors(topic: str, payload: bytes) -> list[str]:
+    """Why a message does not conform to the contract (empty when it does). Needs ``jsonschema``."""
+    import jsonschema  # a dev/tool dependency: the daemon never needs it
+
+    _, _, kind = _kind_of(topic)
+    if kind == "scan-preview":
+        return [] if payload.startswith(_JPEG_MAGIC) else ["preview is not a JPEG"]
+    if kind == "scan-image":
+        return [] if payload.startswith(_PNG_MAGIC) else ["image is not a PNG"]
+    name = schema_name_for(topic)
+    if name is None:
+        return [f"{topic} is not a topic of the contract"]
+    if name == "release-notice" and payload == b"":
+        return []
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        return [f"not UTF-8 JSON: {err}"]
+    validator = jsonschema.Draft7Validator(contract_schema(name))
+    return [f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))]
 
 
 def make_command(name: str, args: Mapping[str, Any], *, key: bytes, issued_by: str = "hub",

@@ -103,6 +103,7 @@ _CONFUSABLE: Final = frozenset(
     frozenset(pair) for pair in _CONFUSABLE_PAIRS.split()
 )
 _CONFUSION_SHARE: Final = 0.8  # share of a character's error probability that goes to look-alikes
+_NEGLIGIBLE: Final = 1e-15  # per-position probability below which a character is not considered
 _ERROR_MIN: Final = 0.002  # no single character observation is ever trusted beyond 99.8 %
 _ERROR_MAX: Final = 0.95
 # A read placed by alignment (truncated, padded, shifted) may be placed wrongly: its characters
@@ -117,8 +118,8 @@ _RIVAL_MIN_POSTERIOR: Final = 1e-3
 _MAX_READ_LENGTH: Final = 2 * NUMBER_LENGTH
 _DIRECT_MAX_MISMATCH: Final = 3
 _END_GAP: Final = 0.9
-_VOTE_GAP: Final = 0.5
-_VOTE_MIN_CONFIDENCE: Final = 0.5
+_VOTE_GAP: Final = 0.5 - 1e-9  # one look-alike substitution (tolerance: costs are float sums)
+_VOTE_MIN_CONFIDENCE: Final = 0.3
 
 
 class IdentityReason(enum.StrEnum):
@@ -141,7 +142,7 @@ class IdentityReason(enum.StrEnum):
     BLIND_SPOT = "blind_spot"
     """The deciding evidence lies where the check digit cannot see (A/K/U-type letters, remainder 10)."""
     CONFLICTING_READS = "conflicting_reads"
-    """A confident read in the group is a different valid number: two containers may be mixed up."""
+    """Two or more reads in the group show another valid number: two containers may be mixed up."""
     DUPLICATE = "duplicate"
     """Two containers of one truck resolved to the same number."""
 
@@ -374,6 +375,7 @@ class _Fusion:
     direct: dict[int, str]  # read index -> its normalized 11-character text (direct placement)
     texts: dict[int, str]  # read index -> cleaned text, for every contributing read
     confs: dict[int, list[float]]  # read index -> confidence of each cleaned character
+    placements: dict[int, dict[int, tuple[str, float]]]  # surely placed reads: pos -> (char, confidence)
 
 
 def _read_char_conf(read: OcrRead, index: int) -> float:
@@ -446,6 +448,14 @@ def _align(text: str, ref: str) -> list[int | None]:
     return placed
 
 
+def _contiguous(placed: Sequence[int | None]) -> bool:
+    """True when the placed characters are consecutive in both the read and the number."""
+    pairs = [(pos, j) for pos, j in enumerate(placed) if j is not None]
+    return bool(pairs) and all(j - pos == pairs[0][1] - pairs[0][0] for pos, j in pairs) and (
+        pairs[-1][0] - pairs[0][0] == len(pairs) - 1
+    )
+
+
 def _reference(cleaned: Sequence[tuple[str, list[float]]]) -> str | None:
     """Per-position weighted plurality of the normalized 11-character reads (alignment anchor)."""
     votes: list[dict[str, float]] = [{} for _ in range(NUMBER_LENGTH)]
@@ -472,6 +482,7 @@ def _fuse(reads: Sequence[OcrRead], gamma: float) -> _Fusion | IdentityReason:
         return IdentityReason.INCOMPLETE
     observations: list[list[_Observation]] = [[] for _ in range(NUMBER_LENGTH)]
     direct: dict[int, str] = {}
+    placements: dict[int, dict[int, tuple[str, float]]] = {}
     contributing: list[int] = []
     for index, (text, confs) in enumerate(cleaned):
         if not text or len(text) > _MAX_READ_LENGTH:
@@ -484,20 +495,25 @@ def _fuse(reads: Sequence[OcrRead], gamma: float) -> _Fusion | IdentityReason:
             direct[index] = normalize_number(text)
         else:
             placed = _align(text, ref)
-        used = False
+        # A read that is only cut or padded at its ends keeps one offset throughout: its placement
+        # is as sure as a direct read's. Gaps inside mean the aligner had to guess.
+        clean = _contiguous(placed)
+        floor = _ERROR_MIN if clean else _ALIGNED_ERROR_MIN
+        chars: dict[int, tuple[str, float]] = {}
         for pos, j in enumerate(placed):
             if j is None:
                 continue
             mapped = _normalize_char(text[j], pos)
             if mapped is None:
                 continue
-            floor = _ERROR_MIN if index in direct else _ALIGNED_ERROR_MIN
             error = min(max((1.0 - confs[j]) ** gamma, floor), _ERROR_MAX)
             q = (1.0 - error) * mapped[1]
             observations[pos].append(_Observation(mapped[0], q, index))
-            used = True
-        if used:
+            chars[pos] = (mapped[0], confs[j])
+        if chars:
             contributing.append(index)
+            if clean:
+                placements[index] = chars
     if any(not obs for obs in observations):
         return IdentityReason.INCOMPLETE
     probs: list[list[float]] = []
@@ -519,7 +535,7 @@ def _fuse(reads: Sequence[OcrRead], gamma: float) -> _Fusion | IdentityReason:
         seen.append({obs.char for obs in observations[pos]})
     texts = {index: cleaned[index][0] for index in contributing}
     confs = {index: cleaned[index][1] for index in contributing}
-    return _Fusion(probs, seen, observations, contributing, direct, texts, confs)
+    return _Fusion(probs, seen, observations, contributing, direct, texts, confs, placements)
 
 
 def _posterior_search(probs: Sequence[Sequence[float]]) -> tuple[str | None, float, float]:
@@ -544,7 +560,7 @@ def _posterior_search(probs: Sequence[Sequence[float]]) -> tuple[str | None, flo
         tops = [0.0] * 11
         top_char = [""] * 11
         for k, p in enumerate(probs[pos]):
-            if p <= 0.0:
+            if p < _NEGLIGIBLE:
                 continue
             r = residues[k]
             sums[r] += p
@@ -705,18 +721,23 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
             "remainders); such numbers are accepted only as read",
             confidence=posterior, candidates=candidates,
         )
-    blind = _outvoted_blind_neighbour(best, fused, cfg.blind_spot_margin)
+    neighbours = _blind_neighbours(best)
+    blind = _outvoted_blind_neighbour(best, neighbours, fused, cfg.blind_spot_margin)
     if blind is not None:
         return reject(IdentityReason.BLIND_SPOT, blind, confidence=posterior, candidates=candidates)
-    neighbours = set(_blind_neighbours(best))
-    for index, text in fused.direct.items():
-        strong = min(fused.confs[index]) >= cfg.single_read_min_confidence
-        if strong and text != best and text not in neighbours and is_valid_number(text):
+    shown: dict[str, int] = {}
+    for text in fused.direct.values():
+        shown[text] = shown.get(text, 0) + 1
+    for text, count in shown.items():
+        if count >= 2 and text != best and text not in neighbours and is_valid_number(text):
             return reject(
                 IdentityReason.CONFLICTING_READS,
-                f"a read is the different valid number {text}; the group may hold two containers",
+                f"{count} reads show the different valid number {text}; the group may hold two containers",
                 confidence=posterior, candidates=candidates,
             )
+    rival = _better_explanation(best, fused)
+    if rival is not None:
+        return reject(IdentityReason.AMBIGUOUS, rival, confidence=posterior, candidates=candidates)
     assert is_valid_number(best)
     cleaned_reads = {clean_text(r.text) for r in reads}
     corrected = best not in cleaned_reads
@@ -750,11 +771,21 @@ def _blind_neighbours(number: str) -> dict[str, str]:
             if char != number[pos] and (base + residues[k]) % 11 % 10 == check:
                 out[number[:pos] + char + number[pos + 1:]] = f"{number[pos]}/{char} at position {pos + 1}"
     for pos in range(10):
-        if number[pos] != number[pos + 1]:
-            swapped = number[:pos] + number[pos + 1] + number[pos] + number[pos + 2:]
-            if is_valid_number(swapped):
-                out[swapped] = f"{number[pos]}{number[pos + 1]} swapped at positions {pos + 1}-{pos + 2}"
+        a, b = number[pos], number[pos + 1]
+        if a == b or b not in _ALPHABET_OF_KIND[_KIND[pos]] or a not in _ALPHABET_OF_KIND[_KIND[pos + 1]]:
+            continue
+        swapped = number[:pos] + b + a + number[pos + 2:]
+        if pos == 9:
+            ok = int(a) == check_remainder(swapped) % 10
+        else:
+            ok = (remainder - _residue(pos, a) - _residue(pos + 1, b) + _residue(pos, b) + _residue(pos + 1, a)) % 11 % 10 == check
+        if ok:
+            out[swapped] = f"{a}{b} swapped at positions {pos + 1}-{pos + 2}"
     return out
+
+
+def _residue(pos: int, char: str) -> int:
+    return _VALUE[char] * pow(2, pos, 11) % 11
 
 
 def _edit_cost(text: str, ref: str) -> float:
@@ -777,36 +808,39 @@ def _edit_cost(text: str, ref: str) -> float:
     return prev[m]
 
 
-def _outvoted_blind_neighbour(number: str, fused: _Fusion, margin: int) -> str | None:
+def _outvoted_blind_neighbour(
+    number: str, neighbours: Mapping[str, str], fused: _Fusion, margin: int,
+) -> str | None:
     """Where the check digit is blind, the reads themselves must carry the decision.
 
-    For every blind-spot neighbour of the accepted number the reads vote. A read that lines up
-    directly votes with the character it shows at the differing position, if its own camera is
-    at least moderately sure of it; other reads (placed by alignment), and every read for a swap,
+    For every blind-spot neighbour of the accepted number the reads vote. A surely placed read
+    (direct, or only cut at its ends) votes with the characters it shows at the differing
+    positions, if it covers them and its own camera is at least somewhat sure of them; other reads
     vote for whichever of the two numbers they are clearly closer to in edit cost, or abstain.
     A neighbour that is a likely misread (shown by some read, a look-alike, a swap) must be
     outvoted by ``margin``, so a lone read or a correction into a blind spot never decides
     between them; an unseen twin that is no look-alike needs one vote (the posterior already
     weighs how unlikely that misread is).
     """
-    for twin, how in _blind_neighbours(number).items():
+    for twin, how in neighbours.items():
         diff = [pos for pos in range(NUMBER_LENGTH) if twin[pos] != number[pos]]
         likely = len(diff) > 1 or any(
             twin[pos] in fused.seen[pos] or frozenset((twin[pos], number[pos])) in _CONFUSABLE for pos in diff
         )
         needed = margin if likely else 1
         mine = theirs = 0
-        voters = list(fused.contributing)
-        if len(diff) == 1:
-            pos = diff[0]
-            for index, text in fused.direct.items():
-                if fused.confs[index][pos] < _VOTE_MIN_CONFIDENCE:
-                    continue  # a character its own camera doubts is no testimony
-                if text[pos] == number[pos]:
-                    mine += 1
-                elif text[pos] == twin[pos]:
-                    theirs += 1
-            voters = [i for i in voters if i not in fused.direct]
+        voters = []
+        for index in fused.contributing:
+            chars = fused.placements.get(index)
+            if chars is None:
+                voters.append(index)
+                continue
+            if any(pos not in chars or chars[pos][1] < _VOTE_MIN_CONFIDENCE for pos in diff):
+                continue  # not covered, or a character its own camera doubts: no testimony
+            if all(chars[pos][0] == number[pos] for pos in diff):
+                mine += 1
+            elif all(chars[pos][0] == twin[pos] for pos in diff):
+                theirs += 1
         if mine - theirs < needed:  # only then is the slower edit-cost vote worth running
             for index in voters:
                 text = fused.texts[index]
@@ -819,6 +853,69 @@ def _outvoted_blind_neighbour(number: str, fused: _Fusion, margin: int) -> str |
             return (
                 f"{number} and {twin} ({how}) pass the same check digit; the reads favour {number} "
                 f"by {mine} to {theirs}, a margin of {needed} is required"
+            )
+    return None
+
+
+def _read_cost(text: str, confs: Sequence[float], ref: str) -> float:
+    """How badly ``ref`` explains one whole read: Damerau edit cost, weighted by confidence.
+
+    Disagreeing with a character the camera was sure of costs more than with one it doubted; a
+    look-alike costs half; swapping two neighbours is one edit (OCR does swap characters, and a
+    per-position model cannot see that). End gaps are slightly cheaper, as in `_align`.
+    """
+    n, m = len(ref), len(text)
+    rows = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for j in range(1, m + 1):
+        rows[0][j] = rows[0][j - 1] + _END_GAP
+    for i in range(1, n + 1):
+        rows[i][0] = rows[i - 1][0] + _END_GAP
+        gap_i = _END_GAP if i == n else 1.0
+        for j in range(1, m + 1):
+            weight = max(confs[j - 1], 0.1)
+            best = min(
+                rows[i - 1][j - 1] + _sub_cost(text[j - 1], i - 1, ref) * weight,
+                rows[i - 1][j] + (_END_GAP if j == m else 1.0),
+                rows[i][j - 1] + gap_i,
+            )
+            if (
+                i > 1 and j > 1
+                and _sub_cost(text[j - 1], i - 2, ref) == 0.0 and _sub_cost(text[j - 2], i - 1, ref) == 0.0
+            ):
+                best = min(best, rows[i - 2][j - 2] + (confs[j - 1] + confs[j - 2]) / 2)
+            rows[i][j] = best
+    return rows[n][m]
+
+
+def _better_explanation(number: str, fused: _Fusion) -> str | None:
+    """The accepted number must also be the best explanation of the reads as whole strings.
+
+    The posterior treats positions independently, so characters taken from two reads that each
+    swapped a different pair can combine into a valid number no camera saw. Every valid reading a
+    read offers (as read, or with one adjacent swap undone) is scored against all reads; one that
+    explains them at least as well as the accepted number makes the result ambiguous.
+    """
+    alternatives: set[str] = set()
+    for index in fused.contributing:
+        text = fused.texts[index]
+        if len(text) != NUMBER_LENGTH:
+            continue
+        norm = normalize_number(text)
+        options = [norm] + [norm[:p] + norm[p + 1] + norm[p] + norm[p + 2:] for p in range(NUMBER_LENGTH - 1)]
+        alternatives.update(o for o in options if o != number and is_valid_number(o))
+    if not alternatives:
+        return None
+
+    def cost(candidate: str) -> float:
+        return sum(_read_cost(fused.texts[i], fused.confs[i], candidate) for i in fused.contributing)
+
+    mine = cost(number)
+    for alt in sorted(alternatives):
+        theirs = cost(alt)
+        if theirs <= mine:
+            return (
+                f"the reads are explained at least as well by {alt} as by {number} "
+                f"(edit cost {theirs:.2f} vs {mine:.2f})"
             )
     return None
 
@@ -858,18 +955,25 @@ def group_container_reads(
     """Split the container reads of one passage into one group per physical container.
 
     The firmware does not say which container a read belongs to. Reads are clustered by average
-    linkage on a normalized edit distance; two reads that are *different valid numbers* differing
-    in two or more positions are never put in one group (that would fuse two containers; consecutive
-    serials of a 2 x 20 ft truck may be only two characters apart). Groups are ordered by their
-    earliest ``read_ms`` (groups without one last), then by first appearance. Reads with no usable
-    text belong to no group.
+    linkage on a normalized edit distance. Consecutive serials of a 2 x 20 ft truck may be only two
+    characters apart, closer than noise puts two reads of one container, so a valid number that
+    at least two reads show exactly is a *seed*, and reads of two different seeds (differing in
+    two or more positions) are never put in one group. A lone valid read is not a seed: one misread
+    camera must not invent a second container. Groups are ordered by their earliest ``read_ms``
+    (groups without one last), then by first appearance. Reads with no usable text belong to no
+    group.
     """
     limit = _DEFAULT_SETTINGS.group_max_distance if max_distance is None else max_distance
     items = [(i, _canonical(clean_text(r.text))) for i, r in enumerate(reads)]
     items = [(i, t) for i, t in items if t and len(t) <= _MAX_READ_LENGTH]
     if not items:
         return []
-    valid = {i: t for i, t in items if len(t) == NUMBER_LENGTH and is_valid_number(t)}
+    counts: dict[str, int] = {}
+    for _, text in items:
+        counts[text] = counts.get(text, 0) + 1
+    valid = {
+        i: t for i, t in items if len(t) == NUMBER_LENGTH and counts[t] >= 2 and is_valid_number(t)
+    }
     n = len(items)
     dist = [[0.0] * n for _ in range(n)]
     for x in range(n):

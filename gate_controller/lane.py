@@ -36,7 +36,6 @@ from typing import Any, Literal
 from gate_controller.config import LaneConfig
 from gate_controller.errors import PlcError, PlcInterlockError, PlcVerificationError
 from gate_controller.plc import (
-    COILS,
     DisplayMessage,
     LaneStateCode,
     PlcBusRegistry,
@@ -233,7 +232,7 @@ class Lane:
         self._running = False
         self._stopping = False
         self._finished: asyncio.Event | None = None
-        self._last_tick = clock()
+        self._last_tick = plc_clock()
         # PLC view
         self._link_up = False
         self._link_was_down = False
@@ -246,6 +245,8 @@ class Lane:
         self._rewrite_at = 0.0
         self._travel: tuple[bool, float] | None = None
         self._entry_fell_at: float | None = None
+        self._stop_fell_at: float | None = None
+        self._started_at = clock()
         self._safety_clear_since: float | None = None
         # passages
         self._current: _Passage | None = None
@@ -351,6 +352,7 @@ class Lane:
         self._running = True
         self._stopping = False
         self._finished = asyncio.Event()
+        self._started_at = self._clock()
         self._start_driver()
         try:
             await self._main_loop()
@@ -363,7 +365,14 @@ class Lane:
             finally:
                 await self._stop_driver()
                 self._running = False
+                self._refuse_queued_calls()
                 self._finished.set()
+
+    def _refuse_queued_calls(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Call) and not item.done.done():
+                item.done.set_exception(CommandRefused(f"lane {self.id} stopped"))
 
     async def stop(self) -> None:
         """Finish safely: publish open passages, lower the barrier if nothing is under it, go offline."""
@@ -381,7 +390,7 @@ class Lane:
 
     def _heartbeat_allowed(self) -> bool:
         """The heartbeat needs the daemon's pipeline *and* this lane's own loop to be alive."""
-        return self._clock() - self._last_tick <= _LIVENESS_S and self._healthy()
+        return self._plc_clock() - self._last_tick <= _LIVENESS_S and self._healthy()
 
     def _start_driver(self) -> None:
         self._driver_task = asyncio.create_task(self._driver.run(), name=f"plc-{self.id}")
@@ -406,7 +415,7 @@ class Lane:
                 item: _Item | None = await asyncio.wait_for(self._queue.get(), timeout=self._tick_s)
             except TimeoutError:
                 item = None
-            self._last_tick = self._clock()
+            self._last_tick = self._plc_clock()
             if isinstance(item, _StopRequest):
                 self._stopping = True
                 return
@@ -449,6 +458,9 @@ class Lane:
 
     async def _step(self) -> None:
         """Timers, barrier travel, faults, outputs; runs after every event and every tick."""
+        if not self._link_up and not self._link_was_down and self._clock() - self._started_at >= 2.0:
+            self._link_was_down = True
+            await self._event("alarm", "LINK_DOWN", "error", True, self._link_detail("no connection yet"))
         if self._pending_plc is not None and self._plc_swap_safe():
             await self._swap_driver(self._pending_plc)
         if self._reconcile_pending and self._link_up:
@@ -489,7 +501,7 @@ class Lane:
         previous, self._mode = self._mode, mode
         if mode is not Mode.AUTOMATIC:
             self._mode_epoch += 1
-        if mode in (Mode.FAULT, Mode.MANUAL) and physical or not self._link_up:
+        if physical or not self._link_up:
             self._travel = None  # nothing we command moves now; reconciliation re-commands
         cause = self._mode_cause()
         log.info("lane %s: mode %s -> %s (%s)", self.id, previous.value, mode.value, cause)
@@ -598,10 +610,8 @@ class Lane:
         assert image is not None
         now = self._clock()
         self._travel = None
-        if not image.loop_safety:
-            self._safety_clear_since = now if self._safety_clear_since is None else self._safety_clear_since
-        else:
-            self._safety_clear_since = None
+        # Whatever happened under the arm while we were not looking, clear_s starts again now.
+        self._safety_clear_since = None if image.loop_safety else now
         cur = self._current
         if cur is not None:
             if cur.phase is Phase.RELEASED:
@@ -624,6 +634,18 @@ class Lane:
     async def _entry_rose(self, now: float) -> None:
         if self._entry_fell_at is not None and now - self._entry_fell_at < self._config.timeouts.entry_gap_s:
             return  # a gap between tractor and trailer, not a new vehicle
+        cur = self._current
+        if (cur is not None and self._arriving is None and cur.stop_clear_since is not None
+                and cur.phase in (Phase.COLLECTING, Phase.DECIDING, Phase.STOPPED, Phase.RELEASED)
+                and not cur.safety_seen):
+            # The vehicle that left the stop line without passing is reversing out over the entry
+            # loop; nobody can enter the lane behind it while it does.
+            log.info("lane %s: %s reversed out of the lane", self.id, cur.id)
+            if cur.phase is Phase.RELEASED:
+                self._abort(cur)
+            else:
+                await self._finish(cur, cancelled=cur.phase is not Phase.STOPPED)
+            return
         ambiguous = False
         if self._arriving is not None:
             # One vehicle in the scan zone at a time: a second arrival before the first reached the
@@ -634,8 +656,6 @@ class Lane:
         passage = self._new_passage(now, ambiguous=ambiguous)
         if self._current is not None:
             self._current.ocr_closed = True  # reads from now on belong to the new vehicle
-            if self._current.phase is Phase.COLLECTING:
-                pass
         self._arriving = passage
         # Reads of the pre-arrival window belong to the vehicle now arriving.
         horizon = now - self._config.timeouts.pre_arrival_s
@@ -655,10 +675,13 @@ class Lane:
 
     async def _stop_rose(self, now: float) -> None:
         cur = self._current
+        gap = self._stop_fell_at is not None and now - self._stop_fell_at < self._config.timeouts.entry_gap_s
         if cur is not None:
             if cur.phase in (Phase.COLLECTING, Phase.DECIDING, Phase.STOPPED, Phase.RELEASED):
                 cur.stop_clear_since = None  # the same vehicle rolled back onto the loop
                 return
+            if gap:
+                return  # the trailer of the vehicle passing the barrier
             # The previous vehicle is under the barrier or gone: this is the next one.
             if self._arriving is not None:
                 self._arriving.stop_pending = True
@@ -686,6 +709,7 @@ class Lane:
         await self._publish_cancelled(passage)
 
     def _stop_fell(self, now: float) -> None:
+        self._stop_fell_at = now
         cur = self._current
         if cur is not None and cur.phase in (Phase.COLLECTING, Phase.DECIDING, Phase.STOPPED, Phase.RELEASED):
             cur.stop_clear_since = now
@@ -778,17 +802,20 @@ class Lane:
         passage.decider = asyncio.create_task(self._decide(passage, evidence), name=f"decide-{passage.id}")
 
     async def _decide(self, passage: _Passage, evidence: PassageEvidence) -> None:
+        outcome: DecisionOutcome | None = None
         try:
             async with asyncio.timeout(self._config.timeouts.decision_s):
                 outcome = await self._decider.decide(evidence)
         except TimeoutError:
-            log.error("lane %s: no decision for %s within %.1f s", self.id, passage.id,
-                      self._config.timeouts.decision_s)
-            outcome = _fallback(evidence)
+            outcome = None
         except Exception:
             # The Decider contract says it never raises; if it does, the passage still gets a
             # (non-release) decision instead of hanging the lane.
             log.exception("lane %s: decider failed for %s", self.id, passage.id)
+            outcome = _fallback(evidence)
+        if outcome is None:
+            log.error("lane %s: no decision for %s within %.1f s", self.id, passage.id,
+                      self._config.timeouts.decision_s)
             outcome = _fallback(evidence)
         self._queue.put_nowait(_Decided(passage, outcome))
 
@@ -816,10 +843,10 @@ class Lane:
         passage.record.decide(action=action, reasons=reasons, now=self._wall(), now_mono=now,
                               containers=outcome.containers, plate=outcome.plate, scan=outcome.scan,
                               scan_end_mono=scan_end)
-        if not await self._open(passage):
-            if action == "release":
-                action = "manual"
-                passage.record.action = "manual"
+        committed = await self._open(passage)
+        if not committed and action == "release":
+            action = "manual"
+            passage.record.action = "manual"
         if action == "release":
             passage.authorized_up = True
             passage.released_at = now
@@ -852,6 +879,9 @@ class Lane:
         cur = self._current
         if cur is None:
             return
+        if cur.ambiguous:
+            await self._finish(cur, cancelled=True)
+            return
         if cur.phase in (Phase.COLLECTING, Phase.DECIDING, Phase.STOPPED) and cur.stop_clear_since is not None \
                 and now - cur.stop_clear_since >= t.backout_s:
             if cur.phase is Phase.STOPPED:
@@ -878,13 +908,11 @@ class Lane:
                 self._abort(cur)
         elif cur.phase is Phase.PASSING:
             clear = cur.safety_clear_since is not None and now - cur.safety_clear_since >= t.clear_s
-            if clear and (not self._config.exit_detection or cur.exit_seen or self._exit_clear()):
+            # With exit detection the vehicle must have reached the exit detector; if the detector
+            # never sees it, pass_s bounds how long the barrier stays up.
+            exit_ok = not self._config.exit_detection or cur.exit_seen or now - cur.since >= t.pass_s
+            if clear and exit_ok:
                 self._to_phase(cur, Phase.LOWERING)
-
-    def _exit_clear(self) -> bool:
-        # With exit detection the vehicle must have been seen leaving; a detector that never saw it
-        # keeps the barrier up (operator attention) rather than lowering onto a trailer.
-        return False
 
     def _abort(self, passage: _Passage) -> None:
         passage.authorized_up = False
@@ -908,8 +936,8 @@ class Lane:
             return False
         return self._clock() - self._safety_clear_since >= seconds
 
-    async def _sync_barrier(self, image: PlcImage, force: bool) -> bool:
-        """Bring ``barrier_raise`` to what the passage needs; False when the write must wait."""
+    async def _sync_barrier(self, image: PlcImage, force: bool) -> None:
+        """Bring ``barrier_raise`` to what the passage needs (lowering waits for a clear safety loop)."""
         cur = self._current
         coil = image.coils["barrier_raise"]
         now = self._clock()
@@ -923,22 +951,21 @@ class Lane:
                 if cur.record.raised_at is None:
                     cur.record.raised_at = self._wall()
                 cur.record.barrier_commanded = True
-                self._travel = (True, now + self._config.plc.barrier_travel_s)
-            return True
+                self._travel = (True, self._plc_clock() + self._config.plc.barrier_travel_s)
+            return
         lowering = cur is not None and cur.phase is Phase.LOWERING
         need = coil or force or (lowering and self._travel is None and not image.inputs["barrier_down"])
         if not need:
             if lowering and self._travel is None and image.inputs["barrier_down"]:
-                self._travel = (False, now + self._config.plc.barrier_travel_s)
-            return True
-        # Rule 2: never command down with a vehicle under the arm.
+                self._travel = (False, self._plc_clock() + self._config.plc.barrier_travel_s)
+            return
+        # Rule 2: never command down with a vehicle under the arm (the driver checks it again).
         if not self._safety_clear_for(self._config.timeouts.clear_s):
-            return not coil and not lowering
+            return
         await self._driver.lower_barrier()
         if cur is not None and cur.phase is Phase.LOWERING:
             cur.record.barrier_commanded = True
-        self._travel = (False, now + self._config.plc.barrier_travel_s)
-        return True
+        self._travel = (False, self._plc_clock() + self._config.plc.barrier_travel_s)
 
     async def _check_travel(self) -> None:
         travel = self._travel
@@ -946,7 +973,7 @@ class Lane:
         if travel is None or image is None or not self._link_up:
             return
         up, deadline = travel
-        now = self._clock()
+        now = self._plc_clock()  # travel is physical time, not the lane's phase clock
         if up:
             reached = image.inputs["barrier_up"] and not image.inputs["barrier_down"]
         else:
@@ -956,7 +983,7 @@ class Lane:
             await self._barrier_reached(up)
             return
         if not up and image.loop_safety:
-            self._travel = (up, max(deadline, now + self._config.plc.barrier_travel_s))  # interlock holds it
+            self._travel = (up, max(deadline, self._plc_clock() + self._config.plc.barrier_travel_s))  # interlock holds it
             return
         if now > deadline:
             self._travel = None
@@ -1055,10 +1082,9 @@ class Lane:
             self._rewrite_at = now + _REWRITE_RETRY_S
         force = self._force_rewrite
         physical = image.estop or image.local_manual
-        complete = True
         try:
             if not physical:
-                complete = await self._sync_barrier(image, force)
+                await self._sync_barrier(image, force)
                 image = self._driver.image or image
             coils, registers = self._desired_signals()
             for name in _SIGNAL_COILS:
@@ -1081,7 +1107,7 @@ class Lane:
             log.warning("lane %s: PLC write failed: %s", self.id, err)
             self._output_retry_at = now + _OUTPUT_RETRY_S
             return
-        if force and complete and not physical:
+        if force and not physical:
             self._force_rewrite = False
             if "verify" in self._faults:
                 self._faults.discard("verify")
@@ -1145,9 +1171,9 @@ class Lane:
             self._arriving = None
             self._current = nxt
             nxt.stop_pending = False
+            nxt.at_stop = nxt.at_stop or now
             if nxt.ambiguous:
-                nxt.at_stop = nxt.at_stop or now
-                return  # cancelled on the next tick by _check_ambiguous
+                return  # published as cancelled by the next timer check
             self._to_phase(nxt, Phase.COLLECTING)
 
     # ================================================================== operator commands
@@ -1172,9 +1198,9 @@ class Lane:
         log.warning("lane %s: operator %s: barrier %s (%s)", self.id, operator, action, reason)
         superseded = cur
         if superseded is not None:
-            if superseded.phase is Phase.PASSING:
-                superseded.record.lowered_at = None
-            await self._finish(superseded, cancelled=superseded.phase is not Phase.STOPPED)
+            # A stopped or passing vehicle's passage is complete as it stands; one still being
+            # judged, or released but not moving, ends as cancelled.
+            await self._finish(superseded, cancelled=superseded.phase not in (Phase.STOPPED, Phase.PASSING))
         passage = self._new_passage(superseded.arrived if superseded is not None else now)
         if superseded is not None:
             passage.record.arrived_at = superseded.record.arrived_at
@@ -1204,7 +1230,7 @@ class Lane:
                 self._abort(passage)
                 raise CommandRefused(f"the barrier did not open: {err}") from err
             passage.record.raised_at = self._wall()
-            self._travel = (True, now + self._config.plc.barrier_travel_s)
+            self._travel = (True, self._plc_clock() + self._config.plc.barrier_travel_s)
         else:
             self._to_phase(passage, Phase.LOWERING)
             self._safety_clear_since = self._safety_clear_since or now
@@ -1212,7 +1238,7 @@ class Lane:
                 await self._driver.lower_barrier()
             except PlcError as err:
                 raise CommandRefused(f"the barrier did not close: {err}") from err
-            self._travel = (False, now + self._config.plc.barrier_travel_s)
+            self._travel = (False, self._plc_clock() + self._config.plc.barrier_travel_s)
 
     # ================================================================== reload
 
@@ -1284,5 +1310,3 @@ def _fallback(evidence: PassageEvidence) -> DecisionOutcome:
     return DecisionOutcome(action="manual", reasons=("INFERENCE_UNAVAILABLE",), containers=(), plate=None,
                            scan=None)
 
-
-__all__ += ["COILS"]

@@ -61,6 +61,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# pymodbus logs every unanswered request at ERROR, with hex dumps. The driver turns each failure
+# into a PlcError and logs the link's state changes itself (first failure, recovery), so the
+# library's per-request messages would only flood the journal while a PLC is down.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
 INPUT_BITS = ("loop_entry", "loop_stop", "loop_safety", "barrier_up", "barrier_down", "estop", "local_manual")
 """Bits the PLC reports (discrete inputs by default)."""
 COILS = ("barrier_raise", "light_green", "light_red", "sign_inspection", "alarm", "scan_permit")
@@ -521,7 +526,7 @@ class PlcDriver:
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with "equal jitter": half fixed, half random."""
         cap = self.config.reconnect_max_s
-        base = min(cap, 0.1 * (2 ** min(attempt, 16)))
+        base = min(cap, 0.1 * 2.0 ** min(attempt, 16))
         return base / 2 + self._rng.uniform(0.0, base / 2)
 
     def _emit(self, event: PlcEvent) -> None:

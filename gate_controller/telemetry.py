@@ -152,7 +152,9 @@ class Telemetry:
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+                    async with asyncio.timeout(self.interval_s):
+                        await self._stopping.wait()
                 if self._stopping.is_set():
                     break
                 try:

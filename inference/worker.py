@@ -141,7 +141,11 @@ class ReviewWorker:
                 await self._stop(graceful=False)
                 raise
             except (ConnectionError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
-                await self._fail(f"review worker failed: {err}")
+                code = await _returncode_soon(self._proc, 0.5) if self._proc is not None else None
+                if code is not None:
+                    await self._fail(f"review process exited (code {code}) during the review")
+                else:
+                    await self._fail(f"review worker failed: {type(err).__name__}: {err}")
                 return self._unavailable(self.last_error or str(err), scan, latency_ms=(self._clock() - t0) * 1000)
             return result
 
@@ -268,9 +272,9 @@ class ReviewWorker:
                                         version=info.version if info else None, scan_id=scan.scan_id)
 
 
-async def _returncode_soon(proc: asyncio.subprocess.Process) -> int | None:
+async def _returncode_soon(proc: asyncio.subprocess.Process, timeout_s: float = 2.0) -> int | None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), 2.0)
+        await asyncio.wait_for(proc.wait(), timeout_s)
     return proc.returncode
 
 

@@ -112,7 +112,6 @@ async def test_noisy_link_never_yields_a_wrong_complete_scan() -> None:
             await asyncio.sleep(2.5)  # RESEND rounds of the last scan
             counters = runner.link.counters()
             assert counters.crc_errors + counters.header_errors > 0
-            print("NOISY", [(e.complete, e.reason) for e in runner.of(ScanEvent)], counters)
             assert any(e.complete for e in runner.of(ScanEvent))
             for event in runner.of(ScanEvent):
                 sent = records[event.scan_id]

@@ -74,12 +74,17 @@ def test_anomaly_region_ground_truth_and_attenuation(label: str) -> None:
     assert len(syn.regions) == 1
     r = syn.regions[0]
     assert r.label == label
-    assert 0 <= r.x and r.x + r.w <= syn.scan.columns and 0 <= r.y and r.y + r.h <= syn.scan.rows
-    assert r.w > 2 and r.h > 2
+    assert r.x >= 0
+    assert r.x + r.w <= syn.scan.columns
+    assert r.y >= 0
+    assert r.y + r.h <= syn.scan.rows
+    assert r.w > 2
+    assert r.h > 2
     # The injected object attenuates: the box is darker than the same box without the object.
     box = (slice(r.y, r.y + r.h), slice(r.x, r.x + r.w))
     assert _att(syn.scan, 0)[box].mean() > _att(clean.scan, 0)[box].mean() + 0.1
-    assert label in syn.labels and "not_empty" in syn.labels
+    assert label in syn.labels
+    assert "not_empty" in syn.labels
     assert syn.finding == "contraband"
 
 
@@ -118,7 +123,8 @@ def test_masks_for_training() -> None:
     syn = generate_scan(8, cargo="drums", anomalies=("dense_object",), with_masks=True)
     assert set(syn.masks) == {"cargo", "dense_object"}
     for mask in syn.masks.values():
-        assert mask.shape == (256, 2400) and mask.dtype == bool
+        assert mask.shape == (256, 2400)
+        assert mask.dtype == bool
     r = syn.regions[0]
     inside = syn.masks["dense_object"][r.y:r.y + r.h, r.x:r.x + r.w].sum()
     assert inside == syn.masks["dense_object"].sum() > 0

@@ -51,7 +51,8 @@ def test_worker_matches_in_process_review(reviewer: Reviewer) -> None:
     assert result.score == pytest.approx(expected.score, abs=1e-4)  # type: ignore[attr-defined]
     assert result.regions == expected.regions  # type: ignore[attr-defined]
     assert result.to_contract()["model"] == reviewer.model_info.name  # type: ignore[attr-defined]
-    assert pid is not None and _gone(pid)
+    assert pid is not None
+    assert _gone(pid)
 
 
 def test_killed_mid_review_is_unavailable_then_recovers() -> None:
@@ -67,7 +68,8 @@ def test_killed_mid_review_is_unavailable_then_recovers() -> None:
             os.kill(pid, signal.SIGKILL)
             result = await task
             assert result.verdict == "unavailable"
-            assert result.score is None and result.not_empty_score is None
+            assert result.score is None
+            assert result.not_empty_score is None
             assert "exited" in (result.error or "")
             assert result.to_contract()["verdict"] == "unavailable"
             again = await worker.review(scan)
@@ -165,7 +167,8 @@ def test_closed_worker_answers_unavailable() -> None:
         await worker.start()
         pid = worker.pid
         await worker.close()
-        assert pid is not None and _gone(pid)
+        assert pid is not None
+        assert _gone(pid)
         result = await worker.review(synthetic(207, cargo="empty").scan)
         assert result.verdict == "unavailable"
         assert "closed" in (result.error or "")

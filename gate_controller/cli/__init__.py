@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sniff",
     "sim",
     "hub",
+    "identify",
 )
 
 EX_USAGE = 64

@@ -67,6 +67,8 @@ def register(subparsers: Any) -> None:
     watch.add_argument("--json", action="store_true", help="one JSON object per message")
     watch.add_argument("--all", action="store_true", help="also telemetry, previews, images and commands")
     watch.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    watch.add_argument("--validate", action="store_true",
+                       help="check every message against the contract's JSON Schemas (needs jsonschema)")
     watch.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                        help="exit after this long without a message")
     watch.set_defaults(func=_watch)
@@ -138,14 +140,24 @@ def _watch(args: argparse.Namespace) -> int:
             kind = last[-1] if last[-1] in ("preview", "image") else last[-2] if last[-2] == "cmd" else last[-1]
             if not args.all and kind in _QUIET_KINDS:
                 continue
+            problems: list[str] = []
+            if args.validate:
+                from gate_controller.hub_tools import contract_errors
+
+                problems = contract_errors(message.topic, message.payload)
             if args.json:
                 try:
                     body: Any = json.loads(message.payload) if message.payload else None
                 except ValueError:
                     body = {"bytes": len(message.payload)}
-                print(json.dumps({"topic": message.topic, "retain": message.retain, "payload": body}), flush=True)
+                record = {"topic": message.topic, "retain": message.retain, "payload": body}
+                if args.validate:
+                    record["contract_errors"] = problems
+                print(json.dumps(record), flush=True)
             else:
                 print(describe(message.topic, message.payload), flush=True)
+                for problem in problems:
+                    print(f"    NOT PER CONTRACT: {problem}", flush=True)
             shown += 1
             if args.count and shown >= args.count:
                 break

@@ -118,7 +118,7 @@ class VirtualLanePlc:
         self._map: dict[str, PointConfig] = {n: getattr(self.points, n) for n in type(self.points).model_fields}
         if exit_loop is not None:
             self._map[EXIT_LOOP] = exit_loop
-        self._by_slot = {(p.table, p.address): n for n, p in self._map.items()}
+        self._by_slot: dict[tuple[str, int], str] = {(p.table, p.address): n for n, p in self._map.items()}
         self.travel_s = travel_s
         self.watchdog_s = watchdog_s
         self.move_s = move_s
@@ -154,6 +154,7 @@ class VirtualLanePlc:
             self._changed_at[name] = now
         self._last_tick = now
         self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     # ------------------------------------------------------------------ running
 
@@ -246,6 +247,9 @@ class VirtualLanePlc:
             if self._last_inputs.get(name) != value:
                 self._changed_at[name] = now
         self._last_inputs = inputs
+        for predicate, waiter in list(self._waiters):
+            if not waiter.done() and predicate():
+                waiter.set_result(None)
 
     @property
     def inputs(self) -> dict[str, bool]:
@@ -449,9 +453,16 @@ class VirtualLanePlc:
 
     async def wait_for(self, predicate: Callable[[], bool], *, timeout_s: float) -> None:
         """Wait until ``predicate()`` holds, re-checked on every physics tick."""
-        async with asyncio.timeout(timeout_s):
-            while not predicate():
-                await asyncio.sleep(self.tick_s)
+        if predicate():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, waiter))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove((predicate, waiter))
 
     # ------------------------------------------------------------------ inspection
 

@@ -139,7 +139,7 @@ class VirtualPlcServer:
     async def _shutdown_server(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            await server.shutdown()
+            await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
             # Let the transports finish closing before a new server binds the same port.
             await asyncio.sleep(0)
 

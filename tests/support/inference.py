@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,8 @@ def shipped_model() -> Path:
 
 
 @pytest.fixture(scope="module")
-def reviewer(shipped_model: Path) -> Iterator[Reviewer]:
-    yield Reviewer(shipped_model, num_threads=1)
+def reviewer(shipped_model: Path) -> Reviewer:
+    return Reviewer(shipped_model, num_threads=1)
 
 
 def synthetic(seed: int, **kwargs: Any) -> SyntheticScan:

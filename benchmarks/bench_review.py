@@ -1,0 +1,91 @@
+"""Image review latency on one core: end to end vs bare TFLite invoke() for the same tiles.
+
+End to end = `Reviewer.review(scan)` on a 2400 x 256 x 2 uint16 scan: resampling, log
+attenuation, normalization, quantization, tiling, every invoke(), dequantization, stitching,
+regions and verdict. Bare = only `interpreter.invoke()` (with set_tensor/get_tensor) on the very
+same pre-quantized tiles, back to back. The process is pinned to one CPU and the interpreter uses
+one thread. Targets (issue 3): p95 end to end <= 150 ms; overhead over bare invoke <= 30 %.
+
+    .venv/bin/python benchmarks/bench_review.py [--runs 200] [--cpu 0] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.reviewer import Reviewer
+from inference.synthetic import generate_scan
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+
+    reviewer = Reviewer(num_threads=1)
+    scan = generate_scan(4242, cargo="mixed", anomalies=("weapon",)).scan
+    assert scan.pixels.shape == (2, 256, 2400)
+    tiles = reviewer.quantized_tiles(reviewer.prepare(scan))
+    for _ in range(10):
+        reviewer.review(scan)
+
+    e2e, bare, prep, invoke_in_e2e = [], [], [], []
+    for _ in range(args.runs):
+        # Interleave the measurements so drift from other load affects both alike.
+        t0 = time.perf_counter()
+        for tile in tiles:
+            reviewer.invoke(tile)
+        bare.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        result = reviewer.review(scan)
+        e2e.append((time.perf_counter() - t0) * 1000)
+        invoke_in_e2e.append(result.extra["invoke_ms"])
+        t0 = time.perf_counter()
+        reviewer.prepare(scan)
+        prep.append((time.perf_counter() - t0) * 1000)
+
+    p50_e2e, p95_e2e = pct(e2e, 50), pct(e2e, 95)
+    p50_bare, p95_bare = pct(bare, 50), pct(bare, 95)
+    overhead = p50_e2e / p50_bare - 1.0
+    report = {
+        "scan": "2400x256x2 uint16, 40 ft, mixed cargo + weapon",
+        "tiles": len(tiles),
+        "cpu": cpu,
+        "threads": 1,
+        "runtime": reviewer.backend,
+        "model": f"{reviewer.model_info.name} {reviewer.model_info.version}",
+        "runs": args.runs,
+        "end_to_end_ms": {"p50": round(p50_e2e, 2), "p95": round(p95_e2e, 2), "max": round(max(e2e), 2)},
+        "bare_invoke_ms": {"p50": round(p50_bare, 2), "p95": round(p95_bare, 2)},
+        "invoke_inside_review_ms_p50": round(statistics.median(invoke_in_e2e), 2),
+        "preprocess_ms_p50": round(pct(prep, 50), 2),
+        "overhead_p50": round(overhead, 3),
+        "overhead_p95": round(p95_e2e / p95_bare - 1.0, 3),
+    }
+    ok = p95_e2e <= 150.0 and overhead <= 0.30
+    print(json.dumps(report, indent=2))
+    print(f"end-to-end p95 {p95_e2e:.1f} ms (target <= 150), bare invoke p50 {p50_bare:.1f} ms, "
+          f"overhead {overhead:.1%} (target <= 30 %): {'PASS' if ok else 'MISS'}")
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Training data plumbing (no TensorFlow needed): targets from masks, field samples, calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gate_controller.cli import main
+from inference.errors import ScanFormatError
+from inference.training.dataset import (
+    ExampleSet,
+    field_example,
+    load_field_samples,
+    split_seed,
+    synthetic_example,
+)
+from inference.training.evaluate import ScanRecord, choose_thresholds, compute_metrics
+from inference.training.geometry import Geometry
+
+G = Geometry()
+
+
+def test_split_seeds_are_disjoint_and_stable() -> None:
+    train = {split_seed("train", 7, i) for i in range(2000)}
+    test = {split_seed("test", 7, i) for i in range(2000)}
+    assert not train & test
+    assert split_seed("val", 7, 3) == split_seed("val", 7, 3)
+
+
+def test_synthetic_example_targets() -> None:
+    ex = synthetic_example(split_seed("train", 1, 0), G, kind="weapon")
+    rows, width, channels = ex.x.shape
+    assert (rows, channels) == (128, 2)
+    assert width % 8 == 0
+    assert width >= 256
+    assert ex.targets.shape == (16, width // 8, 5) == ex.weights.shape
+    weapon = G.outputs.index("weapon")
+    assert ex.targets[..., weapon].sum() > 0  # the weapon's cells are positive
+    assert ex.targets[..., 0].sum() > 0  # and the box holds cargo
+    # Cells around positives are ignored (weight 0), the rest is a dense negative.
+    assert (ex.weights[..., weapon] == 0).sum() > 0
+    assert ex.weights[..., weapon].mean() > 0.9
+    assert not ex.bag.any()
+
+
+def test_example_set_round_trip(tmp_path: Path) -> None:
+    examples = [synthetic_example(split_seed("train", 1, i), G, kind=k) for i, k in enumerate(("empty", "bags"))]
+    data = ExampleSet(examples, G)
+    data.save(tmp_path / "set.npz")
+    back = ExampleSet.load(tmp_path / "set.npz", G)
+    assert len(back) == 2
+    assert back.tags == data.tags
+    for i in range(2):
+        for a, b in zip(back.example(i), data.example(i), strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_field_samples_from_a_labelled_directory(tmp_path: Path) -> None:
+    assert main(["synth", "--out", str(tmp_path), "--count", "3", "--seed", "900",
+                 "--kind", "organic_mass", "--kind", "empty", "--kind", "misdeclared_empty"]) == 0
+    # A field inspection without a region: only the presence of the class is known.
+    label = tmp_path / "SYN-00000900.json"
+    raw = json.loads(label.read_text())
+    raw.pop("regions")
+    label.write_text(json.dumps(raw))
+    samples = load_field_samples(tmp_path)
+    assert [s.finding for s in samples] == ["contraband", "clean", "misdeclared"]
+    organic, empty, misdeclared = (field_example(s, G) for s in samples)
+    k = G.outputs.index("organic_mass")
+    assert organic.bag[k] == 1
+    assert not organic.weights[..., k].any()
+    assert organic.bag[0] == 1  # contraband implies cargo somewhere
+    assert not empty.bag.any()
+    assert empty.targets.sum() == 0
+    assert empty.weights[..., 0].any()
+    assert misdeclared.bag[0] == 1
+    assert not misdeclared.bag[1:].any()
+    # Padding beyond the scan never counts.
+    assert not organic.weights[:, -(-organic.width // 8):].any() or organic.width % 8 == 0
+
+
+def test_field_sample_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"finding": "clean", "labels": []}))
+    with pytest.raises(ScanFormatError, match="no scan"):
+        load_field_samples(tmp_path)
+    assert main(["synth", "--out", str(tmp_path), "--count", "1", "--seed", "1"]) == 0
+    (tmp_path / "a.json").unlink()
+    (tmp_path / "SYN-00000001.json").write_text(json.dumps({"finding": "maybe", "labels": []}))
+    with pytest.raises(ScanFormatError, match="finding"):
+        load_field_samples(tmp_path)
+
+
+def _rec(score: float, anomalous: bool, not_empty: float = 0.0, truth: bool | None = None,
+         declared: str | None = None) -> ScanRecord:
+    objects = [{"label": "weapon", "score": score, "predicted": "weapon"}] if anomalous else []
+    return ScanRecord(source="t", scan_id="s", cargo=None, declared=declared, anomaly_score=score,
+                      not_empty_score=not_empty, not_empty_truth=truth, has_anomaly=anomalous, objects=objects)
+
+
+def test_threshold_choice_and_metrics() -> None:
+    negatives = [_rec(s, False) for s in np.linspace(0.0, 0.6, 100)]
+    positives = [_rec(s, True) for s in np.linspace(0.5, 1.0, 50)]
+    empties = [_rec(0.0, False, ne, False, "empty") for ne in np.linspace(0.0, 0.3, 100)]
+    loaded = [_rec(0.0, False, ne, True, "empty") for ne in np.linspace(0.4, 1.0, 20)]
+    records = negatives + positives + empties + loaded
+    suspect, not_empty = choose_thresholds(records, target_false_alarm=0.02, target_false_not_empty=0.01)
+    m = compute_metrics(records, suspect, not_empty, ["weapon"])
+    assert m["false_alarm_scan_rate"] <= 0.02
+    assert m["declared_empty"]["false_not_empty_rate"] <= 0.01
+    assert m["declared_empty"]["accuracy"] == 1.0
+    assert 0.8 < m["detection"]["weapon"]["detection_rate"] < 1.0
