@@ -146,25 +146,30 @@ class ScanArchive:
         if not source.is_file():
             raise ArchiveError(f"scan {scan_id} of transaction {transaction_id} is no longer in the archive")
         stem = _checked(transaction_id, "transaction id")
+        declared = _declared(record)
         target = self.samples_dir / f"{stem}.npz"
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(source, tmp)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         tmp.replace(target)
-        sample = {
+        sample: dict[str, Any] = {
             "format": SAMPLE_FORMAT,
             "transaction_id": transaction_id,
             "scan_id": scan_id,
             "scan_file": target.name,
             "finding": finding,
             "labels": list(labels),
-            "declared": _declared(record),
+            "declared_by_container": declared,
             "labelled_at": utc_timestamp(self._wall_clock()),
             "request_id": request_id,
             "issued_by": issued_by,
             "transaction": record,
         }
+        common = _common(declared)
+        if common is not None:
+            # Training reads one declaration per scan; absent, it falls back to the scan's own.
+            sample["declared"] = common
         meta_path = self.samples_dir / f"{stem}.json"
         _write_atomic(meta_path, json.dumps(sample, indent=1, ensure_ascii=False).encode("utf-8"))
         logger.info("labelled sample %s stored: %s %s", stem, finding, ",".join(labels))
@@ -217,6 +222,12 @@ def _declared(record: Mapping[str, Any]) -> list[str | None]:
         release = container.get("release") if isinstance(container, Mapping) else None
         out.append(release.get("declared") if isinstance(release, Mapping) else None)
     return out
+
+
+def _common(values: list[str | None]) -> str | None:
+    """One declaration for the whole scan (what training reads), None when containers differ."""
+    known = {v for v in values if v is not None}
+    return known.pop() if len(known) == 1 and None not in values else None
 
 
 def iter_samples(samples_dir: str | Path) -> Iterator[tuple[dict[str, Any], Path]]:

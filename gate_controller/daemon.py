@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from firmware_bridge.events import FaultEvent, HelloEvent, LinkStateEvent, OcrEvent, ScanEvent
+from firmware_bridge.events import FaultEvent, LinkStateEvent, OcrEvent, ScanEvent
 from firmware_bridge.link import GfpLink
 from firmware_bridge.settings import LinkSettings
 from gate_controller import __version__, sdnotify
@@ -304,8 +304,6 @@ class GateDaemon:
                     scan=event.scan, resend_rounds=event.resend_rounds,
                 ))
             elif isinstance(event, LinkStateEvent):
-                log.log(logging.INFO if event.up else logging.WARNING, "link %s %s (%s)", link.name,
-                        "up" if event.up else "down", event.reason)
                 await outbox.emit_event(
                     lane=lane.id if lane else None, type="alarm", code="LINK_DOWN",
                     severity="info" if event.up else "error", active=not event.up,
@@ -320,9 +318,6 @@ class GateDaemon:
                     severity=_severity(event.severity), active=event.active,
                     detail={"link": link.name, "code": event.code, "message": event.message},
                 )
-            elif isinstance(event, HelloEvent):
-                log.info("link %s: %s %s (fw %s, serial %s)", link.name, event.device.device, "hello",
-                         event.device.fw_version, event.device.serial_no)
 
     # ------------------------------------------------------------------ CommandTarget
 

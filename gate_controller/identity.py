@@ -156,6 +156,9 @@ class IdentitySettings(BaseModel):
     """Posterior probability the accepted number must reach among all valid numbers."""
     single_read_min_confidence: float = Field(default=0.9, ge=0.7, le=1.0)
     """A lone read (and each of its characters, when reported) must be at least this confident."""
+    min_coverage: int = Field(default=2, ge=1, le=3)
+    """Reads that must show every character position. 1 lets one strong read decide positions no
+    other camera saw (and a lone read a whole number); the benchmark shows what that costs."""
     max_corrections: int = Field(default=1, ge=0, le=2)
     """Positions that may hold a character no read saw there (never the check digit)."""
     blind_spot_margin: int = Field(default=2, ge=1, le=4)
@@ -395,13 +398,32 @@ def _cleaned_with_conf(read: OcrRead) -> tuple[str, list[float]]:
     return "".join(chars), confs
 
 
+def _build_sub_costs() -> dict[tuple[int, str], dict[str, float]]:
+    """Per (position, expected character): the cost of each read character that is not a plain
+    mismatch (0 when it normalizes to the expected one, 0.5 for a look-alike). Precomputed because
+    the alignments run this lookup in their inner loops."""
+    table: dict[tuple[int, str], dict[str, float]] = {}
+    for pos in range(NUMBER_LENGTH):
+        for expected in _ALPHABET_OF_KIND[_KIND[pos]]:
+            costs: dict[str, float] = {}
+            for char in LETTERS + DIGITS:
+                mapped = _normalize_char(char, pos)
+                if mapped is None:
+                    continue
+                if mapped[0] == expected:
+                    costs[char] = 0.0
+                elif frozenset((mapped[0], expected)) in _CONFUSABLE:
+                    costs[char] = 0.5
+            table[(pos, expected)] = costs
+    return table
+
+
+_SUB_COSTS: Final = _build_sub_costs()
+
+
 def _sub_cost(char: str, pos: int, ref: str) -> float:
-    mapped = _normalize_char(char, pos)
-    if mapped is not None and mapped[0] == ref[pos]:
-        return 0.0
-    if mapped is not None and frozenset((mapped[0], ref[pos])) in _CONFUSABLE:
-        return 0.5
-    return 1.0
+    costs = _SUB_COSTS.get((pos, ref[pos]))
+    return 1.0 if costs is None else costs.get(char, 1.0)
 
 
 def _align(text: str, ref: str) -> list[int | None]:
@@ -690,16 +712,30 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
     corrections = [pos for pos in range(NUMBER_LENGTH) if best[pos] not in fused.seen[pos]]
     read_as_is = any(text == best for text in fused.direct.values())
 
-    if len(fused.contributing) == 1:
-        read = reads[fused.contributing[0]]
-        chars_ok = read.char_confidence is None or all(
-            c >= cfg.single_read_min_confidence for c in _cleaned_with_conf(read)[1]
+    coverage = [len({obs.read_index for obs in fused.observations[pos]}) for pos in range(NUMBER_LENGTH)]
+    thin = [pos for pos in range(NUMBER_LENGTH) if coverage[pos] < cfg.min_coverage]
+    if thin:
+        return reject(
+            IdentityReason.SINGLE_WEAK_READ,
+            f"position(s) {', '.join(str(p + 1) for p in thin)} read by fewer than {cfg.min_coverage} "
+            "cameras: a lone camera never decides a character",
+            confidence=posterior, candidates=candidates,
         )
-        if not read_as_is or read.confidence < cfg.single_read_min_confidence or not chars_ok:
+    lone = [pos for pos in range(NUMBER_LENGTH) if coverage[pos] == 1]
+    if lone:
+        # Only possible with min_coverage 1: the lone read must be strong and taken as read there.
+        (index,) = {fused.observations[lone[0]][0].read_index}
+        read = reads[index]
+        placed = fused.placements.get(index, {})
+        weak = read.confidence < cfg.single_read_min_confidence or any(
+            pos not in placed or placed[pos][0] != best[pos] or placed[pos][1] < cfg.single_read_min_confidence
+            for pos in lone
+        )
+        if weak:
             return reject(
                 IdentityReason.SINGLE_WEAK_READ,
-                f"one read only ({read.text!r}, confidence {read.confidence:.2f}); a lone read is accepted "
-                f"only as read and at confidence >= {cfg.single_read_min_confidence}",
+                f"position(s) {', '.join(str(p + 1) for p in lone)} rest on one read ({read.text!r}, confidence "
+                f"{read.confidence:.2f}), which is weak there or would need correcting",
                 confidence=posterior, candidates=candidates,
             )
     if 10 in corrections:
@@ -868,22 +904,27 @@ def _read_cost(text: str, confs: Sequence[float], ref: str) -> float:
     rows = [[0.0] * (m + 1) for _ in range(n + 1)]
     for j in range(1, m + 1):
         rows[0][j] = rows[0][j - 1] + _END_GAP
+    weights = [max(c, 0.1) for c in confs]
+    tables = [_SUB_COSTS.get((pos, ref[pos]), {}) for pos in range(n)]
     for i in range(1, n + 1):
         rows[i][0] = rows[i - 1][0] + _END_GAP
         gap_i = _END_GAP if i == n else 1.0
+        here, above = rows[i], rows[i - 1]
+        table = tables[i - 1]
+        prev_table = tables[i - 2] if i > 1 else None
         for j in range(1, m + 1):
-            weight = max(confs[j - 1], 0.1)
+            char = text[j - 1]
             best = min(
-                rows[i - 1][j - 1] + _sub_cost(text[j - 1], i - 1, ref) * weight,
-                rows[i - 1][j] + (_END_GAP if j == m else 1.0),
-                rows[i][j - 1] + gap_i,
+                above[j - 1] + table.get(char, 1.0) * weights[j - 1],
+                above[j] + (_END_GAP if j == m else 1.0),
+                here[j - 1] + gap_i,
             )
             if (
-                i > 1 and j > 1
-                and _sub_cost(text[j - 1], i - 2, ref) == 0.0 and _sub_cost(text[j - 2], i - 1, ref) == 0.0
+                prev_table is not None and j > 1
+                and prev_table.get(char, 1.0) == 0.0 and table.get(text[j - 2], 1.0) == 0.0
             ):
                 best = min(best, rows[i - 2][j - 2] + (confs[j - 1] + confs[j - 2]) / 2)
-            rows[i][j] = best
+            here[j] = best
     return rows[n][m]
 
 
@@ -901,6 +942,8 @@ def _better_explanation(number: str, fused: _Fusion) -> str | None:
         if len(text) != NUMBER_LENGTH:
             continue
         norm = normalize_number(text)
+        if norm == number:
+            continue  # its swaps are blind-spot neighbours, already outvoted
         options = [norm] + [norm[:p] + norm[p + 1] + norm[p] + norm[p + 2:] for p in range(NUMBER_LENGTH - 1)]
         alternatives.update(o for o in options if o != number and is_valid_number(o))
     if not alternatives:

@@ -1081,7 +1081,7 @@ class Lane:
             self._force_rewrite = True
             self._rewrite_at = now + _REWRITE_RETRY_S
         force = self._force_rewrite
-        physical = image.estop or image.local_manual
+        physical = False
         try:
             if not physical:
                 await self._sync_barrier(image, force)

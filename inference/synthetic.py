@@ -250,10 +250,10 @@ def _draw_container(cv: _Canvas) -> None:
     roof = np.float32(_INNER_WIDTH_MM * 2.0 / cv.row_mm)
     cv.t[_FE, ri, c] += roof * (1 - frac)
     cv.t[_FE, ri + 1, c] += roof * frac
-    cv.add_box(_FE, xs, xe, cv.y_roof, cv.y_roof + 100.0 / cv.row_mm, thick=2 * 12.0)
+    cv.add_box(_FE, xs, xe, cv.y_roof, cv.y_roof + 100.0 / cv.row_mm, thick=2 * 12.0, layer="structure")
     # Floor: 28 mm plywood edge-on across the width, cross members every ~300 mm, bottom rails.
     ply_rows = 28.0 / cv.row_mm
-    cv.add_box(_ORG, xs, xe, cv.y_floor, cv.y_floor + ply_rows, thick=_INNER_WIDTH_MM * 0.7)
+    cv.add_box(_ORG, xs, xe, cv.y_floor, cv.y_floor + ply_rows, thick=_INNER_WIDTH_MM * 0.7, layer="structure")
     pitch = float(rng.uniform(290, 310)) / cv.col_mm
     x = xs + float(rng.uniform(0.5, 1.0)) * pitch
     while x < xe - 5:
@@ -261,22 +261,22 @@ def _draw_container(cv: _Canvas) -> None:
         cv.add_edge_sheet(_FE, x - 22 / cv.col_mm, x + 22 / cv.col_mm, cv.y_bottom - 0.6, 4.5,
                           across_mm=_INNER_WIDTH_MM)
         x += pitch
-    cv.add_box(_FE, xs, xe, cv.y_floor, cv.y_bottom, thick=2 * 6.0)
+    cv.add_box(_FE, xs, xe, cv.y_floor, cv.y_bottom, thick=2 * 6.0, layer="structure")
     # End frames: front wall and corner posts, door end with doors, locking bars, header/sill.
-    cv.add_box(_FE, xs, xs + 60 / cv.col_mm, cv.y_roof, cv.y_bottom, thick=2 * 9.0 + 40.0)
+    cv.add_box(_FE, xs, xs + 60 / cv.col_mm, cv.y_roof, cv.y_bottom, thick=2 * 9.0 + 40.0, layer="structure")
     cv.add_vertical_sheet(_FE, xs + 30 / cv.col_mm, cv.y_roof, cv.y_floor, 2.0, across_mm=_INNER_WIDTH_MM * 0.9)
-    cv.add_box(_FE, xe - 130 / cv.col_mm, xe, cv.y_roof, cv.y_bottom, thick=2 * 11.0 + 30.0)
+    cv.add_box(_FE, xe - 130 / cv.col_mm, xe, cv.y_roof, cv.y_bottom, thick=2 * 11.0 + 30.0, layer="structure")
     for k in range(4):
         cv.add_box(_FE, xe - (40 + 20 * k) / cv.col_mm, xe - (20 + 20 * k) / cv.col_mm,
-                   cv.y_roof, cv.y_bottom, thick=2 * 15.0)
+                   cv.y_roof, cv.y_bottom, thick=2 * 15.0, layer="structure")
     cv.add_vertical_sheet(_FE, xe - 60 / cv.col_mm, cv.y_roof, cv.y_floor, 2.0, across_mm=_INNER_WIDTH_MM * 0.8)
     for xc in (xs, xe - 178 / cv.col_mm):
         for yc in (cv.y_roof, cv.y_bottom - 118 / cv.row_mm):
-            cv.add_box(_FE, xc, xc + 178 / cv.col_mm, yc, yc + 118 / cv.row_mm, thick=2 * 40.0)
+            cv.add_box(_FE, xc, xc + 178 / cv.col_mm, yc, yc + 118 / cv.row_mm, thick=2 * 40.0, layer="structure")
     # Trailer chassis below the container: two main beams' flanges and a web band.
     top = cv.y_bottom + 20 / cv.row_mm
-    cv.add_box(_FE, xs - 10, xe + 10, top, top + 15 / cv.row_mm, thick=2 * 150.0)
-    cv.add_box(_FE, xs - 10, xe + 10, top, cv.rows, thick=2 * 10.0)
+    cv.add_box(_FE, xs - 10, xe + 10, top, top + 15 / cv.row_mm, thick=2 * 150.0, layer="structure")
+    cv.add_box(_FE, xs - 10, xe + 10, top, cv.rows, thick=2 * 10.0, layer="structure")
 
 
 # --- cargo --------------------------------------------------------------------------------------

@@ -263,8 +263,8 @@ def test_ocr_model_misreads_like_a_real_engine() -> None:
 
 def test_truck_spec_validation() -> None:
     box = ContainerSpec(container_number("MSCU", 1), "42G1", 40)
+    valid = container_number("MSCU", 1)
     with pytest.raises(ValueError, match="ISO 6346"):
-        valid = container_number("MSCU", 1)
         ContainerSpec(valid[:10] + str((int(valid[10]) + 1) % 10), "42G1", 40)
     with pytest.raises(ValueError, match="20 ft"):
         TruckSpec(plate="X", containers=(box, box))

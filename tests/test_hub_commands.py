@@ -274,6 +274,11 @@ def test_scan_fetch_and_inspection_result(broker: MosquittoBroker, tmp_path: Pat
         assert np.array_equal(load_scan(scan_path).pixels, make_scan("SCAN-42").pixels)
         on_disk = json.loads((tmp_path / "samples" / f"{record['transaction_id']}.json").read_text())
         assert on_disk == sample
+        # The training code reads the sample directory as it is.
+        from inference.training.dataset import load_field_samples
+
+        (field,) = load_field_samples(tmp_path / "samples")
+        assert (field.finding, field.labels, field.declared) == ("contraband", ("cigarettes", "false-wall"), "general")
 
     asyncio.run(main())
 

@@ -73,11 +73,11 @@ async def running_hub(hub: HubLink) -> AsyncIterator[HubLink]:
         await asyncio.wait_for(task, 15)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+async def until(predicate: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
+            raise AssertionError(f"{what} not met within {within} s")
         await asyncio.sleep(0.02)
 
 
@@ -293,7 +293,7 @@ def test_live_messages_are_not_starved_by_a_long_backlog(broker: MosquittoBroker
                 await until(lambda: hub.status().acknowledged >= 50, what="drain started")
                 live = transaction_record(99_999)
                 await outbox.complete_transaction(live)
-                await until(lambda: outbox.pending_count() == 0, timeout=60, what="drain")
+                await until(lambda: outbox.pending_count() == 0, within=60, what="drain")
                 await until(lambda: len(collector.json_on("/transactions")) >= backlog + 1, what="all received")
             transactions = collector.json_on("/transactions")
             position = next(i for i, t in enumerate(transactions) if t["transaction_id"] == live["transaction_id"])
@@ -420,10 +420,10 @@ def test_nothing_lost_across_20_broker_restarts(broker: MosquittoBroker, tmp_pat
             await asyncio.sleep(0.3)
             stop.set()
             await producer
-            await until(lambda: outbox.pending_count() == 0, timeout=30, what="outbox drained")
+            await until(lambda: outbox.pending_count() == 0, within=30, what="outbox drained")
             assert hub.status().sessions >= 21
         next_seq = (await outbox.stats()).next_seq
-        await until(lambda: len(collector.sequenced()) == next_seq - 1, timeout=30, what="every seq received")
+        await until(lambda: len(collector.sequenced()) == next_seq - 1, within=30, what="every seq received")
 
     with Collector(broker, client_id="c-restarts") as collector:
         try:

@@ -79,8 +79,8 @@ def test_asyncapi_references_resolve_and_cover_every_topic() -> None:
 
 
 def test_schemas_accept_real_messages_and_refuse_broken_ones() -> None:
-    tx = {**transaction_record(1), "msg_id": "01J9Z8Y7X6W5V4T3S2R1Q0P9N8", "seq": 1, "boot_id": 1,
-          "historical": False}
+    tx = {"schema": "smartgate.transaction/1", **transaction_record(1), "msg_id": "01J9Z8Y7X6W5V4T3S2R1Q0P9N8",
+          "seq": 1, "boot_id": 1, "historical": False}
     assert contract_errors(f"{ROOT}/transactions", json.dumps(tx).encode()) == []
     broken = {**tx, "decision": {**tx["decision"], "action": "maybe"}}
     assert contract_errors(f"{ROOT}/transactions", json.dumps(broken).encode())
@@ -116,36 +116,43 @@ def _json_blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
+def _topic_of_example(doc: dict[str, Any]) -> tuple[str, str]:
+    if "schema" in doc:
+        return "transaction", f"{ROOT}/transactions"
+    if "state" in doc:
+        return "status", f"{ROOT}/status"
+    if "code" in doc:
+        return "event", f"{ROOT}/events"
+    if "uptime_s" in doc:
+        return "telemetry", f"{ROOT}/telemetry"
+    if "ok" in doc:
+        return "reply", f"{ROOT}/reply"
+    if "container" in doc:
+        return "notice", f"smartgate/v1/PORTA/release/{doc['container']}"
+    return "command", f"{ROOT}/cmd/lane.mode"
+
+
 def test_examples_in_the_guide_are_valid() -> None:
-    """Each JSON example of docs/mqtt-contract.md names its topic in a comment-free first key check."""
-    text = GUIDE.read_text(encoding="utf-8")
-    blocks = _json_blocks(text)
-    assert len(blocks) >= 8
-    topic_for = {
-        "transaction": f"{ROOT}/transactions", "event": f"{ROOT}/events", "telemetry": f"{ROOT}/telemetry",
-        "birth": f"{ROOT}/status", "will": f"{ROOT}/status", "shutdown": f"{ROOT}/status",
-        "reply": f"{ROOT}/reply", "notice": "smartgate/v1/PORTA/release/MSKU1234565",
-        "command": f"{ROOT}/cmd/lane.mode",
-    }
-    checked = set()
-    for heading, body in blocks:
-        key = next((k for k in topic_for if k in heading.lower()), None)
-        if key is None:
-            continue
-        problems = contract_errors(topic_for[key], body.encode())
-        assert problems == [], f"example under '{heading}': {problems}"
-        checked.add(key)
-        if key in ("notice", "command"):
-            assert verify(json.loads(body), b"example-site-key"), f"example under '{heading}' is not signed right"
-    assert checked == set(topic_for)
+    """Every JSON example of docs/mqtt-contract.md conforms to the schema of its topic."""
+    kinds = []
+    for heading, body in _json_blocks(GUIDE.read_text(encoding="utf-8")):
+        doc = json.loads(body)
+        kind, topic = _topic_of_example(doc)
+        problems = contract_errors(topic, body.encode())
+        assert problems == [], f"{kind} example under '{heading}': {problems}"
+        if kind in ("notice", "command"):
+            assert verify(doc, b"example-site-key"), f"{kind} example under '{heading}' is not signed right"
+        kinds.append(kind)
+    assert set(kinds) == {"transaction", "status", "event", "telemetry", "reply", "notice", "command"}
+    assert kinds.count("status") == 3  # birth, Will, shutdown
 
 
 def test_signature_example_in_the_guide_matches() -> None:
     text = GUIDE.read_text(encoding="utf-8")
     match = re.search(r"canonical JSON:\n\n```\n(.+?)\n```", text, re.S)
     assert match, "the guide shows the canonical JSON of its command example"
-    blocks = dict((h.lower(), b) for h, b in _json_blocks(text))
-    command = json.loads(next(b for h, b in blocks.items() if "command" in h))
+    docs = [json.loads(b) for _, b in _json_blocks(text)]
+    command = next(d for d in docs if _topic_of_example(d)[0] == "command")
     unsigned = {k: v for k, v in command.items() if k != "sig"}
     assert canonical_json(unsigned).decode() == match.group(1)
 

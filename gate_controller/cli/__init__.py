@@ -18,6 +18,9 @@ __all__ = ["build_parser", "main"]
 
 # The explicit command registry; order is the order of `smartgate --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "run",
+    "demo",
+    "status",
     "config",
     "review",
     "synth",

@@ -21,7 +21,9 @@ def _train(args: argparse.Namespace) -> int:
     opts = TrainOptions(seed=args.seed, scans=args.scans, val_scans=args.val_scans, steps=args.steps,
                         batch=args.batch, out_dir=args.out, version=args.version,
                         cache_dir=None if args.no_cache else args.cache, samples=list(args.samples),
-                        workers=args.workers, threads=args.threads)
+                        workers=args.workers, threads=args.threads,
+                        target_false_alarm=args.target_false_alarm,
+                        target_false_not_empty=args.target_false_not_empty)
     path = train(opts)
     print(path)
     return 0
@@ -71,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="generate data, train, quantize to int8, calibrate thresholds")
     t.add_argument("--seed", type=int, default=7)
-    t.add_argument("--scans", type=int, default=5000, help="generated training scans")
-    t.add_argument("--val-scans", type=int, default=800, help="generated validation scans (thresholds)")
-    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--scans", type=int, default=6000, help="generated training scans")
+    t.add_argument("--val-scans", type=int, default=1200, help="generated validation scans (thresholds)")
+    t.add_argument("--steps", type=int, default=2500)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     t.add_argument("--version", default="1.0.0")
@@ -83,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory of labelled field samples (NAME.npz + NAME.json); repeatable")
     t.add_argument("--workers", type=int, default=2, help="processes generating scans")
     t.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
+    t.add_argument("--target-false-alarm", type=float, default=0.01,
+                   help="calibration: highest share of anomaly-free validation scans called suspect")
+    t.add_argument("--target-false-not-empty", type=float, default=0.005,
+                   help="calibration: highest share of empty declared-empty validation boxes called loaded")
     t.set_defaults(func=_train)
     e = sub.add_parser("evaluate", help="measure the int8 model with LiteRT on held-out scans")
     e.add_argument("--model", type=Path, default=None)

@@ -58,9 +58,9 @@ ANOMALY_POS_WEIGHT = 3.0
 @dataclass
 class TrainOptions:
     seed: int = 7
-    scans: int = 5000
-    val_scans: int = 800
-    steps: int = 1500
+    scans: int = 6000
+    val_scans: int = 1200
+    steps: int = 2500
     batch: int = 32
     learning_rate: float = 2e-3
     out_dir: Path = Path(__file__).resolve().parent.parent / "models"

@@ -194,7 +194,7 @@ class MosquittoBroker:
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
             return
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
+        self._proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config_file)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gate_controller.config import MqttConfig
@@ -31,6 +32,13 @@ from tests.support.hub import GATE, ROOT, SITE, transaction_record
 def say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(0.005)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -46,8 +54,7 @@ async def main(args: argparse.Namespace) -> int:
             await asyncio.to_thread(sys.stdin.readline)
             committed = await outbox.commit_transaction(transaction_record(1))
             say(f"COMMITTED {committed.msg_id} {committed.seq}")
-            while hub.status().published < 1:
-                await asyncio.sleep(0.005)
+            await until(lambda: hub.status().published >= 1)
             say("PUBLISHED")
             await asyncio.sleep(3600)
         elif args.mode == "commit-offline":
@@ -62,8 +69,7 @@ async def main(args: argparse.Namespace) -> int:
             await asyncio.sleep(3600)
         elif args.mode == "drain":
             await hub.wait_connected()
-            while outbox.pending_count():
-                await asyncio.sleep(0.01)
+            await until(lambda: outbox.pending_count() == 0)
             say(f"DRAINED {outbox.boot_id} {','.join(outbox.recovered) or '-'}")
         else:
             raise SystemExit(f"unknown mode {args.mode}")
