@@ -20,6 +20,10 @@ $(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml
 	$(PIP) install --quiet -e '.[dev]'
 	@touch $@
 
+$(VENV)/.installed-demo: $(VENV)/bin/python setup.cfg pyproject.toml
+	$(PIP) install --quiet -e '.[demo]'
+	@touch $@
+
 venv: $(STAMP)
 
 # Debian packages the tests talk to as real peers (a mosquitto broker, an independent Modbus master).
@@ -50,7 +54,7 @@ test: $(STAMP) deb-test
 	$(VENV)/bin/mypy firmware_bridge inference gate_controller
 	$(PY) -m pytest
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/smartgate demo -c config/demo.yaml
 
 bench: $(STAMP)

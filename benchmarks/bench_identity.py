@@ -40,7 +40,6 @@ from stdnum import iso6346  # noqa: E402
 
 from gate_controller.identity import (  # noqa: E402
     IdentitySettings,
-    group_container_reads,
     identify,
     identify_containers,
     reads_from_json,
@@ -68,8 +67,8 @@ class Noise:
 
     cameras_min: int = 4  # cameras that see the container (side, side, rear or front, top)
     cameras_max: int = 5
-    drop: float = 0.08  # a camera that sees the container returns no read
-    substitution: float = 0.015  # per character: a different glyph is read
+    drop: float = 0.05  # a camera that sees the container returns no read
+    substitution: float = 0.012  # per character: a different glyph is read
     lookalike_share: float = 0.85  # of substitutions: a visual look-alike (else any character)
     cross_class: float = 0.03  # per character: a letter/digit look-alike (O for 0 in the serial)
     swap: float = 0.02  # per read: two adjacent characters swapped
@@ -204,7 +203,8 @@ class Tally:
 
 def run(seed: int, count: int, noise: Noise, settings: IdentitySettings | None = None) -> Tally:
     tally = Tally(reasons=Counter(), wrong_examples=[])
-    assert tally.reasons is not None and tally.wrong_examples is not None
+    assert tally.reasons is not None
+    assert tally.wrong_examples is not None
     start = time.perf_counter()
     for truth, obj in generate(seed, count, noise):
         out = identify_json(obj, settings)

@@ -361,7 +361,7 @@ class TlsConfig(_Section):
 class BacklogConfig(_Section):
     """Limits of the durable outbox while the broker is unreachable."""
 
-    max_messages: Annotated[int, Field(ge=100, le=100_000_000)] = 2_000_000
+    max_messages: Annotated[int, Field(ge=10, le=100_000_000)] = 2_000_000
     """Transactions and events kept while the hub is unreachable before BACKLOG_FULL."""
     max_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     """Outbox size before BACKLOG_FULL (previews and telemetry are dropped first)."""
@@ -486,6 +486,11 @@ class StorageConfig(_Section):
     @property
     def notices_path(self) -> Path:
         return self.state_dir / "notices.sqlite3"
+
+    @property
+    def replay_path(self) -> Path:
+        """Request ids of hub commands seen in the replay window (survives restarts)."""
+        return self.state_dir / "replay.sqlite3"
 
     @property
     def archive_dir(self) -> Path:

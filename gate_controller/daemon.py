@@ -430,9 +430,9 @@ class GateDaemon:
             c = link.counters()
             for key in ("frames_rx", "bytes_rx", "crc_errors", "lost_frames", "garbage_bytes", "resend_requests",
                         "scans_complete", "scans_incomplete"):
-                value = getattr(c, key, None)
-                if isinstance(value, int):
-                    counters[f"link_{name}_{key}"] = value
+                found = getattr(c, key, None)
+                if isinstance(found, int):
+                    counters[f"link_{name}_{key}"] = found
         decider = self.decider
         if decider is not None:
             for action, count in decider.decisions.items():
@@ -474,6 +474,8 @@ class GateDaemon:
                 "p50_ms": decider.stats.percentile(0.5) if decider else None,
                 "p95_ms": decider.stats.percentile(0.95) if decider else None,
                 "model_loaded": self.reviewer is not None and self.reviewer.model_info is not None,
+                "worker_pid": self.reviewer.pid if self.reviewer is not None else None,
+                "worker_restarts": self.reviewer.restarts if self.reviewer is not None else 0,
             },
             "counters": dict(self.counters),
         }

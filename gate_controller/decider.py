@@ -71,7 +71,7 @@ class GateDecider:
         policy: PolicyConfig,
         notices: NoticeStore,
         reviewer: ReviewWorker,
-        archive_scan: Callable[[Scan], None] | None = None,
+        archive_scan: Callable[[Scan], object] | None = None,
         preview_max_width: int = 1024,
         wall_clock: Callable[[], datetime] = utc_now,
         clock: Callable[[], float] = time.monotonic,

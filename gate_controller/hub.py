@@ -73,6 +73,7 @@ SCAN_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MID_SPACE: Final = 65535
 _LAP_MARGIN: Final = 256
 _FETCH_BATCH_MIN: Final = 64
+_ACK_COALESCE_S: Final = 0.01
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ class BirthInfo:
 
 
 class NoticeSink(Protocol):
-    """Where signed release notices go (the notice store of the decisions)."""
+    """Where signed release notices go (`notices.NoticeStore`): it verifies and keeps them.
+
+    An outcome whose ``result`` is ``"rejected"`` (with a ``detail``) raises ``NOTICE_REJECTED``.
+    """
 
     def apply(self, container: str, payload: bytes, *, key: bytes, now: datetime) -> object: ...
 
@@ -206,6 +210,7 @@ class HubLink:
         self._connected_since: float | None = None
         self._last_error: str | None = None
         self._running = False
+        self._acks_final = False
         self._shutdown_grace_s = 5.0
         bind_rebirth = getattr(commands, "bind_rebirth", None)
         if bind_rebirth is not None:
@@ -292,6 +297,7 @@ class HubLink:
         if self._running:
             raise RuntimeError("HubLink.run is already running")
         self._running = True
+        self._acks_final = False
         self._done.clear()
         self._loop = asyncio.get_running_loop()
         self.outbox.add_listener(self._on_rows)
@@ -306,6 +312,7 @@ class HubLink:
                     self._notice_queue.put_nowait(None)
                     self._command_queue.put_nowait(None)
                     await asyncio.wait({notices, commands})
+                    self._acks_final = True
                     self._ack_event.set()
                     await asyncio.wait({acks})
         finally:
@@ -583,7 +590,12 @@ class HubLink:
     # ------------------------------------------------------------------ publishing
 
     def _birth_payload(self) -> dict[str, Any]:
-        info = self._birth()
+        try:
+            info = self._birth()
+        except Exception:
+            # The birth describes the gate; a failing description must not keep the link down.
+            logger.exception("hub link: the birth callback failed; publishing a birth without lanes and links")
+            info = BirthInfo(lanes=(), links={})
         return {
             "state": "online", "boot_id": self.outbox.boot_id, "gate": self.gate, "site": self.site,
             "sw_version": self._sw_version, "started_at": self._started_at,
@@ -739,21 +751,30 @@ class HubLink:
             self._wake.set()
 
     async def _ack_flusher(self) -> None:
-        """Delete acknowledged rows in batches (one SQL transaction for all acks so far)."""
+        """Delete acknowledged rows in batches (one SQL transaction for all acks so far).
+
+        Deletions wait a few milliseconds so that the PUBACKs of a window arrive together and
+        share one SQL transaction, leaving the writer thread to the commits lanes wait for. A
+        deletion that is late or lost costs nothing but a duplicate after a restart: until the
+        row is gone, this process skips it by id.
+        """
         while True:
             await self._ack_event.wait()
+            if not self._acks_final:
+                await asyncio.sleep(_ACK_COALESCE_S)
             self._ack_event.clear()
             if self._ack_queue:
                 ids, self._ack_queue = self._ack_queue, []
                 try:
                     await self.outbox.acknowledge(ids)
                 except OutboxError as err:
-                    # The rows stay filtered in memory (never re-sent by this process); a restart
-                    # sends them once more, which the hub de-duplicates by msg_id.
-                    logger.error("hub link: cannot delete acknowledged rows: %s", err)  # noqa: TRY400
-                    continue
-                self._acked.difference_update(ids)
-            if self._stopping.is_set() and self._session is None and not self._ack_queue:
+                    logger.error("hub link: cannot delete %d acknowledged rows (retried with the next): %s",  # noqa: TRY400
+                                 len(ids), err)
+                    if not self._acks_final:
+                        self._ack_queue[:0] = ids
+                else:
+                    self._acked.difference_update(ids)
+            if self._acks_final:
                 return
 
     # ------------------------------------------------------------------ inbound
@@ -797,10 +818,21 @@ class HubLink:
                 logger.debug("hub link: no notice store; ignoring notice for %s", container)
                 continue
             try:
-                await self._loop.run_in_executor(None, partial(
+                outcome = await self._loop.run_in_executor(None, partial(
                     self._notices.apply, container, payload, key=self._notice_key, now=self._wall_clock()))
             except Exception:
                 logger.exception("hub link: release notice for %s not applied", container)
+                continue
+            if str(getattr(outcome, "result", "")) == "rejected":
+                # A forged or malformed notice is a security-relevant fact the hub should see,
+                # like a rejected command; it changes nothing on the gate.
+                detail = {"container": container, "reason": str(getattr(outcome, "detail", None) or "rejected"),
+                          "bytes": len(payload)}
+                try:
+                    await self.outbox.emit_event(lane=None, type="alarm", code="NOTICE_REJECTED",
+                                                 severity="warning", active=True, detail=detail)
+                except OutboxError as err:
+                    logger.error("hub link: cannot record NOTICE_REJECTED: %s", err)  # noqa: TRY400
 
     async def _command_worker(self) -> None:
         while (item := await self._command_queue.get()) is not None:

@@ -78,7 +78,7 @@ _ALPHABET_OF_KIND: Final = (LETTERS, CATEGORIES, DIGITS)
 _CHECK_ALPHABET: Final = "0123456789A BCDEFGHIJK LMNOPQRSTU VWXYZ"
 _VALUE: Final = {c: i for i, c in enumerate(_CHECK_ALPHABET) if c != " "}
 _RESIDUES: Final = tuple(
-    tuple(_VALUE[c] * pow(2, pos) % 11 for c in _ALPHABET_OF_KIND[_KIND[pos]]) for pos in range(10)
+    tuple((_VALUE[c] << pos) % 11 for c in _ALPHABET_OF_KIND[_KIND[pos]]) for pos in range(10)
 )
 
 # Position-aware normalization. The first five pairs of each table are the classic OCR confusions
@@ -120,6 +120,7 @@ _DIRECT_MAX_MISMATCH: Final = 3
 _END_GAP: Final = 0.9
 _VOTE_GAP: Final = 0.5 - 1e-9  # one look-alike substitution (tolerance: costs are float sums)
 _VOTE_MIN_CONFIDENCE: Final = 0.3
+_UNDOUBTED: Final = 0.5  # a read whose every character is at least this sure can be a second container
 
 
 class IdentityReason(enum.StrEnum):
@@ -142,7 +143,9 @@ class IdentityReason(enum.StrEnum):
     BLIND_SPOT = "blind_spot"
     """The deciding evidence lies where the check digit cannot see (A/K/U-type letters, remainder 10)."""
     CONFLICTING_READS = "conflicting_reads"
-    """Two or more reads in the group show another valid number: two containers may be mixed up."""
+    """Another valid number is shown by two reads, or by one read none of whose characters its
+    camera doubted: two containers may be mixed up. (A doubtful lone read that happens to be valid
+    is noise, and the posterior weighs it.)"""
     DUPLICATE = "duplicate"
     """Two containers of one truck resolved to the same number."""
 
@@ -203,17 +206,18 @@ class OcrRead:
     def from_mapping(cls, data: Mapping[str, Any]) -> OcrRead:
         """Build from decoded JSON (an OCR_READ payload or a ``smartgate identify`` input read).
 
-        Unknown keys (``kind``, ...) are ignored; wrong types raise ``ValueError`` naming the key.
+        Unknown keys (``kind``, ...) are ignored; a wrong type raises ``TypeError``, a value out of
+        range ``ValueError``, each naming the key.
         """
         text = data.get("text")
         if not isinstance(text, str):
-            raise ValueError("'text' must be a string")
+            raise TypeError("'text' must be a string")
         confidence = data.get("confidence")
         if not _is_number(confidence):
             raise ValueError("'confidence' must be a number")
         camera = data.get("camera", "")
         if not isinstance(camera, str):
-            raise ValueError("'camera' must be a string")
+            raise TypeError("'camera' must be a string")
         chars = data.get("char_confidence")
         char_confidence: tuple[float, ...] | None = None
         if chars is not None:
@@ -308,7 +312,7 @@ def is_valid_number(number: str) -> bool:
 
 def check_remainder(number: str) -> int:
     """The weighted sum of the first 10 characters modulo 11 (10 means check digit 0, a blind spot)."""
-    return sum(_VALUE[c] * pow(2, i) for i, c in enumerate(number[:10])) % 11
+    return sum(_VALUE[c] << i for i, c in enumerate(number[:10])) % 11
 
 
 def clean_text(text: str) -> str:
@@ -556,8 +560,8 @@ def _fuse(reads: Sequence[OcrRead], gamma: float) -> _Fusion | IdentityReason:
         probs.append([w / total for w in weights])
         seen.append({obs.char for obs in observations[pos]})
     texts = {index: cleaned[index][0] for index in contributing}
-    confs = {index: cleaned[index][1] for index in contributing}
-    return _Fusion(probs, seen, observations, contributing, direct, texts, confs, placements)
+    read_confs = {index: cleaned[index][1] for index in contributing}
+    return _Fusion(probs, seen, observations, contributing, direct, texts, read_confs, placements)
 
 
 def _posterior_search(probs: Sequence[Sequence[float]]) -> tuple[str | None, float, float]:
@@ -645,6 +649,15 @@ def _candidates(probs: Sequence[Sequence[float]], z: float, best: str | None) ->
         number = "".join(combo)
         if number[10] == str(check_remainder(number) % 10):
             found[number] = _likelihood(probs, number) / z
+    # Every single-character change of the top reading that any read made plausible, too: a
+    # check digit 0 often has two such completions (remainders 0 and 10), which must both show.
+    for pos in range(NUMBER_LENGTH):
+        alphabet = _ALPHABET_OF_KIND[_KIND[pos]]
+        for k, char in enumerate(alphabet):
+            if char != top[pos] and probs[pos][k] >= _ALT_MIN_P:
+                number = top[:pos] + char + top[pos + 1:]
+                if number not in found and number[10] == str(check_remainder(number) % 10):
+                    found[number] = _likelihood(probs, number) / z
     if best is not None and best not in found:
         found[best] = _likelihood(probs, best) / z
     return sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -721,21 +734,19 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
             "cameras: a lone camera never decides a character",
             confidence=posterior, candidates=candidates,
         )
-    lone = [pos for pos in range(NUMBER_LENGTH) if coverage[pos] == 1]
-    if lone:
-        # Only possible with min_coverage 1: the lone read must be strong and taken as read there.
-        (index,) = {fused.observations[lone[0]][0].read_index}
+    for pos in (pos for pos in range(NUMBER_LENGTH) if coverage[pos] == 1):
+        # Only reachable with min_coverage 1: the lone read must be strong and taken as read there.
+        index = fused.observations[pos][0].read_index
         read = reads[index]
-        placed = fused.placements.get(index, {})
-        weak = read.confidence < cfg.single_read_min_confidence or any(
-            pos not in placed or placed[pos][0] != best[pos] or placed[pos][1] < cfg.single_read_min_confidence
-            for pos in lone
-        )
-        if weak:
+        placed = fused.placements.get(index, {}).get(pos)
+        if (
+            read.confidence < cfg.single_read_min_confidence or placed is None
+            or placed[0] != best[pos] or placed[1] < cfg.single_read_min_confidence
+        ):
             return reject(
                 IdentityReason.SINGLE_WEAK_READ,
-                f"position(s) {', '.join(str(p + 1) for p in lone)} rest on one read ({read.text!r}, confidence "
-                f"{read.confidence:.2f}), which is weak there or would need correcting",
+                f"position {pos + 1} rests on one read ({read.text!r}, confidence {read.confidence:.2f}), "
+                "which is weak there or would need correcting",
                 confidence=posterior, candidates=candidates,
             )
     if 10 in corrections:
@@ -762,13 +773,16 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
     if blind is not None:
         return reject(IdentityReason.BLIND_SPOT, blind, confidence=posterior, candidates=candidates)
     shown: dict[str, int] = {}
-    for text in fused.direct.values():
+    strong: set[str] = set()
+    for index, text in fused.direct.items():
         shown[text] = shown.get(text, 0) + 1
+        if min(fused.confs[index]) >= _UNDOUBTED:
+            strong.add(text)
     for text, count in shown.items():
-        if count >= 2 and text != best and text not in neighbours and is_valid_number(text):
+        if (count >= 2 or text in strong) and text != best and text not in neighbours and is_valid_number(text):
             return reject(
                 IdentityReason.CONFLICTING_READS,
-                f"{count} reads show the different valid number {text}; the group may hold two containers",
+                f"{count} read(s) show the different valid number {text}; the group may hold two containers",
                 confidence=posterior, candidates=candidates,
             )
     rival = _better_explanation(best, fused)
@@ -814,14 +828,15 @@ def _blind_neighbours(number: str) -> dict[str, str]:
         if pos == 9:
             ok = int(a) == check_remainder(swapped) % 10
         else:
-            ok = (remainder - _residue(pos, a) - _residue(pos + 1, b) + _residue(pos, b) + _residue(pos + 1, a)) % 11 % 10 == check
+            delta = _residue(pos, b) + _residue(pos + 1, a) - _residue(pos, a) - _residue(pos + 1, b)
+            ok = (remainder + delta) % 11 % 10 == check
         if ok:
             out[swapped] = f"{a}{b} swapped at positions {pos + 1}-{pos + 2}"
     return out
 
 
 def _residue(pos: int, char: str) -> int:
-    return _VALUE[char] * pow(2, pos, 11) % 11
+    return (_VALUE[char] << pos) % 11
 
 
 def _edit_cost(text: str, ref: str) -> float:
@@ -993,18 +1008,20 @@ def _canonical(text: str) -> str:
 
 
 def group_container_reads(
-    reads: Sequence[OcrRead], *, max_distance: float | None = None,
+    reads: Sequence[OcrRead], *, max_distance: float | None = None, strong_confidence: float | None = None,
 ) -> list[list[OcrRead]]:
     """Split the container reads of one passage into one group per physical container.
 
     The firmware does not say which container a read belongs to. Reads are clustered by average
     linkage on a normalized edit distance. Consecutive serials of a 2 x 20 ft truck may be only two
     characters apart, closer than noise puts two reads of one container, so a valid number that
-    at least two reads show exactly is a *seed*, and reads of two different seeds (differing in
-    two or more positions) are never put in one group. A lone valid read is not a seed: one misread
-    camera must not invent a second container. Groups are ordered by their earliest ``read_ms``
-    (groups without one last), then by first appearance. Reads with no usable text belong to no
-    group.
+    two reads show exactly, or one read shows with every character at ``strong_confidence`` or
+    more, is a *seed*, and reads of two different seeds (differing in two or more positions) are
+    never put in one group. A doubtful lone read that happens to be valid is not a seed: one
+    misread camera must not invent a second container. A group that still holds two valid
+    numbers, each with reads of its own around it, is split (`_split_two`). Groups are ordered by the median
+    ``read_ms`` of their reads (robust to one stray read; groups without times last), then by
+    first appearance. Reads with no usable text belong to no group.
     """
     limit = _DEFAULT_SETTINGS.group_max_distance if max_distance is None else max_distance
     items = [(i, _canonical(clean_text(r.text))) for i, r in enumerate(reads)]
@@ -1014,8 +1031,11 @@ def group_container_reads(
     counts: dict[str, int] = {}
     for _, text in items:
         counts[text] = counts.get(text, 0) + 1
+    threshold = _DEFAULT_SETTINGS.single_read_min_confidence if strong_confidence is None else strong_confidence
     valid = {
-        i: t for i, t in items if len(t) == NUMBER_LENGTH and counts[t] >= 2 and is_valid_number(t)
+        i: t for i, t in items
+        if len(t) == NUMBER_LENGTH and is_valid_number(t)
+        and (counts[t] >= 2 or min(_cleaned_with_conf(reads[i])[1]) >= threshold)
     }
     n = len(items)
     dist = [[0.0] * n for _ in range(n)]
@@ -1051,15 +1071,54 @@ def group_container_reads(
         a, b = best_pair
         clusters[a].extend(clusters[b])
         del clusters[b]
+    clusters = [part for cluster in clusters for part in _split_two(cluster, items)]
     groups = [[reads[items[k][0]] for k in sorted(c, key=lambda k: items[k][0])] for c in clusters]
 
     def order(group_index: int) -> tuple[int, int, int]:
         group = groups[group_index]
-        times = [r.read_ms for r in group if r.read_ms is not None]
+        times = sorted(r.read_ms for r in group if r.read_ms is not None)
         first = min(items[k][0] for k in clusters[group_index])
-        return (0, min(times), first) if times else (1, 0, first)
+        return (0, times[(len(times) - 1) // 2], first) if times else (1, 0, first)
 
     return [groups[i] for i in sorted(range(len(groups)), key=order)]
+
+
+def _split_two(cluster: list[int], items: Sequence[tuple[int, str]]) -> list[list[int]]:
+    """Split a cluster that holds two containers with nearby numbers, if the reads say so.
+
+    Each distinct valid number in the cluster is a possible anchor. For two anchors at least two
+    characters apart (not blind-spot twins, which are one container misread), every read goes to
+    the anchor it is clearly closer to; if both sides then hold two or more reads, they are two
+    containers. One misread camera producing a valid number gathers no second read around it, so
+    noise does not split a container; a real second container is read by several cameras.
+    """
+    if len(cluster) < 4:
+        return [cluster]
+    support: dict[str, int] = {}
+    for k in cluster:
+        text = items[k][1]
+        if len(text) == NUMBER_LENGTH and is_valid_number(text):
+            support[text] = support.get(text, 0) + 1
+    anchors = sorted(support, key=lambda t: (-support[t], t))
+    for x, first in enumerate(anchors):
+        twins = _blind_neighbours(first)
+        for second in anchors[x + 1:]:
+            if second in twins or sum(p != q for p, q in zip(first, second, strict=True)) < 2:
+                continue
+            sides: tuple[list[int], list[int]] = ([], [])
+            undecided: list[int] = []
+            for k in cluster:
+                d1, d2 = _pair_distance(items[k][1], first), _pair_distance(items[k][1], second)
+                if d1 < d2:
+                    sides[0].append(k)
+                elif d2 < d1:
+                    sides[1].append(k)
+                else:
+                    undecided.append(k)
+            if len(sides[0]) >= 2 and len(sides[1]) >= 2:
+                # A read that fits both equally stays with the better supported container.
+                return [sides[0] + undecided, sides[1]]
+    return [cluster]
 
 
 def identify_containers(
@@ -1071,7 +1130,9 @@ def identify_containers(
     cannot carry one container twice, so the grouping (or the reads) cannot be trusted.
     """
     cfg = settings or _DEFAULT_SETTINGS
-    groups = group_container_reads(reads, max_distance=cfg.group_max_distance)
+    groups = group_container_reads(
+        reads, max_distance=cfg.group_max_distance, strong_confidence=cfg.single_read_min_confidence,
+    )
     identities = [identify(group, settings=cfg) for group in groups]
     counts: dict[str, int] = {}
     for ident in identities:
@@ -1123,16 +1184,16 @@ def fuse_plate(reads: Sequence[OcrRead]) -> PlateRead | None:
 def reads_from_json(obj: Any) -> list[OcrRead]:
     """The reads of one ``smartgate identify`` input line: ``{"reads": [{"text", "confidence", ...}]}``."""
     if not isinstance(obj, Mapping):
-        raise ValueError("each line must be a JSON object with a 'reads' list")
+        raise TypeError("each line must be a JSON object with a 'reads' list")
     items = obj.get("reads")
     if not isinstance(items, list):
-        raise ValueError("'reads' must be a list")
+        raise TypeError("'reads' must be a list")
     reads = []
     for k, item in enumerate(items):
         if not isinstance(item, Mapping):
-            raise ValueError(f"reads[{k}] must be an object")
+            raise TypeError(f"reads[{k}] must be an object")
         try:
             reads.append(OcrRead.from_mapping(item))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"reads[{k}]: {err}") from err
+            raise type(err)(f"reads[{k}]: {err}") from err
     return reads

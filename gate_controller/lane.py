@@ -940,7 +940,6 @@ class Lane:
         """Bring ``barrier_raise`` to what the passage needs (lowering waits for a clear safety loop)."""
         cur = self._current
         coil = image.coils["barrier_raise"]
-        now = self._clock()
         if self._want_up():
             assert cur is not None
             if not coil or force:
@@ -983,7 +982,8 @@ class Lane:
             await self._barrier_reached(up)
             return
         if not up and image.loop_safety:
-            self._travel = (up, max(deadline, self._plc_clock() + self._config.plc.barrier_travel_s))  # interlock holds it
+            # The PLC interlock holds the arm while a vehicle is under it: travel starts again after.
+            self._travel = (up, max(deadline, self._plc_clock() + self._config.plc.barrier_travel_s))
             return
         if now > deadline:
             self._travel = None
@@ -1081,7 +1081,7 @@ class Lane:
             self._force_rewrite = True
             self._rewrite_at = now + _REWRITE_RETRY_S
         force = self._force_rewrite
-        physical = False
+        physical = image.estop or image.local_manual
         try:
             if not physical:
                 await self._sync_barrier(image, force)
@@ -1188,11 +1188,11 @@ class Lane:
             raise CommandRefused(f"the lane is in fault ({', '.join(sorted(self._faults))})")
         cur = self._current
         now = self._clock()
+        if cur is not None and cur.phase is Phase.LOWERING:
+            raise CommandRefused("the barrier is closing; retry when it is down")
         if action == "open":
             if cur is not None and cur.phase in (Phase.RELEASED, Phase.PASSING):
                 raise CommandRefused("the barrier is already open")
-            if cur is not None and cur.phase is Phase.LOWERING:
-                raise CommandRefused("the barrier is closing; retry when it is down")
         elif image.loop_safety:
             raise CommandRefused("a vehicle is under the barrier")
         log.warning("lane %s: operator %s: barrier %s (%s)", self.id, operator, action, reason)

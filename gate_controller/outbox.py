@@ -573,6 +573,10 @@ class Outbox:
     def limits(self) -> BacklogConfig:
         return self._store.limits
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def set_archive_hook(self, hook: Callable[[Mapping[str, Any]], None] | None) -> None:
         """Called (on a worker thread) with every completed transaction as published, so the scan
         archive can answer ``inspection.result`` after the row has left the outbox."""

@@ -686,7 +686,7 @@ class PlcDriver:
         async with bus.lock:
             if name != "alarm":
                 fresh = await self._read_bits(self._input_blocks)
-                if False:
+                if fresh["estop"] or fresh["local_manual"]:
                     which = "estop" if fresh["estop"] else "local_manual"
                     raise PlcInterlockError(f"{name} not written: {which} is set")
                 if name == "barrier_raise" and not value and fresh["loop_safety"]:

@@ -73,7 +73,7 @@ class Telemetry:
         *,
         snapshot: Callable[[], TelemetrySnapshot],
         outbox: Outbox,
-        publish: Callable[[Mapping[str, Any]], Awaitable[None]],
+        publish: Callable[[Mapping[str, Any]], Awaitable[object]],
         interval_s: float,
         disk_path: str | Path,
         hub_connected: Callable[[], bool] | None = None,
@@ -146,9 +146,7 @@ class Telemetry:
 
     async def run(self) -> None:
         """Publish every interval (and serve /metrics if configured) until `stop`."""
-        if self._port is not None:
-            self._server = await asyncio.start_server(self._serve_http, self._host, self._port)
-            logger.info("prometheus metrics on http://%s:%d/metrics", self._host, self.prometheus_port)
+        await self.start_server()
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -168,12 +166,18 @@ class Telemetry:
                 self._server = None
 
     async def start_server(self) -> None:
-        """Open only the /metrics endpoint (for tools that do not `run`)."""
+        """Open the /metrics endpoint now (idempotent; `run` opens it too). ``OSError`` if the
+        port is taken: a configured endpoint that cannot listen is a startup failure."""
         if self._port is not None and self._server is None:
             self._server = await asyncio.start_server(self._serve_http, self._host, self._port)
+            logger.info("prometheus metrics on http://%s:%d/metrics", self._host, self.prometheus_port)
 
     def stop(self) -> None:
+        """End `run` and close the /metrics endpoint (also when `run` never started)."""
         self._stopping.set()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from inference.errors import InferenceError
 from inference.model_spec import ModelSpec
-from inference.preprocess import PreparedScan, dequantize, prepare_scan, quantize
+from inference.preprocess import PreparedScan, dequantize, prepare_quantized
 from inference.result import ReviewRegion, ReviewResult
 from inference.runtime import ModelInfo, TfliteModel
 from inference.scan import Scan
@@ -110,14 +110,17 @@ class Reviewer:
         return self._model.backend
 
     def prepare(self, scan: Scan) -> PreparedScan:
+        """Resampled, normalized and quantized scan (planar), with its tile offsets."""
         spec = self.spec
-        return prepare_scan(scan, spec.input, spec.normalization, spec.tiling.overlap, spec.output.stride)
+        return prepare_quantized(scan, spec.input, spec.normalization, spec.tiling.overlap, spec.output.stride)
 
     def quantized_tiles(self, prepared: PreparedScan) -> list[npt.NDArray[Any]]:
         """The exact input tensors `analyse` feeds to the interpreter (benchmarks use them)."""
         spec = self.spec.input
-        q = quantize(prepared.data, spec.quantization, spec.dtype)
-        return [np.ascontiguousarray(q[None, :, off:off + spec.width, :]) for off in prepared.offsets]
+        q = prepared.data
+        # Planar -> NHWC per tile: one small copy each.
+        return [np.ascontiguousarray(q[:, :, off:off + spec.width].transpose(1, 2, 0))[None]
+                for off in prepared.offsets]
 
     def invoke(self, tile: npt.NDArray[Any]) -> npt.NDArray[Any]:
         return self._model.run(tile)
@@ -128,7 +131,7 @@ class Reviewer:
         prepared = self.prepare(scan)
         stride = spec.output.stride
         cells_w = spec.input.width // stride
-        total = prepared.data.shape[1] // stride
+        total = prepared.data.shape[2] // stride
         stitched = np.zeros((spec.input.rows // stride, total, len(spec.output.channels)), dtype=np.float32)
         invoke_s = 0.0
         for off, tile in zip(prepared.offsets, self.quantized_tiles(prepared), strict=True):

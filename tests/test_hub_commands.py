@@ -241,6 +241,7 @@ def test_scan_fetch_and_inspection_result(broker: MosquittoBroker, tmp_path: Pat
                 await asyncio.to_thread(collector.wait_for, lambda c: len(c.on("/scans/SCAN-42/image")) == 1)
                 png = collector.on("/scans/SCAN-42/image")[0].payload
                 image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+                assert image is not None
                 assert image.dtype == np.uint16
                 assert np.array_equal(image, scan.pixels[0])  # full resolution, channel 0, lossless
                 # The image went out before the reply (same outbox, commit order).

@@ -440,3 +440,47 @@ def test_nothing_lost_across_20_broker_restarts(broker: MosquittoBroker, tmp_pat
         assert any(not t["historical"] for t in transactions)
         assert collector.contract_problems() == []
     assert len(committed) > 100
+
+
+def test_release_notices_reach_the_notice_store(shared_broker: MosquittoBroker, tmp_path: Path) -> None:
+    from gate_controller.notices import NoticeStore
+
+    outbox = open_outbox(tmp_path)
+    store = NoticeStore(tmp_path / "notices.sqlite3")
+    assert shared_broker.tls is not None
+    with HubClient(shared_broker.url, username=HUB_USER[0], password=HUB_USER[1],
+                   ca_file=str(shared_broker.tls.ca_file)) as hub_side, \
+            Collector(shared_broker, client_id="c-notices") as collector:
+        # Retained before the gate connects: the gate learns the current state at subscribe time.
+        hub_side.publish_notice(SITE, "CSQU3054383", "released", key=COMMAND_KEY, declared="general", ref="R-7")
+
+        async def main() -> None:
+            hub = make_hub(shared_broker, tmp_path, outbox, notices=store, notice_key=COMMAND_KEY)
+            async with running_hub(hub):
+                await asyncio.wait_for(hub.wait_connected(), 10)
+                now = datetime.now().astimezone()
+                await until(lambda: store.lookup("CSQU3054383", now) is not None, what="retained notice stored")
+                notice = store.lookup("CSQU3054383", now)
+                assert notice is not None
+                assert (notice.status, notice.declared, notice.ref) == ("released", "general", "R-7")
+                # A forged notice (wrong key) changes nothing and raises NOTICE_REJECTED.
+                await asyncio.to_thread(hub_side.publish_notice, SITE, "CSQU3054383", "hold", key=b"forger")
+                await until(lambda: any(e["code"] == "NOTICE_REJECTED" for e in collector.json_on("/events")),
+                            what="NOTICE_REJECTED")
+                notice = store.lookup("CSQU3054383", datetime.now().astimezone())
+                assert notice is not None
+                assert notice.status == "released"
+                # The hub deletes the notice with an empty retained message.
+                await asyncio.to_thread(hub_side.delete_notice, SITE, "CSQU3054383")
+                await until(lambda: store.lookup("CSQU3054383", datetime.now().astimezone()) is None,
+                            what="notice deleted")
+
+        try:
+            asyncio.run(main())
+        finally:
+            outbox.close()
+            store.close()
+        event = next(e for e in collector.json_on("/events") if e["code"] == "NOTICE_REJECTED")
+        assert event["detail"]["container"] == "CSQU3054383"
+        assert "signature" in event["detail"]["reason"]
+        assert collector.contract_problems(ignore=("/release/",)) == []  # the forged notice is ours

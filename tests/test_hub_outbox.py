@@ -253,8 +253,8 @@ def test_space_limit_drops_telemetry_then_previews_never_transactions(tmp_path: 
             assert kinds.count("telemetry") == 0
             assert kinds.count("preview") == 0
             assert kinds.count("transaction") == 33
-            seqs = [r.seq for r in rows if r.kind == "transaction"]
-            assert seqs == list(range(1, 34)) or sorted(seqs) == seqs
+            seqs = [r.seq or 0 for r in rows if r.kind == "transaction"]
+            assert seqs == sorted(seqs)
             full_events = [json.loads(r.payload) for r in rows if r.kind == "event"]
             assert [e["code"] for e in full_events] == ["BACKLOG_FULL"]
             assert full_events[0]["active"] is True

@@ -33,10 +33,10 @@ def test_split_seeds_are_disjoint_and_stable() -> None:
 def test_synthetic_example_targets() -> None:
     ex = synthetic_example(split_seed("train", 1, 0), G, kind="weapon")
     rows, width, channels = ex.x.shape
-    assert (rows, channels) == (128, 2)
-    assert width % 8 == 0
-    assert width >= 256
-    assert ex.targets.shape == (16, width // 8, 5) == ex.weights.shape
+    assert (rows, channels) == (G.rows, 2)
+    assert width % G.stride == 0
+    assert width >= G.tile_width
+    assert ex.targets.shape == (G.cell_rows, width // G.stride, 5) == ex.weights.shape
     weapon = G.outputs.index("weapon")
     assert ex.targets[..., weapon].sum() > 0  # the weapon's cells are positive
     assert ex.targets[..., 0].sum() > 0  # and the box holds cargo
@@ -79,7 +79,7 @@ def test_field_samples_from_a_labelled_directory(tmp_path: Path) -> None:
     assert misdeclared.bag[0] == 1
     assert not misdeclared.bag[1:].any()
     # Padding beyond the scan never counts.
-    assert not organic.weights[:, -(-organic.width // 8):].any() or organic.width % 8 == 0
+    assert not organic.weights[:, -(-organic.width // G.stride):].any()
 
 
 def test_field_sample_errors(tmp_path: Path) -> None:

@@ -35,12 +35,13 @@ async def test_link_loss_faults_the_lane_and_reconnect_lowers_an_unused_raised_b
         [record] = rig.journal.completed
         assert record["decision"]["action"] == "release"
         assert record["decision"]["reasons"][-1] == "CANCELLED"
-        assert record["barrier"]["raised_at"] and record["barrier"]["lowered_at"]
+        assert record["barrier"]["raised_at"]
+        assert record["barrier"]["lowered_at"]
         assert rig.plc.inputs["barrier_down"]
         assert rig.journal.codes("LINK_DOWN")[-1]["active"] is False
         after = [w for w in rig.plc.writes if w.at >= reconnect]
         rewritten = {w.name for w in after}
-        assert set(COILS) - {"alarm"} <= rewritten or set(COILS) <= rewritten
+        assert set(COILS) <= rewritten
         assert {"lane_state", "display_message", "host_heartbeat"} <= rewritten
         assert all(not w.inputs["loop_safety"] for w in after if w.name == "barrier_raise" and not w.value)
         await rig.until(lambda: rig.lane.mode is Mode.AUTOMATIC, what="resumed")
@@ -80,7 +81,8 @@ async def test_a_decision_that_lands_during_a_link_loss_does_not_raise() -> None
         await rig.until(lambda: rig.lane.mode is Mode.AUTOMATIC, what="back")
         await rig.settle(0.3)
         decision = rig.journal.opened[0]["decision"]
-        assert decision["action"] == "manual" and decision["reasons"][-1] == "PLC_FAULT"
+        assert decision["action"] == "manual"
+        assert decision["reasons"][-1] == "PLC_FAULT"
         assert not any(w.value for w in rig.plc.writes_of("barrier_raise"))
         await rig.plc.vehicle_backs_out(truck)
 
@@ -130,7 +132,8 @@ async def test_wedged_pipeline_lets_the_plc_watchdog_trip_and_recovery_rewrites_
         await rig.until(lambda: rig.lane.mode is Mode.FAULT, what="lane fault")
         assert rig.journal.codes("PLC_WATCHDOG")[-1]["active"] is True
         assert [w for w in plc.writes_of("host_heartbeat") if w.at > wedged + 0.25] == []
-        assert plc.coils["scan_permit"] is False and plc.coils["light_red"] is True
+        assert plc.coils["scan_permit"] is False
+        assert plc.coils["light_red"] is True
         rig.healthy[0] = True
         await rig.until(lambda: not plc.watchdog_tripped, timeout_s=3.0, what="watchdog cleared")
         await rig.until(lambda: rig.lane.mode is Mode.AUTOMATIC and plc.coils["scan_permit"], what="resumed")
@@ -146,7 +149,8 @@ async def test_barrier_that_never_opens_faults_and_stays_latched_until_acknowled
         await rig.plc.vehicle_to_stop_line(truck)
         await rig.until(lambda: rig.lane.mode is Mode.FAULT, timeout_s=3.0, what="barrier fault")
         fault = rig.journal.codes("BARRIER_FAULT")[-1]
-        assert fault["active"] and fault["detail"]["expected"] == "up"
+        assert fault["active"]
+        assert fault["detail"]["expected"] == "up"
         await rig.until(lambda: rig.journal.completed, what="aborted passage published")
         assert rig.journal.completed[0]["decision"]["reasons"][-1] == "CANCELLED"
         await rig.until(lambda: rig.plc.position == 0.0, what="barrier back down")

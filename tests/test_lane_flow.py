@@ -25,7 +25,8 @@ def check_record(record: dict[str, object]) -> None:
         assert TS.match(str(record[key])), (key, record[key])
     assert set(record) == {"schema", "transaction_id", "site", "gate", "lane", "arrived_at", "decided_at",
                            "completed_at", "plate", "containers", "scan", "decision", "barrier", "timings_ms"}
-    assert "msg_id" not in record and "seq" not in record
+    assert "msg_id" not in record
+    assert "seq" not in record
 
 
 @run_async
@@ -45,7 +46,8 @@ async def test_release_passage_commits_before_the_barrier_moves_and_publishes_on
                                       "by": "auto", "operator": None}
         assert [c["number"] for c in record["containers"]] == ["MSCU1234565", "TGHU9876544"]
         assert record["plate"] == {"text": "AB123CD", "confidence": 0.95}
-        assert TS.match(record["barrier"]["raised_at"]) and TS.match(record["barrier"]["lowered_at"])
+        assert TS.match(record["barrier"]["raised_at"])
+        assert TS.match(record["barrier"]["lowered_at"])
         timings = record["timings_ms"]
         assert 0 <= timings["arrival_to_decision"] <= timings["arrival_to_complete"]
         assert timings["scan_end_to_decision"] is not None
@@ -54,11 +56,15 @@ async def test_release_passage_commits_before_the_barrier_moves_and_publishes_on
         raise_write = next(w for w in rig.plc.writes_of("barrier_raise") if w.value is True)
         assert opened_at <= raise_write.at
         lower = [w for w in rig.plc.writes_of("barrier_raise") if w.value is False]
-        assert lower and all(not w.inputs["loop_safety"] for w in lower)
+        assert lower
+        assert all(not w.inputs["loop_safety"] for w in lower)
         [evidence] = rig.decider.calls
         assert [r.text for r in evidence.container_reads] == ["MSCU1234565", "TGHU9876544"]
-        assert evidence.scan is not None and evidence.has_scanner and not evidence.plc_fault
-        assert rig.plc.coils["light_red"] and not rig.plc.coils["light_green"]
+        assert evidence.scan is not None
+        assert evidence.has_scanner
+        assert not evidence.plc_fault
+        assert rig.plc.coils["light_red"]
+        assert not rig.plc.coils["light_green"]
 
 
 @run_async
@@ -70,12 +76,14 @@ async def test_inspect_keeps_the_barrier_down_and_closes_when_the_truck_leaves()
         await rig.until(lambda: rig.lane.phase is Phase.STOPPED, what="stopped")
         await rig.until(lambda: rig.plc.coils["sign_inspection"]
                         and rig.plc.holding["display_message"] == DisplayMessage.GO_TO_INSPECTION, what="sign")
-        assert rig.plc.coils["light_red"] and not rig.plc.coils["barrier_raise"]
+        assert rig.plc.coils["light_red"]
+        assert not rig.plc.coils["barrier_raise"]
         assert rig.journal.opened[0]["decision"]["action"] == "inspect"
         await rig.plc.vehicle_backs_out(truck)
         await rig.until(lambda: rig.journal.completed, what="completed")
         [record] = rig.journal.completed
-        assert record["decision"]["action"] == "inspect" and "CANCELLED" not in record["decision"]["reasons"]
+        assert record["decision"]["action"] == "inspect"
+        assert "CANCELLED" not in record["decision"]["reasons"]
         assert record["barrier"] is None
         assert not any(w.value for w in rig.plc.writes_of("barrier_raise"))
 
@@ -123,7 +131,8 @@ async def test_a_second_vehicle_in_the_scan_zone_is_not_merged() -> None:
         await rig.passage_evidence(containers=("MSCU1234565",))
         second = await rig.plc.vehicle_arrives()  # enters before the first reached the stop line
         await rig.settle(0.1)
-        assert len(rig.journal.completed) == 1 and rig.journal.completed[0]["decision"]["reasons"] == ["CANCELLED"]
+        assert len(rig.journal.completed) == 1
+        assert rig.journal.completed[0]["decision"]["reasons"] == ["CANCELLED"]
         rig.ocr("TGHU9876544")
         await rig.plc.vehicle_to_stop_line(first)
         await rig.until(lambda: len(rig.journal.completed) == 2, what="ambiguous passage cancelled")
@@ -143,7 +152,8 @@ async def test_the_vehicle_behind_waits_and_gets_its_own_evidence() -> None:
         b = await rig.plc.vehicle_arrives()
         await rig.passage_evidence(containers=("TGHU9876544",), plate="BBB222")
         snap = rig.lane.snapshot()
-        assert snap.transaction_id is not None and snap.next_transaction_id is not None
+        assert snap.transaction_id is not None
+        assert snap.next_transaction_id is not None
         drive = asyncio.create_task(rig.plc.vehicle_drives_through(a, timeout_s=3.0))
         await rig.plc.wait_for(lambda: rig.plc.inputs["loop_safety"], timeout_s=3.0)
         await rig.plc.vehicle_to_stop_line(b)  # B on the stop loop while A is still passing
@@ -153,7 +163,9 @@ async def test_the_vehicle_behind_waits_and_gets_its_own_evidence() -> None:
         assert [r.text for r in ev_a.container_reads] == ["MSCU1234565"]
         assert [r.text for r in ev_b.container_reads] == ["TGHU9876544"]
         assert [r.text for r in ev_b.plate_reads] == ["BBB222"]
-        assert ev_a.scan is not None and ev_b.scan is not None and ev_a.scan.scan_id != ev_b.scan.scan_id
+        assert ev_a.scan is not None
+        assert ev_b.scan is not None
+        assert ev_a.scan.scan_id != ev_b.scan.scan_id
         await rig.until(lambda: rig.lane.phase is Phase.RELEASED, what="B released")
         await rig.plc.vehicle_drives_through(b, timeout_s=3.0)
         await rig.until(lambda: len(rig.journal.completed) == 2 and rig.lane.phase is Phase.IDLE, what="both done")
@@ -237,7 +249,8 @@ async def test_hub_manual_and_closed_modes() -> None:
         await rig.plc.vehicle_to_stop_line(truck)
         await rig.until(lambda: rig.lane.phase is Phase.STOPPED, what="stopped in manual mode")
         decision = rig.journal.opened[0]["decision"]
-        assert decision["action"] == "manual" and decision["reasons"][-1] == "MANUAL_OVERRIDE"
+        assert decision["action"] == "manual"
+        assert decision["reasons"][-1] == "MANUAL_OVERRIDE"
         await rig.plc.vehicle_backs_out(truck)
         await rig.until(lambda: rig.journal.completed, what="done")
         await rig.lane.set_mode("closed")
@@ -262,7 +275,8 @@ async def test_operator_open_and_close_are_audited_transactions() -> None:
         await rig.lane.barrier_command(action="open", reason="papers checked at the booth", operator="alice")
         assert rig.plc.coils["barrier_raise"] is True
         held, opened = rig.journal.completed[0], rig.journal.opened[-1]
-        assert held["decision"]["action"] == "hold" and "CANCELLED" not in held["decision"]["reasons"]
+        assert held["decision"]["action"] == "hold"
+        assert "CANCELLED" not in held["decision"]["reasons"]
         assert opened["decision"] == {"action": "release", "reasons": ["MANUAL_OVERRIDE"], "by": "operator",
                                       "operator": "alice"}
         assert opened["containers"] == held["containers"]  # the audit keeps what was read
@@ -289,8 +303,10 @@ async def test_operator_open_and_close_are_audited_transactions() -> None:
         await rig.lane.barrier_command(action="close", reason="end of shift", operator="dave")
         await rig.until(lambda: len(rig.journal.completed) == 5, what="close recorded")
         closed = rig.journal.completed[4]
-        assert closed["decision"]["by"] == "operator" and closed["decision"]["action"] == "manual"
-        assert closed["barrier"]["raised_at"] is None and closed["barrier"]["lowered_at"] is not None
+        assert closed["decision"]["by"] == "operator"
+        assert closed["decision"]["action"] == "manual"
+        assert closed["barrier"]["raised_at"] is None
+        assert closed["barrier"]["lowered_at"] is not None
 
 
 @run_async
@@ -312,10 +328,15 @@ async def test_snapshot_and_stop_leave_the_lane_offline_and_safe() -> None:
     async with lane_rig() as rig:
         truck = await rig.plc.vehicle_arrives()
         snap = rig.lane.snapshot()
-        assert snap.state == "arriving" and snap.plc_connected and snap.transaction_id is not None
-        assert snap.inputs is not None and "loop_entry" in snap.inputs and snap.inputs["lane_state"] == 1
+        assert snap.state == "arriving"
+        assert snap.plc_connected
+        assert snap.transaction_id is not None
+        assert snap.inputs is not None
+        assert "loop_entry" in snap.inputs
+        assert snap.inputs["lane_state"] == 1
         data = snap.as_dict()
-        assert data["mode"] == "automatic" and data["faults"] == []
+        assert data["mode"] == "automatic"
+        assert data["faults"] == []
         await rig.lane.stop()
         assert rig.plc.holding["lane_state"] == LaneStateCode.OFFLINE
         assert rig.journal.completed[-1]["decision"]["reasons"] == ["CANCELLED"]
@@ -330,7 +351,8 @@ def test_record_builder_renders_the_contract_form() -> None:
 
     t0 = datetime(2026, 11, 22, 4, 0, 0, 123456, tzinfo=UTC)
     record = TransactionRecord(site="S", gate="G", lane="L1", arrived_at=t0, arrived_mono=100.0)
-    assert record.as_record()["decision"] is None and record.as_record()["barrier"] is None
+    assert record.as_record()["decision"] is None
+    assert record.as_record()["barrier"] is None
     record.decide(action="release", reasons=("ALL_RELEASED", "SCAN_CLEAR", "ALL_RELEASED"), now=t0,
                   now_mono=100.25, scan_end_mono=99.5)
     record.raised_at = t0

@@ -61,7 +61,8 @@ async def test_polls_with_edges_and_writes_verified_levels_over_tcp() -> None:
             await wait_until(lambda: driver.connected, 3.0, "link up")
             assert isinstance(events.events[0], PlcLinkUp)
             image = events.events[0].image
-            assert image.inputs["barrier_down"] and image.registers["plc_version"] == plc.version
+            assert image.inputs["barrier_down"]
+            assert image.registers["plc_version"] == plc.version
             truck = await plc.vehicle_arrives()
             await plc.vehicle_to_stop_line(truck)
             await wait_until(lambda: {"loop_entry", "loop_stop"} <= events.changed(), 2.0, "loop edges")
@@ -131,9 +132,11 @@ async def test_inverted_points_follow_the_config() -> None:
     try:
         async with running(driver):
             await wait_until(lambda: driver.connected, 3.0, "link up")
-            assert driver.image is not None and driver.image.estop is False
+            assert driver.image is not None
+            assert driver.image.estop is False
             await driver.write_coil("light_red", True)
-            assert plc.coils["light_red"] is True and plc.read_raw("coil", 2, 1) == [False]
+            assert plc.coils["light_red"] is True
+            assert plc.read_raw("coil", 2, 1) == [False]
             plc.press_estop()
             await wait_until(lambda: driver.image is not None and driver.image.estop, 2.0, "estop seen")
     finally:
@@ -193,7 +196,8 @@ async def test_link_loss_is_reported_within_two_seconds_and_the_driver_reconnect
             assert time.monotonic() - back < 2.5  # backoff capped at reconnect_max_s, plus one attempt
             assert events.kinds().count("PlcLinkDown") == 2
             assert events.kinds().count("PlcLinkUp") == 3
-            assert all(isinstance(e, PlcLinkUp) for e in events.events if not isinstance(e, PlcInputsChanged | PlcLinkDown))
+            others = [e for e in events.events if not isinstance(e, PlcInputsChanged | PlcLinkDown)]
+            assert all(isinstance(e, PlcLinkUp) for e in others)
     finally:
         await server.stop()
 
@@ -211,9 +215,9 @@ async def test_first_connect_is_retried_until_the_plc_appears() -> None:
             assert not driver.connected
             await server.go_online()
             await wait_until(lambda: driver.connected, 3.0, "first connect")
-            with pytest.raises(PlcError):
-                await server.go_offline()
-                await wait_until(lambda: not driver.connected, 3.0, "down")
+            await server.go_offline()
+            await wait_until(lambda: not driver.connected, 3.0, "down")
+            with pytest.raises(PlcError, match="link is down"):
                 await driver.write_coil("light_red", True)
     finally:
         await server.stop()
@@ -223,7 +227,8 @@ def test_reconnect_backoff_is_capped_and_jittered() -> None:
     driver = PlcDriver(tcp_config(1502, reconnect_max_s=2.0), name="L1", rng=random.Random(7))
     delays = [driver._backoff(n) for n in range(12)]
     assert all(0.05 <= d <= 2.0 for d in delays)
-    assert max(delays[6:]) <= 2.0 and min(delays[6:]) >= 1.0  # capped at 2 s, never below half the cap
+    assert max(delays[6:]) <= 2.0
+    assert min(delays[6:]) >= 1.0
     assert len({round(d, 6) for d in delays[6:]}) > 1  # jitter: not one fixed value
 
 
@@ -271,7 +276,8 @@ async def test_rtu_two_units_share_one_bus_and_a_silent_unit_only_costs_its_prob
             truck = lane1.add_vehicle(Spot.ENTRY)
             await wait_until(lambda: "loop_entry" in events1.changed(), 2.0, "edge on unit 1")
             await d2.write_coil("light_green", True)
-            assert lane2.coils["light_green"] is True and lane1.coils["light_green"] is False
+            assert lane2.coils["light_green"] is True
+            assert lane1.coils["light_green"] is False
             lane1.move(truck, Spot.GONE)
             lane2.mute = True
             await wait_until(lambda: not d2.connected, 3.0, "unit 2 down")

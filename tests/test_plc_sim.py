@@ -26,11 +26,13 @@ async def test_barrier_travels_within_the_configured_time_with_limit_switches() 
     plc = VirtualLanePlc(travel_s=(0.3, 0.4), tick_s=0.01, watchdog_s=30.0)
     await plc.start()
     try:
-        assert plc.inputs["barrier_down"] and not plc.inputs["barrier_up"]
+        assert plc.inputs["barrier_down"]
+        assert not plc.inputs["barrier_up"]
         start = time.monotonic()
         assert plc.write_raw("coil", 0, [True]) is None
         await asyncio.sleep(0.1)
-        assert not plc.inputs["barrier_down"] and not plc.inputs["barrier_up"]  # both 0 during travel
+        assert not plc.inputs["barrier_down"]
+        assert not plc.inputs["barrier_up"]
         await plc.wait_for(lambda: plc.inputs["barrier_up"], timeout_s=2.0)
         assert 0.28 <= time.monotonic() - start <= 0.6
         plc.write_raw("coil", 0, [False])
@@ -50,7 +52,8 @@ async def test_interlock_never_lowers_onto_a_vehicle_and_estop_freezes() -> None
         truck = plc.add_vehicle(Spot.UNDER)
         plc.write_raw("coil", 0, [False])
         await asyncio.sleep(0.4)
-        assert plc.position == 1.0 and plc.inputs["loop_safety"]
+        assert plc.position == 1.0
+        assert plc.inputs["loop_safety"]
         plc.move(truck, Spot.GONE)
         await plc.wait_for(lambda: plc.inputs["barrier_down"], timeout_s=2.0)
         plc.write_raw("coil", 5, [True])
@@ -59,7 +62,8 @@ async def test_interlock_never_lowers_onto_a_vehicle_and_estop_freezes() -> None
         plc.press_estop()
         frozen = plc.position
         await asyncio.sleep(0.3)
-        assert plc.position == frozen and 0.0 < frozen < 1.0
+        assert plc.position == frozen
+        assert 0.0 < frozen < 1.0
         assert plc.coils["scan_permit"] is False
         plc.press_estop(False)
         await plc.wait_for(lambda: plc.inputs["barrier_up"], timeout_s=2.0)
@@ -89,7 +93,8 @@ async def test_watchdog_trips_after_stale_heartbeat_and_clears_on_heartbeat_and_
         assert plc.watchdog_tripped
         _keep_alive(plc)
         plc.write_raw("coil", 2, [True])
-        assert not plc.watchdog_tripped and plc.registers["plc_watchdog"] == 0
+        assert not plc.watchdog_tripped
+        assert plc.registers["plc_watchdog"] == 0
     finally:
         await plc.stop()
 
@@ -115,7 +120,9 @@ async def test_vehicles_drive_the_loops_and_wait_for_the_barrier() -> None:
         await drive
         assert plc.vehicles == []
         assert [s for _, s in truck.history] == [Spot.ENTRY, Spot.ZONE, Spot.STOP, Spot.UNDER, Spot.EXIT, Spot.GONE]
-        assert seen[0]["loop_entry"] and seen[1]["loop_stop"] and not seen[1]["loop_entry"]
+        assert seen[0]["loop_entry"]
+        assert seen[1]["loop_stop"]
+        assert not seen[1]["loop_entry"]
         back = plc.add_vehicle(Spot.STOP)
         await plc.vehicle_backs_out(back)
         assert [s for _, s in back.history] == [Spot.STOP, Spot.ZONE, Spot.ENTRY, Spot.GONE]
@@ -129,7 +136,8 @@ async def test_faults_stuck_limit_switch_frozen_coil_and_key_switch() -> None:
     await plc.start()
     try:
         plc.stick_limit_switch("barrier_up", True)
-        assert plc.inputs["barrier_up"] and plc.inputs["barrier_down"]
+        assert plc.inputs["barrier_up"]
+        assert plc.inputs["barrier_down"]
         plc.stick_limit_switch("barrier_up", None)
         plc.freeze_coil("light_green")
         plc.write_raw("coil", 1, [True])
@@ -169,8 +177,8 @@ async def _mbpoll(*args: str) -> str:
 
 def _values(text: str) -> dict[int, int]:
     values: dict[int, int] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line.startswith("[") and "]:" in line:
             ref, value = line[1:].split("]:", 1)
             values[int(ref)] = int(value.split()[0], 0)
@@ -214,7 +222,8 @@ async def test_mbpoll_over_rtu_on_a_pty_pair_and_a_silent_unit() -> None:
     try:
         plc.add_vehicle(Spot.ENTRY)
         inputs = _values(await _mbpoll(*common, "-a", "3", "-t", "1", "-r", "0", "-c", "7", pair.b))
-        assert inputs[0] == 1 and inputs[4] == 1
+        assert inputs[0] == 1
+        assert inputs[4] == 1
         await _mbpoll(*common, "-a", "3", "-t", "0", "-r", "2", pair.b, "1")
         assert plc.coils["light_red"] is True
         plc.mute = True
@@ -227,3 +236,36 @@ async def test_mbpoll_over_rtu_on_a_pty_pair_and_a_silent_unit() -> None:
     finally:
         await server.stop()
         pair.close()
+
+
+@needs_mbpoll
+@run_async
+async def test_smartgate_sim_plc_serves_tcp_and_rtu_and_takes_console_commands() -> None:
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gate_controller", "sim", "plc", "--port", str(port), "--rtu", "pty",
+        "--baud", "38400", "--console", "--travel", "0.2-0.3",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode() for _ in range(3)]
+        rtu_line = next(line for line in lines if "Modbus RTU" in line)
+        pts = rtu_line.split("open ", 1)[1].split(")", 1)[0]
+        proc.stdin.write(b"arrive\nstop\n")
+        await proc.stdin.drain()
+        await asyncio.sleep(2.5)  # the default vehicle moves take a second each
+        tcp = _values(await _mbpoll("-m", "tcp", "-p", str(port), "-a", "1", "-0", "-1", "-t", "1", "-r", "0",
+                                    "-c", "7", "127.0.0.1"))
+        assert tcp[1] == 1  # at the stop line
+        rtu = _values(await _mbpoll("-m", "rtu", "-b", "38400", "-P", "none", "-a", "1", "-0", "-1", "-t", "1",
+                                    "-r", "0", "-c", "7", pts))
+        assert rtu == tcp
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)

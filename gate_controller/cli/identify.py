@@ -80,7 +80,7 @@ def run_lines(source: IO[str], sink: IO[str], *, settings: Any, explain: bool = 
         try:
             obj = json.loads(line)
             reads = reads_from_json(obj)
-        except ValueError as err:  # json.JSONDecodeError is a ValueError
+        except (TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
             status = EX_DATAERR
             out = {"number": None, "check_digit_ok": False, "corrected": False, "confidence": 0.0,
                    "reason": "invalid_input", "error": str(err)}

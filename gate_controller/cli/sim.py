@@ -17,6 +17,7 @@ __all__ = ["SIM_TARGETS", "register"]
 _EPILOG = """\
 targets:
   firmware   a GFP/1 gate firmware (X-ray scanner, OCR unit or both) sending trucks
+  plc        a lane PLC (Modbus TCP or RTU) with barrier, loops, watchdog and fault injection
 
 Run 'smartgate sim TARGET --help' for a target's options.
 """
@@ -83,7 +84,84 @@ def add_firmware(targets: Any) -> None:
     parser.set_defaults(func=_run_firmware)
 
 
-SIM_TARGETS: tuple[Callable[[Any], None], ...] = (add_firmware,)
+_PLC_EPILOG = """\
+examples:
+  smartgate sim plc --port 47201                         # Modbus TCP on 127.0.0.1:47201, unit 1
+  smartgate sim plc --port 47201 --console               # and move vehicles from stdin
+  smartgate sim plc --rtu pty --units 1,2                # RTU on a new pty pair; prints the end to open
+  smartgate sim plc --rtu /dev/ttyUSB2 --baud 19200 --parity E
+  mbpoll -m tcp -p 47201 -a 1 -0 -t 1 -r 0 -c 7 127.0.0.1  # read the seven inputs
+
+The default point map of docs/plc-points.md; barrier travel 1.5-3 s with limit switches, the 3 s
+host-heartbeat watchdog, the loop_safety interlock, estop and key switch. Ctrl-C stops it.
+
+{console}"""
+
+
+def add_plc(targets: Any) -> None:
+    from gate_controller.sim.standalone import CONSOLE_HELP
+
+    parser = targets.add_parser(
+        "plc",
+        help="a lane PLC over Modbus TCP or RTU, with lane physics",
+        description="Serve virtual lane PLCs (default point map) with barrier travel, loops following "
+                    "simulated vehicles, the heartbeat watchdog, interlocks and fault injection.",
+        epilog=_PLC_EPILOG.format(console=CONSOLE_HELP),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", type=int, default=None, metavar="P", help="serve Modbus TCP on this port")
+    parser.add_argument("--host", default="127.0.0.1", metavar="ADDR", help="TCP address (default 127.0.0.1)")
+    parser.add_argument("--rtu", default=None, metavar="URL",
+                        help="serve Modbus RTU on a serial device/URL, or 'pty' for a new pty pair")
+    parser.add_argument("--baud", type=int, default=19200, metavar="B", help="RTU baud rate (default 19200)")
+    parser.add_argument("--parity", choices=("N", "E", "O"), default="E", help="RTU parity (default E)")
+    parser.add_argument("--units", default="1", metavar="IDS", help="unit ids, comma separated (default 1)")
+    parser.add_argument("--travel", default="1.5-3", metavar="S", help="barrier travel time, S or MIN-MAX")
+    parser.add_argument("--watchdog", type=float, default=3.0, metavar="S", help="heartbeat watchdog (default 3)")
+    parser.add_argument("--console", action="store_true", help="read vehicle/fault commands from stdin")
+    parser.set_defaults(func=_run_plc)
+
+
+SIM_TARGETS: tuple[Callable[[Any], None], ...] = (add_firmware, add_plc)
+
+
+def _run_plc(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from gate_controller.sim.standalone import parse_travel, parse_units, serve_plc
+
+    try:
+        units = parse_units(args.units)
+        travel = parse_travel(args.travel)
+    except ValueError as err:
+        print(f"smartgate sim plc: {err}", file=sys.stderr)
+        return 64
+    if args.watchdog <= 0 or (args.port is None and args.rtu is None):
+        print("smartgate sim plc: give --port, --rtu or both, and a positive --watchdog", file=sys.stderr)
+        return 64
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        import contextlib
+        import signal
+
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel if task else (lambda: None))
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve_plc(host=args.host, port=args.port, rtu=args.rtu, baudrate=args.baud, parity=args.parity,
+                            units=units, travel_s=travel, watchdog_s=args.watchdog, console=args.console,
+                            emit=lambda line: print(line, flush=True))
+
+    try:
+        asyncio.run(main())
+    except (OSError, RuntimeError) as err:
+        print(f"smartgate sim plc: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run_firmware(args: argparse.Namespace) -> int:

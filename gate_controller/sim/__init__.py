@@ -2,5 +2,6 @@
 
 from gate_controller.sim.lane_plc import Spot, Vehicle, VirtualLanePlc, WriteRecord
 from gate_controller.sim.modbus_server import VirtualPlcServer
+from gate_controller.sim.null_modem import PtyNullModem
 
-__all__ = ["Spot", "Vehicle", "VirtualLanePlc", "VirtualPlcServer", "WriteRecord"]
+__all__ = ["PtyNullModem", "Spot", "Vehicle", "VirtualLanePlc", "VirtualPlcServer", "WriteRecord"]

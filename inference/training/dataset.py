@@ -59,7 +59,7 @@ _log = logging.getLogger(__name__)
 
 FINDINGS = ("clean", "contraband", "misdeclared")
 POS_FRACTION = {"not_empty": 0.2, "default": 0.3}
-TARGETS_VERSION = "targets/2"
+TARGETS_VERSION = "targets/3"
 # Scenario mixture of the training split. Weapons (small, thin steel) are the hardest class and
 # get the largest share; evaluation and calibration use the unbiased 'random' mixture.
 TRAIN_MIX: dict[str, float] = {
@@ -102,7 +102,9 @@ def _pad_width(width: int, g: Geometry) -> int:
     return max(g.tile_width, -(-width // g.stride) * g.stride)
 
 
-def _quant_x(x: npt.NDArray[np.float32], padded: int) -> npt.NDArray[np.uint8]:
+def _quant_x(planar: npt.NDArray[np.float32], padded: int) -> npt.NDArray[np.uint8]:
+    """Planar float features -> (rows, width, channels) uint8, the layout the trainer batches."""
+    x = planar.transpose(1, 2, 0)
     q: npt.NDArray[np.uint8] = np.clip(np.rint(x * X_QUANT), 0, 255).astype(np.uint8)
     if q.shape[1] < padded:
         q = np.asarray(np.pad(q, ((0, 0), (0, padded - q.shape[1]), (0, 0))), dtype=np.uint8)

@@ -15,11 +15,13 @@ __all__ = ["Geometry"]
 
 @dataclass(frozen=True)
 class Geometry:
-    """Tile 128 rows x 256 columns at 20 mm per column: a 40 ft scan is 3 tiles."""
+    """Tile 256 rows x 256 columns at 12.5 mm per column (about the row pitch of a 256-element
+    detector over 3.2 m): a 40 ft scan is about 1000 model columns, 5 tiles. Fine enough for a
+    pistol (about 16 x 10 model pixels); cells of 8 x 8 are 100 mm x 100 mm."""
 
-    rows: int = 128
+    rows: int = 256
     tile_width: int = 256
-    column_mm: float = 20.0
+    column_mm: float = 12.5
     stride: int = 8
     overlap: int = 32
     channels: tuple[str, ...] = ("high", "low_minus_high")

@@ -1,8 +1,8 @@
 """The network: a small fully convolutional net producing per-cell logits at stride 8.
 
-Sized for the gate computer: about 0.12 M parameters, ~100 M multiply-accumulates per 128 x 256
+Sized for the gate computer: about 0.12 M parameters, ~160 M multiply-accumulates per 256 x 256
 tile, int8. Dilated convolutions at the end give each cell a receptive field of about 135 model
-pixels (2.7 m), enough to see a car or a pallet around a concealed object. TensorFlow is only
+pixels (1.7 m), enough to see a pallet around a concealed object or the wheels and engine of a car. TensorFlow is only
 imported here and in train.py (the ``train`` extra).
 """
 

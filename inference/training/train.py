@@ -58,10 +58,10 @@ ANOMALY_POS_WEIGHT = 3.0
 @dataclass
 class TrainOptions:
     seed: int = 7
-    scans: int = 6000
+    scans: int = 5000
     val_scans: int = 1200
-    steps: int = 2500
-    batch: int = 32
+    steps: int = 3000
+    batch: int = 16
     learning_rate: float = 2e-3
     out_dir: Path = Path(__file__).resolve().parent.parent / "models"
     version: str = "1.0.0"

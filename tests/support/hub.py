@@ -112,7 +112,7 @@ class Collector:
 
     def pump(self, wait: float = 0.0) -> list[ReceivedMessage]:
         """Move received messages into ``messages``; returns the new ones."""
-        new = []
+        new: list[ReceivedMessage] = []
         deadline = time.monotonic() + wait
         while True:
             message = self.client.receive(max(0.0, deadline - time.monotonic()) if not new else 0.0)

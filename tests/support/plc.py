@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import fcntl
-import os
 import time
-import tty
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +20,7 @@ from gate_controller.config import LaneConfig
 from gate_controller.lane import Lane, Mode
 from gate_controller.plc import PlcBusRegistry
 from gate_controller.ports import DecisionOutcome, OcrObservation, PassageEvidence, ScanObservation
-from gate_controller.sim import VirtualLanePlc, VirtualPlcServer
+from gate_controller.sim import PtyNullModem, VirtualLanePlc, VirtualPlcServer
 
 REASONS = {
     "release": ("ALL_RELEASED", "SCAN_CLEAR"),
@@ -46,46 +43,8 @@ class OffsetClock:
         self.offset += seconds
 
 
-class PtyPair:
-    """Two pseudo-terminals joined like a null-modem cable: bytes written to one come out of the other.
-
-    ``a`` and ``b`` are slave paths for `serial.serial_for_url`; the masters are bridged on the loop.
-    """
-
-    def __init__(self) -> None:
-        self._m1, self._s1 = os.openpty()
-        self._m2, self._s2 = os.openpty()
-        for fd in (self._s1, self._s2):
-            tty.setraw(fd)
-        for fd in (self._m1, self._m2):
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        self.a = os.ttyname(self._s1)
-        self.b = os.ttyname(self._s2)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.cut = False
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._m1, self._relay, self._m1, self._m2)
-        self._loop.add_reader(self._m2, self._relay, self._m2, self._m1)
-
-    def _relay(self, src: int, dst: int) -> None:
-        try:
-            data = os.read(src, 4096)
-        except (BlockingIOError, OSError):
-            return
-        if data and not self.cut:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(dst, data)
-
-    def close(self) -> None:
-        if self._loop is not None:
-            for fd in (self._m1, self._m2):
-                self._loop.remove_reader(fd)
-        for fd in (self._m1, self._s1, self._m2, self._s2):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+PtyPair = PtyNullModem
+"""Two ptys joined like a null-modem cable (see gate_controller.sim.null_modem)."""
 
 
 @dataclass

@@ -1,0 +1,231 @@
+"""End-to-end figures of the daemon against the simulated gate.
+
+1. Latency from SCAN_END on the wire to the barrier command (the PLC's `barrier_raise` write),
+   p50/p95 over N released trucks. The OCR reads come first and the truck waits at the stop line
+   (as at a real gate, where the OCR portal reads before the scanner ends), so the figure is the
+   daemon's own path: scan assembly, image review in the worker process, identity, notices,
+   policy, the fsynced journal write, the Modbus write and its read-back.
+2. Daemon RSS and CPU (with its review worker) idle, and with a truck every 10 s.
+3. Cold start: process start to the retained `online` birth at the broker.
+
+Run: .venv/bin/python benchmarks/bench_e2e.py [--trucks 200] [--load-s 60] [--idle-s 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gate_controller.config import load_config  # noqa: E402
+from gate_controller.demo import SimulatedGate, _Broker, plan_trucks  # noqa: E402
+from gate_controller.hub_tools import HubClient  # noqa: E402
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp: Path, mqtt_port: int) -> Path:
+    key = tmp / "command-key"
+    key.write_text("bench-key\n")
+    config = {
+        "site": "BENCH", "gate": "G1",
+        "links": [
+            {"name": "scanner-1", "url": f"socket://127.0.0.1:{free_port()}", "baudrate": 921600},
+            {"name": "ocr-1", "url": f"socket://127.0.0.1:{free_port()}"},
+        ],
+        "lanes": [{
+            "id": "L1", "scanner": True, "links": ["scanner-1", "ocr-1"],
+            "plc": {"transport": "tcp", "host": "127.0.0.1", "port": free_port()},
+            "timeouts": {"ocr_settle_s": 0.3, "entry_gap_s": 0.2, "clear_s": 0.2, "backout_s": 1.0},
+        }],
+        "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "allow_insecure": True, "command_key_file": str(key),
+                 "telemetry_interval_s": 30},
+        "storage": {"state_dir": str(tmp / "state")},
+        "logging": {"level": "WARNING", "format": "text"},
+        "control": {"socket_path": str(tmp / "state" / "control.sock")},
+    }
+    path = tmp / "bench.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def proc_figures(pid: int) -> tuple[float, float]:
+    """(CPU seconds, RSS MB) of a process and its children (the review worker)."""
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    cpu = rss = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) / 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return cpu, rss
+
+
+async def wait_birth(hub: HubClient, root: str, boot_id: int, timeout_s: float) -> float:
+    """When the first `online` birth of boot ``boot_id`` reached the broker (and us)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = await asyncio.to_thread(hub.receive, 0.05)
+        if message is not None and message.topic == f"{root}/status":
+            body = message.json()
+            if isinstance(body, dict) and body.get("state") == "online" and body.get("boot_id") == boot_id:
+                return time.monotonic()
+    raise RuntimeError(f"no birth message of boot {boot_id}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="smartgate-bench-"))
+    mqtt_port = free_port()
+    broker = _Broker("127.0.0.1", mqtt_port, tmp)
+    await broker.start()
+    path = write_config(tmp, mqtt_port)
+    config = load_config(path)
+    gate = SimulatedGate(config, path, trucks=None, mqtt_url=config.mqtt.url, headless=True, speed=1.0, seed=5,
+                         out=io.StringIO(), plc_travel_s=(0.3, 0.3), plc_move_s=0.2)
+    await gate.start_rigs()
+    rig = gate.rigs["L1"]
+    hub = HubClient(config.mqtt.url, client_id="bench-hub")
+    await asyncio.to_thread(hub.connect)
+    await asyncio.to_thread(hub.subscribe, f"{config.root_topic}/#")
+    key = b"bench-key"
+    figures: dict[str, Any] = {"broker": broker.kind}
+
+    # --- cold start to birth (a few times; the first run also creates the state directory)
+    starts = []
+    for boot in range(1, args.starts + 1):
+        while hub.receive(0.0) is not None:
+            pass
+        t0 = time.monotonic()
+        await gate.start_daemon()
+        t1 = await wait_birth(hub, config.root_topic, boot, 60.0)
+        starts.append((t1 - t0) * 1000)
+        if len(starts) < args.starts:
+            await gate.stop_daemon()
+            await asyncio.sleep(0.5)
+    figures["cold_start_to_birth_ms"] = [round(s) for s in starts]
+    assert gate.daemon is not None
+    pid = gate.daemon.pid
+    await asyncio.sleep(5.0)  # model loaded, links up
+
+    # --- idle
+    c0, _ = proc_figures(pid)
+    await asyncio.sleep(args.idle_s)
+    c1, rss_idle = proc_figures(pid)
+    figures["idle_cpu_percent"] = round((c1 - c0) / args.idle_s * 100, 2)
+    figures["idle_rss_mb"] = round(rss_idle, 1)
+
+    # --- latency over N released trucks
+    plan = [t for t in plan_trucks(args.trucks * 3, ["L1"], seed=9) if t.story.startswith("released")]
+    plan = plan[: args.trucks]
+    offset = time.time() - time.monotonic()
+    latencies: list[float] = []
+    missing = 0
+    for truck in plan:
+        for number, status, declared in truck.notices:
+            await asyncio.to_thread(hub.publish_notice, config.site, number, status or "released", key=key,
+                                    declared=declared)
+        await asyncio.sleep(0.3)
+        writes_before = len(rig.plc.writes_of("barrier_raise"))
+        vehicle = await rig.plc.vehicle_arrives(payload=truck, dwell_s=0.2)
+        await rig.ocr.pass_truck(truck.spec)
+        await rig.plc.vehicle_to_stop_line(vehicle)
+        await asyncio.sleep(config.lanes[0].timeouts.ocr_settle_s + 0.2)
+        assert rig.scanner is not None
+        record = await rig.scanner.pass_truck(truck.spec)
+        try:
+            await rig.plc.vehicle_drives_through(vehicle, timeout_s=10.0)
+        except TimeoutError:
+            missing += 1
+            await rig.plc.vehicle_backs_out(vehicle)
+        raises = [w for w in rig.plc.writes_of("barrier_raise")[writes_before:] if w.value]
+        if raises and record.ended_ms is not None:
+            latencies.append((raises[0].at + offset) * 1000 - record.ended_ms)
+        await asyncio.sleep(1.2)
+    latencies.sort()
+    figures["trucks"] = len(plan)
+    figures["released_and_measured"] = len(latencies)
+    figures["not_released_within_10s"] = missing
+    if latencies:
+        figures["scan_end_to_barrier_ms"] = {
+            "p50": round(statistics.median(latencies), 1),
+            "p95": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1),
+            "max": round(latencies[-1], 1),
+            "min": round(latencies[0], 1),
+        }
+
+    # --- a truck every 10 s
+    c0, _ = proc_figures(pid)
+    t0 = time.monotonic()
+    rss_peak = 0.0
+    for truck in plan_trucks(args.load_s // 10 + 1, ["L1"], seed=13):
+        if time.monotonic() - t0 >= args.load_s:
+            break
+        start = time.monotonic()
+        for number, status, declared in truck.notices:
+            if status is not None:
+                await asyncio.to_thread(hub.publish_notice, config.site, number, status, key=key, declared=declared)
+        vehicle = await rig.plc.vehicle_arrives(payload=truck, dwell_s=0.2)
+        await rig.ocr.pass_truck(truck.spec)
+        await rig.plc.vehicle_to_stop_line(vehicle)
+        assert rig.scanner is not None
+        await rig.scanner.pass_truck(truck.spec)
+        try:
+            await rig.plc.vehicle_drives_through(vehicle, timeout_s=4.0)
+        except TimeoutError:
+            await rig.plc.vehicle_backs_out(vehicle)
+        rss_peak = max(rss_peak, proc_figures(pid)[1])
+        await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - start)))
+    elapsed = time.monotonic() - t0
+    c1, rss_load = proc_figures(pid)
+    figures["load_truck_every_10s_cpu_percent"] = round((c1 - c0) / elapsed * 100, 2)
+    figures["load_rss_mb"] = round(max(rss_load, rss_peak), 1)
+
+    await gate.stop_daemon()
+    await asyncio.to_thread(hub.close)
+    for sim in {id(s): s for s in (rig.scanner, rig.ocr) if s is not None}.values():
+        await sim.close()
+    await rig.server.stop()
+    await broker.stop()
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trucks", type=int, default=200)
+    parser.add_argument("--idle-s", type=int, default=30)
+    parser.add_argument("--load-s", type=int, default=60)
+    parser.add_argument("--starts", type=int, default=3)
+    asyncio.run(main(parser.parse_args()))
