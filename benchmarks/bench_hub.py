@@ -110,7 +110,6 @@ async def gate_run(broker: MosquittoBroker, work: Path, records: list[dict[str, 
 
 async def commit_only(work: Path, records: list[dict[str, object]]) -> float:
     """Seconds to commit the records one after another with no hub link (the fsync floor)."""
-    work.mkdir(exist_ok=True)
     outbox = Outbox.open(work / "commit-only.sqlite3", root_topic=TOPIC_ROOT, site=SITE, gate=GATE)
     try:
         started = time.perf_counter()

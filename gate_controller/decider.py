@@ -60,8 +60,9 @@ class InferenceStats:
 class _Reviewed:
     result: ReviewResult | None
     """None when there was nothing to review (no scan, or columns missing)."""
-    not_empty_scores: dict[int, float | None]
-    """Per container index declared empty: the not-empty score of its part of the scan."""
+    not_empty: dict[int, tuple[float | None, bool | None]]
+    """Per container index declared empty: the not-empty score of its part of the scan, and the
+    review's own judgement of it at the model's threshold."""
 
 
 class GateDecider:
@@ -114,7 +115,8 @@ class GateDecider:
         scan_obs = evidence.scan if evidence.has_scanner else None
         reviewed = await self._review(scan_obs, identities, notices)
         facts = [
-            ContainerFacts(identity=ident, notice=notice, not_empty_score=reviewed.not_empty_scores.get(i))
+            ContainerFacts(identity=ident, notice=notice, not_empty_score=reviewed.not_empty.get(i, (None, None))[0],
+                           not_empty=reviewed.not_empty.get(i, (None, None))[1])
             for i, (ident, notice) in enumerate(zip(identities, notices, strict=True))
         ]
         scan_facts = _scan_facts(scan_obs, reviewed.result)
@@ -125,6 +127,7 @@ class GateDecider:
                 lane_has_scanner=evidence.has_scanner,
                 max_containers=evidence.max_containers,
                 plc_fault=evidence.plc_fault,
+                decided_at=now,
             ),
             self.policy,
         )
@@ -163,10 +166,10 @@ class GateDecider:
         whole_declared = "empty" if empties and len(empties) == len(identities) else None
         result = await self._reviewer.review(scan, declared=whole_declared)
         self.stats.add(result)
-        scores: dict[int, float | None] = {}
+        scores: dict[int, tuple[float | None, bool | None]] = {}
         if whole_declared is not None:
             for i in empties:
-                scores[i] = result.not_empty_score
+                scores[i] = (result.not_empty_score, result.not_empty)
         elif empties:
             # Two containers, one declared empty: judge the half of the scan it occupies. The truck
             # enters the beam cab first, so the first container read (front) is the first half.
@@ -177,7 +180,7 @@ class GateDecider:
                            pixel_mm=scan.pixel_mm, declared="empty")
                 part_result = await self._reviewer.review(sub, declared="empty")
                 self.stats.add(part_result)
-                scores[i] = part_result.not_empty_score
+                scores[i] = (part_result.not_empty_score, part_result.not_empty)
         return _Reviewed(result, scores)
 
 

@@ -693,6 +693,29 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
     if isinstance(fused, IdentityReason):
         what = "no read has any text" if fused is IdentityReason.NO_READS else "no read covers all 11 characters"
         return reject(fused, what)
+    # A lone camera never decides a character on its own (min_coverage 2, the default); where
+    # min_coverage 1 lets it, that read must be strong there, and (below) taken as read.
+    coverage = [len({obs.read_index for obs in fused.observations[pos]}) for pos in range(NUMBER_LENGTH)]
+    thin = [pos for pos in range(NUMBER_LENGTH) if coverage[pos] < cfg.min_coverage]
+    if thin:
+        return reject(
+            IdentityReason.SINGLE_WEAK_READ,
+            f"position(s) {', '.join(str(p + 1) for p in thin)} read by fewer than {cfg.min_coverage} "
+            "cameras: a lone camera never decides a character",
+        )
+    lone = [pos for pos in range(NUMBER_LENGTH) if coverage[pos] == 1]
+    for pos in lone:
+        index = fused.observations[pos][0].read_index
+        read = reads[index]
+        placed = fused.placements.get(index, {}).get(pos)
+        if read.confidence < cfg.single_read_min_confidence or placed is None or (
+            placed[1] < cfg.single_read_min_confidence
+        ):
+            return reject(
+                IdentityReason.SINGLE_WEAK_READ,
+                f"position {pos + 1} rests on one read ({read.text!r}, confidence {read.confidence:.2f}), "
+                "which is weak there",
+            )
     best, best_l, z = _posterior_search(fused.probs)
     posterior = best_l / z if z > 0.0 else 0.0
     top = _top_reading(fused.probs)
@@ -725,28 +748,13 @@ def identify(reads: Sequence[OcrRead], *, settings: IdentitySettings | None = No
     corrections = [pos for pos in range(NUMBER_LENGTH) if best[pos] not in fused.seen[pos]]
     read_as_is = any(text == best for text in fused.direct.values())
 
-    coverage = [len({obs.read_index for obs in fused.observations[pos]}) for pos in range(NUMBER_LENGTH)]
-    thin = [pos for pos in range(NUMBER_LENGTH) if coverage[pos] < cfg.min_coverage]
-    if thin:
-        return reject(
-            IdentityReason.SINGLE_WEAK_READ,
-            f"position(s) {', '.join(str(p + 1) for p in thin)} read by fewer than {cfg.min_coverage} "
-            "cameras: a lone camera never decides a character",
-            confidence=posterior, candidates=candidates,
-        )
-    for pos in (pos for pos in range(NUMBER_LENGTH) if coverage[pos] == 1):
-        # Only reachable with min_coverage 1: the lone read must be strong and taken as read there.
-        index = fused.observations[pos][0].read_index
-        read = reads[index]
-        placed = fused.placements.get(index, {}).get(pos)
-        if (
-            read.confidence < cfg.single_read_min_confidence or placed is None
-            or placed[0] != best[pos] or placed[1] < cfg.single_read_min_confidence
-        ):
+    for pos in lone:
+        # Only reachable with min_coverage 1: what one read alone shows must be taken as read.
+        placed = fused.placements.get(fused.observations[pos][0].read_index, {}).get(pos)
+        if placed is None or placed[0] != best[pos]:
             return reject(
                 IdentityReason.SINGLE_WEAK_READ,
-                f"position {pos + 1} rests on one read ({read.text!r}, confidence {read.confidence:.2f}), "
-                "which is weak there or would need correcting",
+                f"position {pos + 1} rests on one read and would need correcting there",
                 confidence=posterior, candidates=candidates,
             )
     if 10 in corrections:

@@ -35,6 +35,7 @@ alarm clears (``active: false``) once everything is back under 90 % of its limit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -616,14 +617,17 @@ class Outbox:
             results = self._store.batch([item[0] for item in items], durable)
         except OutboxError as err:
             logger.error("%s", err)  # noqa: TRY400 - the message says it all; callers get the exception
-            for _, _, fut, loop in items:
-                loop.call_soon_threadsafe(_settle, fut, err)
+            with contextlib.suppress(RuntimeError):
+                for _, _, fut, loop in items:
+                    loop.call_soon_threadsafe(_settle, fut, err)
             return
-        for (_, _, fut, loop), result in zip(items, results, strict=True):
-            loop.call_soon_threadsafe(_settle, fut, result)
         max_id = self._max_row_id_locked()
-        loop = items[-1][3]
-        loop.call_soon_threadsafe(self._notify, max_id)
+        try:
+            for (_, _, fut, loop), result in zip(items, results, strict=True):
+                loop.call_soon_threadsafe(_settle, fut, result)
+            items[-1][3].call_soon_threadsafe(self._notify, max_id)
+        except RuntimeError:  # the loop closed while we committed: nobody is waiting any more
+            logger.debug("outbox: event loop closed before a commit could be reported")
 
     def _max_row_id_locked(self) -> int:
         row = self._store.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()

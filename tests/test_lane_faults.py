@@ -4,7 +4,9 @@ switch, the PLC watchdog, barrier and output verification faults, and config rel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 
 from gate_controller.lane import Mode, Phase
 from gate_controller.plc import COILS, LaneStateCode
@@ -230,3 +232,58 @@ async def test_reload_applies_timeouts_now_and_swaps_the_plc_only_when_idle() ->
             assert len(rig.journal.completed) == 2
     finally:
         await other_server.stop()
+
+
+@run_async
+async def test_startup_lowers_a_stray_raised_barrier_and_a_waiting_vehicle_gets_no_decision() -> None:
+    plc = fast_plc()
+    plc.coils["barrier_raise"] = True
+    plc.position = 1.0
+    waiting = plc.add_vehicle(Spot.STOP)
+    async with lane_rig(plc=plc) as rig:
+        await rig.until(lambda: plc.inputs["barrier_down"], what="lowered at startup")
+        await rig.settle(0.2)
+        assert rig.decider.calls == []
+        assert rig.lane.phase is Phase.IDLE
+        # The operator lets it through; audited as an operator transaction.
+        await rig.lane.barrier_command(action="open", reason="was waiting at startup", operator="eve")
+        await plc.vehicle_drives_through(waiting, timeout_s=3.0)
+        await rig.until(lambda: rig.journal.completed, what="operator passage")
+        assert rig.journal.completed[0]["decision"]["by"] == "operator"
+
+
+@run_async
+async def test_unreachable_plc_at_startup_raises_link_down_and_cancelling_run_is_safe() -> None:
+    from gate_controller.lane import Lane
+    from gate_controller.plc import PlcBusRegistry
+    from tests.support.plc import InMemoryJournal
+
+    plc = fast_plc()
+    server = VirtualPlcServer(plc)
+    port = await server.start_tcp()
+    await server.go_offline()
+    journal = InMemoryJournal()
+    lane = Lane(lane_config(port=port), site="S1", gate="G1", decider=ScriptedDecider(), journal=journal,
+                buses=PlcBusRegistry(), tick_s=0.02)
+    task = asyncio.create_task(lane.run())
+    try:
+        await asyncio.sleep(2.3)
+        assert [e["active"] for e in journal.codes("LINK_DOWN")] == [True]
+        assert lane.snapshot().state == "fault"
+        await server.go_online()
+        await asyncio.wait_for(_until(lambda: lane.mode is Mode.AUTOMATIC), 5.0)
+        truck = await plc.vehicle_arrives()
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert plc.holding["lane_state"] == LaneStateCode.OFFLINE
+        assert journal.completed[-1]["decision"]["reasons"] == ["CANCELLED"]
+        plc.move(truck, Spot.GONE)
+    finally:
+        await server.stop()
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)

@@ -19,6 +19,10 @@ targets:
   firmware   a GFP/1 gate firmware (X-ray scanner, OCR unit or both) sending trucks
   plc        a lane PLC (Modbus TCP or RTU) with barrier, loops, watchdog and fault injection
 
+examples:
+  smartgate sim firmware --url socket://127.0.0.1:47101 --trucks 10
+  smartgate sim plc --port 47201
+
 Run 'smartgate sim TARGET --help' for a target's options.
 """
 
