@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 from gate_controller.lane import Mode, Phase
 from gate_controller.plc import COILS, LaneStateCode
 from gate_controller.sim import Spot, VirtualPlcServer
-from tests.support.plc import ScriptedDecider, fast_plc, lane_config, lane_rig, run_async
+from tests.support.plc import ScriptedDecider, fast_plc, lane_config, lane_rig, run_async, wait_until
 
 
 @run_async
@@ -271,7 +270,7 @@ async def test_unreachable_plc_at_startup_raises_link_down_and_cancelling_run_is
         assert [e["active"] for e in journal.codes("LINK_DOWN")] == [True]
         assert lane.snapshot().state == "fault"
         await server.go_online()
-        await asyncio.wait_for(_until(lambda: lane.mode is Mode.AUTOMATIC), 5.0)
+        await wait_until(lambda: lane.mode is Mode.AUTOMATIC, 5.0, "automatic")
         truck = await plc.vehicle_arrives()
         await asyncio.sleep(0.1)
         task.cancel()
@@ -282,8 +281,3 @@ async def test_unreachable_plc_at_startup_raises_link_down_and_cancelling_run_is
         plc.move(truck, Spot.GONE)
     finally:
         await server.stop()
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.01)
