@@ -47,7 +47,8 @@ class ControlServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = (await asyncio.wait_for(reader.readline(), timeout=2.0))[:MAX_REQUEST].strip()
+            async with asyncio.timeout(2.0):
+                request = (await reader.readline())[:MAX_REQUEST].strip()
             if request in (b"", b"status"):
                 body = json.dumps(self._snapshot(), default=str, sort_keys=True).encode()
             else:

@@ -177,7 +177,8 @@ class _Broker:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.terminate()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._proc.wait()
             if self._proc.returncode is None:
                 self._proc.kill()
                 await self._proc.wait()
@@ -300,7 +301,8 @@ class SimulatedGate:
         if proc.returncode is None:
             proc.send_signal(sig)
             try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -180,7 +180,8 @@ def prepare_quantized(scan: Scan, inp: InputSpec, norm: NormalizationSpec, overl
     """The runtime path: like `prepare_scan`, but ``data`` is already the model's input dtype.
 
     Normalization and quantization are fused (one scale and offset per channel), which saves
-    several full passes over the image; the values are those of ``quantize(prepare_scan(...))``.
+    several full passes over the image; the values are those of ``quantize(prepare_scan(...))``
+    (up to one step on exact rounding ties).
     """
     if inp.dtype == "float32" or inp.quantization is None:
         return prepare_scan(scan, inp, norm, overlap, stride)

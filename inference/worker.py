@@ -187,7 +187,10 @@ class ReviewWorker:
         except TimeoutError:
             await self._start_failed(f"review process did not become ready within {self.start_timeout_s:g} s")
             return False
-        except (OSError, ValueError, EOFError) as err:
+        except asyncio.CancelledError:
+            await self._stop(graceful=False)  # never leave a half-started child behind
+            raise
+        except (OSError, ValueError, EOFError, KeyError, TypeError) as err:
             await self._start_failed(f"review process failed to start: {err}")
             return False
         if self._proc is None:

@@ -223,7 +223,7 @@ def test_extra_signed_fields_are_tolerated(store: NoticeStore) -> None:
 
 def test_naive_now_is_refused(store: NoticeStore) -> None:
     with pytest.raises(ValueError):
-        store.apply(C, notice_payload(C), key=KEY, now=datetime(2026, 1, 1))  # noqa: DTZ001
+        store.apply(C, notice_payload(C), key=KEY, now=datetime(2026, 1, 1))
 
 
 def test_timestamps_round_trip() -> None:

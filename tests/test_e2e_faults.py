@@ -86,13 +86,14 @@ async def recovered(gate: SimulatedGate, timeout_s: float = 60.0) -> None:
         except (OSError, ValueError, TypeError, KeyError):
             pass
         await asyncio.sleep(0.2)
-    raise AssertionError(f"the gate did not recover on its own: {last}\n{daemon_log(gate)}")
+    sims = {lane: rig.ocr.stats() for lane, rig in gate.rigs.items()}
+    raise AssertionError(f"the gate did not recover on its own: {last}\nsimulators: {sims}\n{daemon_log(gate)}")
 
 
 async def settle_and_judge(gate: SimulatedGate, traffic: Traffic, name: str) -> None:
     deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline and len({t["transaction_id"] for t in gate.result.transactions.values()}) \
-            < traffic.driven:
+    while time.monotonic() < deadline and len(  # noqa: ASYNC110  (bounded poll of a counter fed by the hub task)
+            {t["transaction_id"] for t in gate.result.transactions.values()}) < traffic.driven:
         await asyncio.sleep(0.2)
     check_plc_safety(gate)
     result = gate.result

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "status",
     "config",
+    "doctor",
     "review",
     "synth",
     "sniff",

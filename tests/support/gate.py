@@ -65,7 +65,9 @@ async def simulated_gate(tmp: Path, broker: MosquittoBroker, *, lanes: int = 2, 
     assert broker.tls is not None
     gate = SimulatedGate(
         config, path, trucks=None, mqtt_url=broker.url, headless=True, speed=speed, seed=seed, out=io.StringIO(),
-        hub_options={"username": HUB_USER[0], "password": HUB_USER[1], "ca_file": str(broker.tls.ca_file)},
+        # A persistent session: the broker keeps QoS 1 messages for the hub while it reconnects.
+        hub_options={"username": HUB_USER[0], "password": HUB_USER[1], "ca_file": str(broker.tls.ca_file),
+                     "clean_session": False},
     )
     tasks: list[asyncio.Task[Any]] = []
     try:

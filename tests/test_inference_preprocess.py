@@ -1,0 +1,59 @@
+"""Preprocessing: the fused runtime path equals the training path; geometry and tiling."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from inference.model_spec import InputSpec, QuantizationSpec
+from inference.preprocess import normalize_scan, prepare_quantized, prepare_scan, quantize, tile_offsets
+from inference.synthetic import generate_scan
+from inference.training.geometry import Geometry
+
+G = Geometry()
+Q = QuantizationSpec(scale=0.0042, zero_point=-128)
+INP = InputSpec(name="x", shape=(1, G.rows, G.tile_width, 2), dtype="int8", quantization=Q,
+                column_mm=G.column_mm, channels=G.channels)
+
+
+@pytest.mark.parametrize("length", [20, 40, 45])
+def test_fused_quantized_path_equals_training_path(length: int) -> None:
+    scan = generate_scan(71, length_ft=length, cargo="mixed", anomalies=("weapon",)).scan
+    fused = prepare_quantized(scan, INP, G.normalization(), G.overlap, G.stride)
+    reference = prepare_scan(scan, INP, G.normalization(), G.overlap, G.stride)
+    assert fused.data.dtype == np.int8
+    diff = np.abs(fused.data.astype(int) - quantize(reference.data, Q, "int8").astype(int))
+    # Same math in another order: at most 1 LSB on exact rounding ties.
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 1e-4
+    assert fused.offsets == reference.offsets
+    assert fused.width == round(scan.columns * scan.pixel_mm / G.column_mm)
+
+
+def test_air_is_zero_attenuation_and_dense_is_high() -> None:
+    scan = generate_scan(72, cargo="empty", anomalies=("dense_object",), clutter=False).scan
+    data, width = normalize_scan(scan, INP, G.normalization())
+    assert data.shape == (2, G.rows, width)
+    assert np.median(data[0, :8]) < 0.02  # air above the roof
+    assert data[0].max() > 0.5  # the lead/steel block
+    assert (data >= -1e-6).all() or (data[1] < 0).any()  # difference channel may be negative
+
+
+def test_8_bit_scans_follow_the_same_path() -> None:
+    scan = generate_scan(73, cargo="bags").scan
+    eight = type(scan)(pixels=(scan.pixels >> 8).astype(np.uint8), scan_id="e", bits=8, pixel_mm=scan.pixel_mm)
+    a, _ = normalize_scan(scan, INP, G.normalization())
+    b, _ = normalize_scan(eight, INP, G.normalization())
+    assert np.abs(a[0] - b[0]).mean() < 0.02
+
+
+def test_tile_offsets_cover_and_align() -> None:
+    assert tile_offsets(256, 256, 32, 8) == (0,)
+    for width in (264, 512, 1008, 1104, 4096):
+        offsets = tile_offsets(width, 256, 32, 8)
+        assert offsets[0] == 0
+        assert offsets[-1] == width - 256
+        assert all(o % 8 == 0 for o in offsets)
+        assert all(b - a <= 256 - 32 + 8 for a, b in itertools.pairwise(offsets))
