@@ -248,6 +248,8 @@ class SimulatedGate:
         self.rigs: dict[str, _LaneRig] = {}
         self.result = DemoResult()
         self.events_seen: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        """Birth and death messages of the gate, in arrival order."""
         self.recent: deque[dict[str, Any]] = deque(maxlen=12)
         self.stories: dict[str, DemoTruck] = {}
         self.status: dict[str, Any] = {}
@@ -327,6 +329,10 @@ class SimulatedGate:
                 continue
             if message.topic == f"{root}/transactions":
                 self._on_transaction(message.json())
+            elif message.topic == f"{root}/status" and message.payload:
+                body = message.json()
+                if isinstance(body, dict):
+                    self.statuses.append(body)
             elif message.topic == f"{root}/events":
                 body = message.json()
                 self.result.events += 1
