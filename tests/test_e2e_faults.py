@@ -92,7 +92,7 @@ async def recovered(gate: SimulatedGate, timeout_s: float = 60.0) -> None:
 
 async def settle_and_judge(gate: SimulatedGate, traffic: Traffic, name: str) -> None:
     deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline and len(  # noqa: ASYNC110  (bounded poll of a counter fed by the hub task)
+    while time.monotonic() < deadline and len(
             {t["transaction_id"] for t in gate.result.transactions.values()}) < traffic.driven:
         await asyncio.sleep(0.2)
     check_plc_safety(gate)

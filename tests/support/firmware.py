@@ -197,7 +197,7 @@ async def running_link(settings: LinkSettings, **kwargs: Any) -> AsyncIterator[L
 async def wait_until(predicate: Callable[[], bool], *, within_s: float = 5.0) -> None:
     """Poll a condition on plain state (counters have no change notification)."""
     async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110 - polling plain counters, nothing to wait on
+        while not predicate():
             await asyncio.sleep(0.01)
 
 
