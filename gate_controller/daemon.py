@@ -124,12 +124,13 @@ class GateDaemon:
             suspect_threshold=policy.suspect_threshold, not_empty_threshold=policy.not_empty_threshold,
         )
         self.reviewer = reviewer
-        decider = GateDecider(policy=policy, notices=notices, reviewer=reviewer,
-                              archive_scan=archive.store_scan, preview_max_width=config.inference.preview_max_width)
+        decider = GateDecider(policy=policy, notices=notices, reviewer=reviewer, archive_scan=archive.store_scan,
+                              preview_sink=self._publish_preview,
+                              preview_max_width=config.inference.preview_max_width)
         self.decider = decider
         buses = PlcBusRegistry()
         for lane_config in config.lanes:
-            lane = Lane(lane_config, site=config.site, gate=config.gate, decider=_PreviewingDecider(self, decider),
+            lane = Lane(lane_config, site=config.site, gate=config.gate, decider=decider,
                         journal=outbox, healthy=self._pipeline_healthy, buses=buses)
             self._lanes[lane.id] = lane
             for name in lane_config.links:
@@ -208,10 +209,16 @@ class GateDaemon:
             link.stop()
         telemetry.stop()
         # 2. Clean `offline` birth and a bounded flush of what is in flight.
+        if self.decider is not None:
+            await self.decider.close()
         await hub.shutdown(grace_s=5.0)
         for task in self._tasks:
             if not task.done() and task not in (hub_task, telemetry_task):
                 task.cancel()
+
+    async def _publish_preview(self, scan_id: str, jpeg: bytes) -> None:
+        if self.hub is not None:
+            await self.hub.publish_preview(scan_id, jpeg)
 
     async def _start_reviewer(self) -> None:
         assert self.reviewer is not None
@@ -479,25 +486,6 @@ class GateDaemon:
             },
             "counters": dict(self.counters),
         }
-
-
-class _PreviewingDecider:
-    """Publishes each scan's preview once the decision is made (off the lane's critical path)."""
-
-    def __init__(self, daemon: GateDaemon, inner: GateDecider) -> None:
-        self._daemon = daemon
-        self._inner = inner
-
-    async def decide(self, evidence: Any) -> Any:
-        outcome = await self._inner.decide(evidence)
-        hub = self._daemon.hub
-        scan = outcome.scan
-        if outcome.preview_jpeg is not None and hub is not None and scan is not None:
-            try:
-                await hub.publish_preview(str(scan["scan_id"]), outcome.preview_jpeg)
-            except Exception as err:  # a preview is never worth a decision
-                log.warning("preview of %s not queued: %s", scan.get("scan_id"), err)
-        return outcome
 
 
 _SEVERITIES: dict[str, Literal["info", "warning", "error", "critical"]] = {

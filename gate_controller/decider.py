@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,6 +73,7 @@ class GateDecider:
         notices: NoticeStore,
         reviewer: ReviewWorker,
         archive_scan: Callable[[Scan], object] | None = None,
+        preview_sink: Callable[[str, bytes], Awaitable[object]] | None = None,
         preview_max_width: int = 1024,
         wall_clock: Callable[[], datetime] = utc_now,
         clock: Callable[[], float] = time.monotonic,
@@ -81,7 +82,9 @@ class GateDecider:
         self._notices = notices
         self._reviewer = reviewer
         self._archive_scan = archive_scan
+        self._preview_sink = preview_sink
         self._preview_width = preview_max_width
+        self._background: set[asyncio.Task[None]] = set()
         self._wall = wall_clock
         self._clock = clock
         self.stats = InferenceStats()
@@ -132,11 +135,13 @@ class GateDecider:
             self.policy,
         )
         plate = fuse_plate([_read(o) for o in evidence.plate_reads])
-        preview = None
         if scan_obs is not None and scan_obs.scan is not None and reviewed.result is not None:
-            preview = await asyncio.to_thread(
-                render_preview, scan_obs.scan, reviewed.result.regions, max_width=self._preview_width
-            )
+            # The preview is for human reviewers at the hub: render and queue it after the decision,
+            # never on the path from SCAN_END to the barrier.
+            task = asyncio.create_task(self._publish_preview(scan_obs.scan, reviewed.result),
+                                       name=f"preview:{scan_obs.scan_id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return DecisionOutcome(
             action=decision.action,
             reasons=tuple(decision.reasons),
@@ -144,8 +149,21 @@ class GateDecider:
                 identities, notices, strict=True)),
             plate={"text": plate.text, "confidence": round(plate.confidence, 4)} if plate is not None else None,
             scan=_scan_section(scan_obs, reviewed.result),
-            preview_jpeg=preview,
         )
+
+    async def _publish_preview(self, scan: Scan, result: ReviewResult) -> None:
+        if self._preview_sink is None:
+            return
+        try:
+            jpeg = await asyncio.to_thread(render_preview, scan, result.regions, max_width=self._preview_width)
+            await self._preview_sink(scan.scan_id, jpeg)
+        except Exception as err:  # a preview is never worth more than a log line
+            log.warning("preview of %s not published: %s", scan.scan_id, err)
+
+    async def close(self) -> None:
+        """Wait briefly for previews in progress (shutdown)."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=5.0)
 
     async def _review(
         self, scan_obs: ScanObservation | None, identities: Sequence[ContainerIdentity],

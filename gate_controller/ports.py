@@ -99,7 +99,6 @@ class DecisionOutcome:
     containers: tuple[Mapping[str, Any], ...]
     plate: Mapping[str, Any] | None
     scan: Mapping[str, Any] | None
-    preview_jpeg: bytes | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
