@@ -24,7 +24,6 @@ interleave half-way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -45,6 +44,8 @@ from gate_controller.plc import (
     PlcInputsChanged,
     PlcLinkDown,
     PlcLinkUp,
+    raise_if_cancelling,
+    stop_task,
 )
 from gate_controller.ports import (
     CommandRefused,
@@ -398,9 +399,7 @@ class Lane:
     async def _stop_driver(self) -> None:
         task, self._driver_task = self._driver_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task, name=f"lane {self.id} PLC driver")
 
     async def _call(self, action: Callable[[], Awaitable[None]]) -> None:
         if not self._running or self._stopping:
@@ -411,6 +410,7 @@ class Lane:
 
     async def _main_loop(self) -> None:
         while True:
+            raise_if_cancelling()
             try:
                 item: _Item | None = await asyncio.wait_for(self._queue.get(), timeout=self._tick_s)
             except TimeoutError:
@@ -1167,7 +1167,9 @@ class Lane:
         if nxt is None:
             return
         nxt.arrival_base = now
-        if nxt.stop_pending and self._image is not None and self._image.inputs["loop_stop"]:
+        # With the passage in front complete, whoever is on the stop loop is the vehicle behind
+        # (its edge may have merged with the tail of the one in front).
+        if self._image is not None and self._image.inputs["loop_stop"]:
             self._arriving = None
             self._current = nxt
             nxt.stop_pending = False

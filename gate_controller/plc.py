@@ -56,7 +56,9 @@ __all__ = [
     "PlcLinkUp",
     "default_bus_registry",
     "point_map",
+    "raise_if_cancelling",
     "running",
+    "stop_task",
 ]
 
 log = logging.getLogger(__name__)
@@ -397,6 +399,30 @@ def _always() -> bool:
     return True
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    Python 3.11's `asyncio.wait_for` (which pymodbus awaits every response with) returns the result
+    instead of raising when a cancellation lands in the same loop turn as the response; the task
+    then keeps running with ``cancelling() > 0``. Owner loops call this once per turn so that a
+    cancelled task still stops.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def stop_task(task: asyncio.Task[None], *, name: str) -> None:
+    """Cancel ``task`` and wait for it, cancelling again if a cancellation was swallowed."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+        if not task.done():
+            log.warning("%s did not stop on cancellation; cancelling again", name)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
+
+
 @dataclass
 class _LinkStats:
     connects: int = 0
@@ -484,6 +510,7 @@ class PlcDriver:
         try:
             attempt = 0
             while True:
+                raise_if_cancelling()
                 try:
                     image = await self._connect()
                 except PlcError as err:
@@ -547,6 +574,7 @@ class PlcDriver:
         cycle = 0
         next_poll = self._clock()
         while True:
+            raise_if_cancelling()
             delay = next_poll - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -751,6 +779,4 @@ async def running(driver: PlcDriver) -> AsyncIterator[PlcDriver]:
     try:
         yield driver
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task, name=f"PLC driver {driver.name}")

@@ -74,7 +74,12 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    """Per-cell probabilities: channel 0 is ``not_empty``, the others are the anomaly labels."""
+    """Per-cell outputs: channel 0 is ``not_empty``, the others are the anomaly labels.
+
+    ``activation`` ``sigmoid``: the tensor holds probabilities; ``logits``: the runtime applies the
+    logistic function. Logits keep the ranking of confident cells, which an int8 sigmoid output
+    (steps of 1/256) flattens exactly where the operating point lies.
+    """
 
     name: str
     shape: tuple[int, int, int, int]
@@ -82,7 +87,7 @@ class OutputSpec(_Strict):
     quantization: QuantizationSpec | None = None
     stride: int = Field(ge=1)
     channels: tuple[str, ...] = Field(min_length=2)
-    activation: Literal["sigmoid"] = "sigmoid"
+    activation: Literal["sigmoid", "logits"] = "sigmoid"
 
     @model_validator(mode="after")
     def _check(self) -> OutputSpec:

@@ -37,6 +37,12 @@ MAX_REGIONS = 16
 FloatArray = npt.NDArray[np.float32]
 
 
+def _check_thresholds(suspect: float | None, not_empty: float | None) -> None:
+    for name, value in (("suspect_threshold", suspect), ("not_empty_threshold", not_empty)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1) (got {value})")
+
+
 @dataclass(frozen=True)
 class ScanAnalysis:
     """Raw per-cell output for one scan (used by the review, the evaluation and the preview).
@@ -83,19 +89,23 @@ class Reviewer:
         not_empty_threshold: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        for name, value in (("suspect_threshold", suspect_threshold), ("not_empty_threshold", not_empty_threshold)):
-            if value is not None and not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1) (got {value})")
+        _check_thresholds(suspect_threshold, not_empty_threshold)
         self._model = TfliteModel(model_path, num_threads)
-        spec = self._model.spec
-        self.spec: ModelSpec = spec
+        self.spec: ModelSpec = self._model.spec
+        self._clock = clock
+        self.set_thresholds(suspect_threshold, not_empty_threshold)
+
+    def set_thresholds(self, suspect_threshold: float | None = None, not_empty_threshold: float | None = None,
+                       ) -> None:
+        """Override the metadata's thresholds (None = metadata), e.g. after a config reload."""
+        _check_thresholds(suspect_threshold, not_empty_threshold)
+        spec = self.spec
         self.suspect_threshold = suspect_threshold if suspect_threshold is not None else spec.thresholds.suspect
         self.not_empty_threshold = (not_empty_threshold if not_empty_threshold is not None
                                     else spec.thresholds.not_empty)
         # The region threshold keeps its ratio to the suspect threshold when that is overridden.
         ratio = spec.region_threshold / spec.thresholds.suspect
         self.region_threshold = min(self.suspect_threshold, self.suspect_threshold * ratio)
-        self._clock = clock
 
     @property
     def model_info(self) -> ModelInfo:
@@ -132,7 +142,8 @@ class Reviewer:
         stride = spec.output.stride
         cells_w = spec.input.width // stride
         total = prepared.data.shape[2] // stride
-        stitched = np.zeros((spec.input.rows // stride, total, len(spec.output.channels)), dtype=np.float32)
+        stitched = np.full((spec.input.rows // stride, total, len(spec.output.channels)), -np.inf,
+                           dtype=np.float32)
         invoke_s = 0.0
         for off, tile in zip(prepared.offsets, self.quantized_tiles(prepared), strict=True):
             t0 = self._clock()
@@ -143,6 +154,11 @@ class Reviewer:
             np.maximum(stitched[:, c0:c0 + cells_w], out, out=stitched[:, c0:c0 + cells_w])
         valid = -(-prepared.width // stride)
         probs = np.ascontiguousarray(stitched[:, :valid])
+        if spec.output.activation == "logits":  # max-stitching commutes with the logistic function
+            np.negative(probs, out=probs)
+            np.exp(probs, out=probs)
+            probs += 1.0
+            np.reciprocal(probs, out=probs)
         if not np.isfinite(probs).all():
             raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         return ScanAnalysis(

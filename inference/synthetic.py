@@ -153,8 +153,12 @@ class _Canvas:
 
     # --- drawing primitives -------------------------------------------------------------------
 
-    def add(self, material: int, x0: int, y0: int, patch: FloatArray, layer: str = "structure") -> None:
-        """Add a patch of path lengths (mm) with its top-left corner at column x0, row y0."""
+    def add(self, material: int, x0: int, y0: int, patch: FloatArray, layer: str = "cargo") -> None:
+        """Add a patch of path lengths (mm) with its top-left corner at column x0, row y0.
+
+        ``layer``: ``cargo``, ``structure`` (the box itself, dunnage, benign clutter: never cargo
+        for declared-empty verification) or an anomaly class (ground truth of that object).
+        """
         h, w = patch.shape
         xa, ya = max(x0, 0), max(y0, 0)
         xb, yb = min(x0 + w, self.columns), min(y0 + h, self.rows)
@@ -715,13 +719,17 @@ _ANOMALY_DRAWERS: dict[str, Callable[[_Canvas, str], tuple[float, float]]] = {
 
 
 def _benign_clutter(cv: _Canvas) -> None:
-    """Small metal things that are not contraband: tools, chains, a pallet jack, fittings."""
+    """Small metal things that are neither contraband nor cargo: tools, chains, fittings.
+
+    They are drawn as part of the box (not cargo), so an empty box with a forgotten toolbox is
+    still empty for declared-empty verification, and never an anomaly.
+    """
     rng = cv.rng
     for _ in range(int(rng.integers(1, 5))):
         w, h = rng.uniform(80, 600), rng.uniform(20, 200)
         cx, cy = _inside_point(cv, w, h, on_floor=rng.random() < 0.5)
         cv.add_polygon(_FE if rng.random() < 0.5 else _AL, _rot(_rect(w, h), rng.uniform(0, math.pi)),
-                       rng.uniform(4, 18), cx, cy, layer="cargo")
+                       rng.uniform(4, 18), cx, cy, layer="structure")
 
 
 # --- detector -----------------------------------------------------------------------------------

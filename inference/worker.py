@@ -15,7 +15,9 @@ file is missing) is retried with capped exponential backoff plus jitter, and cal
 answer ``unavailable`` at once instead of spawning a process per scan.
 
 The daemon owns the lifetime: ``await worker.start()`` at startup, ``await worker.close()`` at
-shutdown; ``async with ReviewWorker(...)`` does both.
+shutdown; ``async with ReviewWorker(...)`` does both. ``suspect_threshold``,
+``not_empty_threshold`` and ``timeout_s`` may be reassigned at any time (config reload): the
+thresholds travel with every request, the timeout applies to the next call.
 
 Run as ``python -m inference.worker`` this module is the child side.
 """
@@ -158,6 +160,8 @@ class ReviewWorker:
         payload = scan.pixels.astype(scan.pixels.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
         header = {
             "type": "review", "id": self._next_id, "declared": declared, "payload_bytes": len(payload),
+            # Sent with every request so that a config reload applies to the very next review.
+            "suspect_threshold": self.suspect_threshold, "not_empty_threshold": self.not_empty_threshold,
             "scan": {"scan_id": scan.scan_id, "bits": scan.bits, "pixel_mm": scan.pixel_mm,
                      "declared": scan.declared, "shape": list(scan.pixels.shape), "meta": _json_safe(scan.meta)},
         }
@@ -207,10 +211,6 @@ class ReviewWorker:
         args = [self._python, "-m", "inference.worker", "--threads", str(self.num_threads)]
         if self.model_path is not None:
             args += ["--model", str(self.model_path)]
-        if self.suspect_threshold is not None:
-            args += ["--suspect-threshold", repr(self.suspect_threshold)]
-        if self.not_empty_threshold is not None:
-            args += ["--not-empty-threshold", repr(self.not_empty_threshold)]
         env = dict(os.environ)
         root = _PACKAGE_ROOT
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -313,8 +313,6 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.worker")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--suspect-threshold", type=float, default=None)
-    parser.add_argument("--not-empty-threshold", type=float, default=None)
     args = parser.parse_args(argv)
     # The protocol owns the original stdout; anything else printing (native runtime banners,
     # stray prints) goes to stderr so it can never corrupt the pipe.
@@ -333,8 +331,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     from inference.reviewer import Reviewer
 
     try:
-        reviewer = Reviewer(args.model, args.threads, suspect_threshold=args.suspect_threshold,
-                            not_empty_threshold=args.not_empty_threshold)
+        reviewer = Reviewer(args.model, args.threads)
     except (SmartGateError, ValueError) as err:
         send({"type": "error", "error": str(err)})
         return 3
@@ -353,6 +350,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
             pixels = np.frombuffer(payload, dtype=dtype).reshape(s["shape"]).astype(dtype.newbyteorder("="))
             scan = Scan(pixels=pixels, scan_id=s["scan_id"], bits=s["bits"], pixel_mm=s["pixel_mm"],
                         declared=s.get("declared"), meta=s.get("meta") or {})
+            reviewer.set_thresholds(req.get("suspect_threshold"), req.get("not_empty_threshold"))
             result = reviewer.review(scan, declared=req.get("declared"))
         except (SmartGateError, ValueError) as err:
             info = reviewer.model_info

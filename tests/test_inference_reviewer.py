@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import cv2
 import numpy as np
 import pytest
@@ -118,7 +120,7 @@ def test_mis_shaped_scans_raise_clear_errors(reviewer: Reviewer) -> None:
     with pytest.raises(ScanFormatError, match="pixel_mm"):
         reviewer.review(scan_with(scan, pixel_mm=1000.0))
     with pytest.raises(ScanFormatError):
-        Scan(pixels=scan.pixels.astype(np.float32), scan_id="x", bits=16, pixel_mm=5.0)  # type: ignore[arg-type]
+        Scan(pixels=cast(Any, scan.pixels.astype(np.float32)), scan_id="x", bits=16, pixel_mm=5.0)
     with pytest.raises(ScanFormatError):
         Scan(pixels=scan.pixels[0], scan_id="x", bits=16, pixel_mm=5.0)
 

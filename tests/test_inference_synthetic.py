@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from inference.synthetic import (
     CARGO_KINDS,
     LOW_HIGH_RATIO,
     SCENARIOS,
+    SyntheticScan,
     generate_scan,
     generate_scenario,
 )
@@ -92,9 +94,9 @@ def test_dual_energy_separates_organic_from_metal() -> None:
     organic = generate_scan(31, cargo="empty", anomalies=("organic_mass",), clutter=False)
     dense = generate_scan(31, cargo="empty", anomalies=("dense_object",), clutter=False)
 
-    def ratio(syn: object) -> float:
-        r = syn.regions[0]  # type: ignore[attr-defined]
-        scan = syn.scan  # type: ignore[attr-defined]
+    def ratio(syn: SyntheticScan) -> float:
+        r = syn.regions[0]
+        scan = syn.scan
         box = (slice(r.y, r.y + r.h), slice(r.x, r.x + r.w))
         hi, lo = _att(scan, 0)[box], _att(scan, 1)[box]
         sel = (hi > 0.3) & (hi < 5.0)
@@ -137,7 +139,7 @@ def test_speed_changes_stretch_columns_consistently() -> None:
     assert len(widths) > 1
 
 
-def test_archive_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_archive_round_trip(tmp_path: Path) -> None:
     syn = generate_scan(9, cargo="machinery", anomalies=("weapon",), declared="machinery")
     path = save_scan(syn.scan, tmp_path / "s.npz")
     back = load_scan(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference.result import ReviewResult
 from inference.reviewer import Reviewer
 from inference.worker import ReviewWorker
 from tests.support.inference import copy_model, reviewer, scan_with, shipped_model, synthetic
@@ -39,7 +40,7 @@ def test_worker_matches_in_process_review(reviewer: Reviewer) -> None:
     syn = synthetic(201, cargo="cartons", anomalies=("dense_object",))
     expected = reviewer.review(syn.scan)
 
-    async def run() -> tuple[object, int | None]:
+    async def run() -> tuple[ReviewResult, int | None]:
         async with ReviewWorker(num_threads=1, timeout_s=20.0) as worker:
             assert worker.model_info == reviewer.model_info
             result = await worker.review(syn.scan)
@@ -47,10 +48,10 @@ def test_worker_matches_in_process_review(reviewer: Reviewer) -> None:
         return result, pid
 
     result, pid = asyncio.run(run())
-    assert result.verdict == expected.verdict  # type: ignore[attr-defined]
-    assert result.score == pytest.approx(expected.score, abs=1e-4)  # type: ignore[attr-defined]
-    assert result.regions == expected.regions  # type: ignore[attr-defined]
-    assert result.to_contract()["model"] == reviewer.model_info.name  # type: ignore[attr-defined]
+    assert result.verdict == expected.verdict
+    assert result.score == pytest.approx(expected.score, abs=1e-4)
+    assert [r.as_dict() for r in result.regions] == [r.as_dict() for r in expected.regions]
+    assert result.to_contract()["model"] == reviewer.model_info.name
     assert pid is not None
     assert _gone(pid)
 
@@ -156,6 +157,17 @@ def test_bad_scan_is_unavailable_and_worker_keeps_running() -> None:
             assert worker.pid == pid
             ok = await worker.review(good, declared="general")
             assert ok.verdict in ("clear", "suspect")
+            assert worker.pid == pid
+            # Thresholds reassigned at runtime (config reload) apply to the next review.
+            worker.suspect_threshold = 0.01
+            lenient = await worker.review(good)
+            assert lenient.verdict == "suspect"
+            worker.suspect_threshold = 1.5  # invalid: refused by the child, not a crash
+            refused = await worker.review(good)
+            assert refused.verdict == "unavailable"
+            assert "suspect_threshold" in (refused.error or "")
+            worker.suspect_threshold = None
+            assert (await worker.review(good)).verdict == ok.verdict
             assert worker.pid == pid
 
     asyncio.run(run())

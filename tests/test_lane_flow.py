@@ -129,9 +129,9 @@ async def test_a_second_vehicle_in_the_scan_zone_is_not_merged() -> None:
     async with lane_rig() as rig:
         first = await rig.plc.vehicle_arrives()
         await rig.passage_evidence(containers=("MSCU1234565",))
+        await rig.settle(0.15)  # a truck length behind (longer than entry_gap_s)
         second = await rig.plc.vehicle_arrives()  # enters before the first reached the stop line
-        await rig.settle(0.1)
-        assert len(rig.journal.completed) == 1
+        await rig.until(lambda: len(rig.journal.completed) == 1, what="first cancelled")
         assert rig.journal.completed[0]["decision"]["reasons"] == ["CANCELLED"]
         rig.ocr("TGHU9876544")
         await rig.plc.vehicle_to_stop_line(first)
@@ -156,6 +156,7 @@ async def test_the_vehicle_behind_waits_and_gets_its_own_evidence() -> None:
         assert snap.next_transaction_id is not None
         drive = asyncio.create_task(rig.plc.vehicle_drives_through(a, timeout_s=3.0))
         await rig.plc.wait_for(lambda: rig.plc.inputs["loop_safety"], timeout_s=3.0)
+        await rig.settle(0.05)
         await rig.plc.vehicle_to_stop_line(b)  # B on the stop loop while A is still passing
         await drive
         await rig.until(lambda: len(rig.decider.calls) == 2, what="B decided")

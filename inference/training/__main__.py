@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=7)
     t.add_argument("--scans", type=int, default=5000, help="generated training scans")
     t.add_argument("--val-scans", type=int, default=1200, help="generated validation scans (thresholds)")
-    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--steps", type=int, default=4000)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     t.add_argument("--version", default="1.0.0")
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory of labelled field samples (NAME.npz + NAME.json); repeatable")
     t.add_argument("--workers", type=int, default=2, help="processes generating scans")
     t.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
-    t.add_argument("--target-false-alarm", type=float, default=0.01,
+    t.add_argument("--target-false-alarm", type=float, default=0.015,
                    help="calibration: highest share of anomaly-free validation scans called suspect")
     t.add_argument("--target-false-not-empty", type=float, default=0.005,
                    help="calibration: highest share of empty declared-empty validation boxes called loaded")

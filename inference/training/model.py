@@ -41,7 +41,11 @@ def build_model(g: Geometry, widths: tuple[int, int, int, int] = WIDTHS) -> Any:
 
 
 def build_export_model(trained: Any, g: Geometry) -> Any:
-    """Fixed-shape inference model (one tile, sigmoid probabilities) sharing the trained weights."""
+    """Fixed-shape inference model (one tile, per-cell logits) sharing the trained weights.
+
+    The logistic function is applied by the runtime (metadata ``activation: logits``): int8
+    logits keep confident cells apart, int8 probabilities would not.
+    """
     inp = tf.keras.Input((g.rows, g.tile_width, len(g.channels)), batch_size=1, name="scan_tile")
-    probs = tf.keras.layers.Activation("sigmoid", name="probs")(trained(inp, training=False))
-    return tf.keras.Model(inp, probs, name="smartgate_xray_tile")
+    logits = trained(inp, training=False)
+    return tf.keras.Model(inp, logits, name="smartgate_xray_tile")

@@ -60,7 +60,7 @@ class TrainOptions:
     seed: int = 7
     scans: int = 5000
     val_scans: int = 1200
-    steps: int = 3000
+    steps: int = 4000
     batch: int = 16
     learning_rate: float = 2e-3
     out_dir: Path = Path(__file__).resolve().parent.parent / "models"
@@ -71,7 +71,7 @@ class TrainOptions:
     field_every: int = 4
     workers: int = 2
     threads: int = 2
-    target_false_alarm: float = 0.01
+    target_false_alarm: float = 0.015
     target_false_not_empty: float = 0.005
 
 
@@ -264,7 +264,8 @@ def _initial_spec(model_path: Path, g: Geometry, opts: TrainOptions, training: d
         input=InputSpec(name=str(inp["name"]), shape=_shape4(inp["shape"]),
                         dtype="int8", quantization=in_q, column_mm=g.column_mm, channels=g.channels),
         output=OutputSpec(name=str(out["name"]), shape=_shape4(out["shape"]),
-                          dtype="int8", quantization=out_q, stride=g.stride, channels=g.outputs),
+                          dtype="int8", quantization=out_q, stride=g.stride, channels=g.outputs,
+                          activation="logits"),
         normalization=g.normalization(),
         tiling=TilingSpec(overlap=g.overlap),
         labels=g.labels,
