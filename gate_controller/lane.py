@@ -534,6 +534,7 @@ class Lane:
     # ================================================================== PLC events
 
     async def _on_link_up(self, image: PlcImage) -> None:
+        before = self._image  # the last image seen before the link went down (None at first connect)
         self._link_up = True
         self._image = image
         self._faults.discard("link")
@@ -543,6 +544,17 @@ class Lane:
             await self._event("alarm", "LINK_DOWN", "error", False, self._link_detail("reconnected"))
         if image.watchdog_tripped:
             await self._watchdog_changed(True)
+        # A vehicle kept moving while the link was down: the loop edges it made were never seen.
+        # Replay the net change of each loop (entry, stop, safety order, as a vehicle makes them)
+        # so a passage in progress follows its vehicle instead of waiting for an edge that is past.
+        if before is not None:
+            missed = frozenset(name for name in ("loop_entry", "loop_stop", "loop_safety")
+                               if before.inputs.get(name) != image.inputs.get(name))
+            if missed:
+                log.info("lane %s: loops changed while the PLC link was down (%s): replaying", self.id,
+                         ", ".join(sorted(missed)))
+                self._image = before
+                await self._on_inputs(image, missed)
 
     async def _on_link_down(self, reason: str) -> None:
         self._link_up = False
