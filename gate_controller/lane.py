@@ -355,6 +355,24 @@ class Lane:
         self._finished = asyncio.Event()
         self._started_at = self._clock()
         self._start_driver()
+        me = asyncio.current_task()
+
+        async def _dbg() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                if self._plc_clock() - self._last_tick > 3.0 and me is not None:
+                    c = me.get_coro()
+                    chain = []
+                    while c is not None:
+                        f = getattr(c, "cr_frame", None)
+                        if f is not None:
+                            chain.append(f"{f.f_code.co_name}:{f.f_lineno}")
+                        c = getattr(c, "cr_await", None)
+                        if c is not None and not hasattr(c, "cr_frame"):
+                            chain.append(repr(c)[:200])
+                            break
+                    log.error("DEBUG lane %s stuck: %s", self.id, " > ".join(chain))
+        dbg = asyncio.create_task(_dbg())
         try:
             await self._main_loop()
         finally:
@@ -542,13 +560,14 @@ class Lane:
         if self._link_was_down:
             self._link_was_down = False
             await self._event("alarm", "LINK_DOWN", "error", False, self._link_detail("reconnected"))
-        if image.watchdog_tripped:
-            await self._watchdog_changed(True)
+        if image.watchdog_tripped != ("watchdog" in self._faults):
+            await self._watchdog_changed(image.watchdog_tripped)
         # A vehicle kept moving while the link was down: the loop edges it made were never seen.
         # Replay the net change of each loop (entry, stop, safety order, as a vehicle makes them)
-        # so a passage in progress follows its vehicle instead of waiting for an edge that is past.
+        # so a passage in progress follows its vehicle instead of waiting for an edge that is past;
+        # an estop pressed or released meanwhile is reported too.
         if before is not None:
-            missed = frozenset(name for name in ("loop_entry", "loop_stop", "loop_safety")
+            missed = frozenset(name for name in ("loop_entry", "loop_stop", "loop_safety", "estop")
                                if before.inputs.get(name) != image.inputs.get(name))
             if missed:
                 log.info("lane %s: loops changed while the PLC link was down (%s): replaying", self.id,

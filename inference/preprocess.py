@@ -51,11 +51,12 @@ FloatArray = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class PreparedScan:
-    """Normalized model-space image of one scan and the geometry to map results back.
+    """Model-space image of one scan and the geometry to map results back.
 
-    ``data`` is planar ``(channels, rows, padded_width)`` float32 (planar keeps every per-channel
-    pass contiguous), padded with air to a multiple of the output stride and to at least one tile;
-    ``width`` is the valid part. ``scale_x``/``scale_y`` are scan pixels per model pixel.
+    ``data`` is NHWC without the batch axis, ``(rows, padded_width, channels)``: float32 from
+    `prepare_scan`, the model's input dtype from `prepare_quantized`; padded with air to a
+    multiple of the output stride and to at least one tile. ``width`` is the valid part.
+    ``scale_x``/``scale_y`` are scan pixels per model pixel.
     """
 
     data: npt.NDArray[Any]
@@ -99,6 +100,14 @@ def _downscale(plane: npt.NDArray[np.uint16], out_w: int, out_h: int) -> npt.NDA
     return np.asarray(x, dtype=np.uint16)
 
 
+def _air_level(small: npt.NDArray[np.uint16], norm: NormalizationSpec) -> float:
+    """Air intensity of a resampled plane: nearest-rank percentile of every 4th pixel each way,
+    floored so that a scan without air (or an inverted one) cannot inflate the attenuation."""
+    sample = small[::4, ::4].ravel()
+    k = min(sample.size - 1, round(norm.air_percentile / 100.0 * (sample.size - 1)))
+    return max(float(np.partition(sample, k)[k]), norm.air_floor_fraction * 65535.0)
+
+
 def _attenuation(scan: Scan, channel: int, width: int, rows: int, norm: NormalizationSpec, *,
                  out: FloatArray) -> None:
     """``out[:, :width] = max(ln(I_air) - ln(I), 0)`` of one channel, resampled."""
@@ -106,7 +115,7 @@ def _attenuation(scan: Scan, channel: int, width: int, rows: int, norm: Normaliz
     if scan.bits == 8:  # one path for both depths: widen to the 16-bit scale
         plane = plane.astype(np.uint16) * np.uint16(257)
     small = _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
-    air = max(float(np.percentile(small[::4, ::4], norm.air_percentile)), norm.air_floor_fraction * 65535.0)
+    air = _air_level(small, norm)
     dst = out[:, :width]
     np.subtract(np.float32(np.log(air)), np.take(_log_lut(), small), out=dst)
     np.maximum(dst, 0.0, out=dst)
@@ -167,51 +176,68 @@ def tile_offsets(width: int, tile: int, overlap: int, stride: int) -> tuple[int,
 
 
 def prepare_scan(scan: Scan, inp: InputSpec, norm: NormalizationSpec, overlap: int, stride: int) -> PreparedScan:
-    """`normalize_scan` plus padding to whole tiles and the tile offsets (float data)."""
+    """`normalize_scan` padded to whole tiles, as float NHWC ``(rows, padded, channels)``."""
     width = _check(scan, inp)
     padded = max(inp.width, -(-width // stride) * stride)
     data, width = normalize_scan(scan, inp, norm, padded_width=padded)
-    return PreparedScan(data=data, width=width, scale_x=scan.columns / width, scale_y=scan.rows / inp.rows,
+    return PreparedScan(data=np.ascontiguousarray(data.transpose(1, 2, 0)), width=width,
+                        scale_x=scan.columns / width, scale_y=scan.rows / inp.rows,
                         offsets=tile_offsets(padded, inp.width, overlap, stride))
+
+
+def _log_clipped(scan: Scan, channel: int, width: int, padded: int, rows: int, *, norm: NormalizationSpec,
+                 ) -> tuple[float, FloatArray]:
+    """``(ln(I_air), ln(min(I, I_air)))`` of one resampled channel, padded with air.
+
+    Clipping the intensity at the air level before the log is the same as clipping the
+    attenuation at zero afterwards, and saves a pass.
+    """
+    plane: npt.NDArray[Any] = scan.pixels[channel]
+    if scan.bits == 8:
+        plane = plane.astype(np.uint16) * np.uint16(257)
+    small = _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
+    air = _air_level(small, norm)
+    clipped = np.empty((rows, padded), dtype=np.float32)
+    clipped[:, width:] = air  # padding is air
+    # Clip in uint16 (in place), convert while copying into the padded plane.
+    np.clip(small, 1, int(min(air, 65535.0)), out=small)
+    clipped[:, :width] = small
+    return float(np.log(air)), np.asarray(cv2.log(clipped), dtype=np.float32)
 
 
 def prepare_quantized(scan: Scan, inp: InputSpec, norm: NormalizationSpec, overlap: int, stride: int,
                       ) -> PreparedScan:
-    """The runtime path: like `prepare_scan`, but ``data`` is already the model's input dtype.
+    """The runtime path: ``(rows, padded, channels)`` in the model's input dtype, NHWC.
 
-    Normalization and quantization are fused (one scale and offset per channel), which saves
-    several full passes over the image; the values are those of ``quantize(prepare_scan(...))``
-    (up to one step on exact rounding ties).
+    Normalization and quantization are fused into one OpenCV pass per channel
+    (``q = round(a * k + zero_point)`` saturated, with ``a`` written in terms of the logs), and
+    the channels are interleaved once; the values equal ``quantize(prepare_scan(...))`` up to one
+    step on exact rounding ties and the air percentile (nearest rank here, interpolated there).
     """
     if inp.dtype == "float32" or inp.quantization is None:
         return prepare_scan(scan, inp, norm, overlap, stride)
     width = _check(scan, inp)
     padded = max(inp.width, -(-width // stride) * stride)
     used = 2 if any(name in ("low", "low_minus_high") for name in inp.channels) else 1
-    att = np.zeros((used, inp.rows, padded), dtype=np.float32)
-    for c in range(used):
-        _attenuation(scan, c, width, inp.rows, norm, out=att[c])
+    logs = [_log_clipped(scan, c, width, padded, inp.rows, norm=norm) for c in range(used)]
     q = inp.quantization
-    lo, hi = (-128, 127) if inp.dtype == "int8" else (0, 255)
-    out = np.empty((len(inp.channels), inp.rows, padded), dtype=np.int8 if inp.dtype == "int8" else np.uint8)
-    tmp = np.empty((inp.rows, padded), dtype=np.float32)
+    depth = cv2.CV_8S if inp.dtype == "int8" else cv2.CV_8U
+    planes = []
     for i, name in enumerate(inp.channels):
-        k = np.float32(1.0 / (norm.scale[i] * q.scale))
-        if name == "high":
-            np.multiply(att[0], k, out=tmp)
-        elif name == "low":
-            np.multiply(att[1], k, out=tmp)
+        k = 1.0 / (norm.scale[i] * q.scale)
+        if name in ("high", "low"):
+            la, ln = logs[0 if name == "high" else 1]
+            # a * k + zp = (la - ln) * k + zp
+            planes.append(cv2.addWeighted(ln, -k, ln, 0.0, la * k + q.zero_point, dtype=depth))
         elif name == "low_minus_high":
-            np.subtract(att[1], att[0], out=tmp)
-            tmp *= k
+            (la0, ln0), (la1, ln1) = logs[0], logs[1]
+            # (a1 - a0) * k + zp = (ln0 - ln1) * k + (la1 - la0) * k + zp
+            planes.append(cv2.addWeighted(ln0, k, ln1, -k, (la1 - la0) * k + q.zero_point, dtype=depth))
         else:
             raise ScanFormatError(f"unknown model input channel {name!r}")
-        tmp += np.float32(q.zero_point)
-        np.clip(tmp, lo, hi, out=tmp)
-        np.rint(tmp, out=tmp)
-        out[i] = tmp
-    return PreparedScan(data=out, width=width, scale_x=scan.columns / width, scale_y=scan.rows / inp.rows,
-                        offsets=tile_offsets(padded, inp.width, overlap, stride))
+    data = cv2.merge(planes) if len(planes) > 1 else planes[0][:, :, None]
+    return PreparedScan(data=np.asarray(data), width=width, scale_x=scan.columns / width,
+                        scale_y=scan.rows / inp.rows, offsets=tile_offsets(padded, inp.width, overlap, stride))
 
 
 def quantize(x: FloatArray, q: QuantizationSpec | None, dtype: str) -> npt.NDArray[Any]:

@@ -126,11 +126,8 @@ class Reviewer:
 
     def quantized_tiles(self, prepared: PreparedScan) -> list[npt.NDArray[Any]]:
         """The exact input tensors `analyse` feeds to the interpreter (benchmarks use them)."""
-        spec = self.spec.input
-        q = prepared.data
-        # Planar -> NHWC per tile: one small copy each.
-        return [np.ascontiguousarray(q[:, :, off:off + spec.width].transpose(1, 2, 0))[None]
-                for off in prepared.offsets]
+        width = self.spec.input.width
+        return [np.ascontiguousarray(prepared.data[None, :, off:off + width, :]) for off in prepared.offsets]
 
     def invoke(self, tile: npt.NDArray[Any]) -> npt.NDArray[Any]:
         return self._model.run(tile)
@@ -141,7 +138,7 @@ class Reviewer:
         prepared = self.prepare(scan)
         stride = spec.output.stride
         cells_w = spec.input.width // stride
-        total = prepared.data.shape[2] // stride
+        total = prepared.data.shape[1] // stride
         stitched = np.full((spec.input.rows // stride, total, len(spec.output.channels)), -np.inf,
                            dtype=np.float32)
         invoke_s = 0.0
@@ -195,22 +192,19 @@ class Reviewer:
         if not mask.any():
             return []
         count, labels_img, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        comp = labels_img.ravel()
-        flat_best = best.ravel()
-        # Peak probability per component, vectorized over cells.
-        peaks = np.zeros(count, dtype=np.float32)
-        np.maximum.at(peaks, comp, flat_best)
         out: list[ReviewRegion] = []
-        for i in np.flatnonzero(peaks >= self.suspect_threshold):
-            if i == 0:
+        # Components are few (a handful of cell groups at most): one vectorized mask each.
+        for i in range(1, count):
+            cells = labels_img == i
+            peak = float(best[cells].max())
+            if peak < self.suspect_threshold:
                 continue
             x0, y0, w, h = (int(v) for v in stats[i, :4])
-            cells = comp == i
             # The label is the class with the highest probability anywhere in the component.
-            per_class = anomaly.reshape(-1, anomaly.shape[-1])[cells].max(axis=0)
+            per_class = anomaly[cells].max(axis=0)
             label = analysis.labels[int(per_class.argmax())]
             px, py, pw, ph = self._box(analysis, x0, y0, x0 + w, y0 + h)
-            out.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=float(peaks[i]), label=label))
+            out.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=peak, label=label))
         out.sort(key=lambda r: -r.score)
         return out[:MAX_REGIONS]
 

@@ -281,3 +281,19 @@ async def test_unreachable_plc_at_startup_raises_link_down_and_cancelling_run_is
         plc.move(truck, Spot.GONE)
     finally:
         await server.stop()
+
+
+@run_async
+async def test_a_vehicle_that_reaches_the_stop_line_during_a_link_loss_is_still_decided() -> None:
+    async with lane_rig() as rig:
+        truck = await rig.plc.vehicle_arrives()
+        await rig.passage_evidence()
+        await rig.until(lambda: rig.lane.phase is Phase.ARRIVING, what="arriving")
+        rig.plc.mute = True
+        await rig.until(lambda: rig.lane.mode is Mode.FAULT, what="link lost")
+        await rig.plc.vehicle_to_stop_line(truck)  # unseen by the lane
+        rig.plc.mute = False
+        await rig.until(lambda: rig.lane.phase is Phase.RELEASED, what="decided after reconnect")
+        await rig.plc.vehicle_drives_through(truck, timeout_s=3.0)
+        await rig.until(lambda: rig.journal.completed, what="complete")
+        assert rig.journal.completed[0]["decision"]["action"] == "release"

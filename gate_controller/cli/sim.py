@@ -98,19 +98,19 @@ examples:
 
 The default point map of docs/plc-points.md; barrier travel 1.5-3 s with limit switches, the 3 s
 host-heartbeat watchdog, the loop_safety interlock, estop and key switch. Ctrl-C stops it.
-
-{console}"""
+With --console, one command per line on stdin moves vehicles and injects faults
+(arrive, stop, through, back, estop on|off, key manual|remote, local up|down, mute on|off,
+stick up|down on|off|none, drop, offline, online, status); type 'help' there for the details.
+"""
 
 
 def add_plc(targets: Any) -> None:
-    from gate_controller.sim.standalone import CONSOLE_HELP
-
     parser = targets.add_parser(
         "plc",
         help="a lane PLC over Modbus TCP or RTU, with lane physics",
         description="Serve virtual lane PLCs (default point map) with barrier travel, loops following "
                     "simulated vehicles, the heartbeat watchdog, interlocks and fault injection.",
-        epilog=_PLC_EPILOG.format(console=CONSOLE_HELP),
+        epilog=_PLC_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--port", type=int, default=None, metavar="P", help="serve Modbus TCP on this port")

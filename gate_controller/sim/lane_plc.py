@@ -83,17 +83,17 @@ class WriteRecord:
     """Per input: when it last changed."""
     watchdog_tripped: bool
 
-    def was_fresh(self, name: str, *, within_s: float) -> bool:
-        """Whether the master had been told the current value of ``name`` shortly before writing.
+    def master_knew_clear(self, name: str, *, within_s: float) -> bool:
+        """Whether ``name`` was 0 when this write arrived, as far as the master could know.
 
-        True when the input was reported with its current value no more than ``within_s`` before
-        the write, or when it changed after the last report (the master cannot know then: the
-        window a Modbus master can never close, covered by the PLC's own interlock).
+        True when the input was 0 at the write, or when the master's last read of it (no more than
+        ``within_s`` before the write) said 0 and it changed only after that read: the window no
+        Modbus master can close, which the PLC's own interlock covers.
         """
+        if not self.inputs[name]:
+            return True
         value, at = self.reported.get(name, (None, -1.0))
-        if value == self.inputs[name]:
-            return self.at - at <= within_s
-        return self.changed_at.get(name, 0.0) > at
+        return value is False and self.changed_at.get(name, 0.0) > at and self.at - at <= within_s
 
 
 class VirtualLanePlc:

@@ -38,7 +38,9 @@ def gate_config(tmp: Path, broker: MosquittoBroker, *, lanes: int = 2, **section
         lane_list.append({
             "id": f"L{i + 1}", "scanner": True, "links": [name],
             "plc": {"transport": "tcp", "host": "127.0.0.1", "port": free_port()},
-            "timeouts": {"ocr_settle_s": 0.3, "collect_s": 15.0, "hold_s": 30.0, "pass_s": 60.0},
+            # Simulated trucks cross the scan zone in a second or two: a vehicle reversing over the entry
+            # loop while the daemon restarts looks like an arrival and is cancelled after arrival_s.
+            "timeouts": {"ocr_settle_s": 0.3, "collect_s": 15.0, "hold_s": 30.0, "pass_s": 60.0, "arrival_s": 20.0},
         })
     mqtt = broker.mqtt_settings("gate", command_key_file=str(key_file), telemetry_interval_s=5,
                                 reconnect_initial_s=0.1, reconnect_max_s=1.0, keepalive_s=10)
