@@ -248,6 +248,9 @@ class SimulatedGate:
         self.key = read_secret(config.mqtt.command_key_file, base_dir=config_path.resolve().parent)
         self.rigs: dict[str, _LaneRig] = {}
         self.result = DemoResult()
+        self.expect_delivery = True
+        """Whether each truck's transaction must reach the hub before the next (False while the hub is
+        deliberately cut off; the backlog is then judged after it returns)."""
         self.events_seen: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
         """Birth and death messages of the gate, in arrival order."""
@@ -406,10 +409,10 @@ class SimulatedGate:
             await rig.plc.vehicle_drives_through(vehicle, timeout_s=30.0)
         else:
             await rig.plc.vehicle_backs_out(vehicle)  # turns off to the inspection area
-        deadline = time.monotonic() + 60.0
+        deadline = time.monotonic() + (60.0 if self.expect_delivery else 0.0)
         while self.per_lane_tx.get(rig.config.id, 0) <= before and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)  # the hub task counts arrivals; a bounded poll keeps this simple
-        if self.per_lane_tx.get(rig.config.id, 0) <= before:
+        if self.expect_delivery and self.per_lane_tx.get(rig.config.id, 0) <= before:
             self.result.lost.append(f"truck {truck.index} ({truck.spec.plate}) on {rig.config.id}: "
                                     "no transaction within 60 s")
         rig.done += 1

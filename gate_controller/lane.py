@@ -213,6 +213,7 @@ class Lane:
         hub_mode: HubMode = "auto",
         tick_s: float = 0.05,
         plc_clock: Callable[[], float] = time.monotonic,
+        journal_timeout_s: float = 10.0,
     ) -> None:
         self._config = config
         self._site = site
@@ -225,6 +226,9 @@ class Lane:
         self._wall = wall_clock
         self._plc_clock = plc_clock
         self._tick_s = tick_s
+        # A wedged outbox must not wedge the lane's own safety handling (estop, lowering, faults):
+        # a commit that takes longer counts as failed (for open_transaction: the barrier stays down).
+        self._journal_timeout_s = journal_timeout_s
         self._hub_mode: HubMode = hub_mode
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._driver = self._make_driver(config)
@@ -355,24 +359,6 @@ class Lane:
         self._finished = asyncio.Event()
         self._started_at = self._clock()
         self._start_driver()
-        me = asyncio.current_task()
-
-        async def _dbg() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                if self._plc_clock() - self._last_tick > 3.0 and me is not None:
-                    c = me.get_coro()
-                    chain = []
-                    while c is not None:
-                        f = getattr(c, "cr_frame", None)
-                        if f is not None:
-                            chain.append(f"{f.f_code.co_name}:{f.f_lineno}")
-                        c = getattr(c, "cr_await", None)
-                        if c is not None and not hasattr(c, "cr_frame"):
-                            chain.append(repr(c)[:200])
-                            break
-                    log.error("DEBUG lane %s stuck: %s", self.id, " > ".join(chain))
-        dbg = asyncio.create_task(_dbg())
         try:
             await self._main_loop()
         finally:
@@ -892,7 +878,8 @@ class Lane:
     async def _open(self, passage: _Passage) -> bool:
         """Commit the decided transaction before anything moves for it."""
         try:
-            await self._journal.open_transaction(passage.record.as_record())
+            async with asyncio.timeout(self._journal_timeout_s):
+                await self._journal.open_transaction(passage.record.as_record())
         except Exception:
             log.exception("lane %s: cannot commit %s to the journal: the barrier stays down", self.id, passage.id)
             return False
@@ -1178,7 +1165,8 @@ class Lane:
             self._current = None
             self._promote(now)
         try:
-            await self._journal.complete_transaction(passage.record.as_record())
+            async with asyncio.timeout(self._journal_timeout_s):
+                await self._journal.complete_transaction(passage.record.as_record())
         except Exception:
             log.exception("lane %s: cannot commit the completed transaction %s", self.id, passage.id)
         log.info("lane %s: %s complete (%s%s)", self.id, passage.id, passage.record.action,
@@ -1188,7 +1176,8 @@ class Lane:
         passage.record.cancel(now=self._wall(), now_mono=self._clock())
         self.counters["cancelled"] += 1
         try:
-            await self._journal.complete_transaction(passage.record.as_record())
+            async with asyncio.timeout(self._journal_timeout_s):
+                await self._journal.complete_transaction(passage.record.as_record())
         except Exception:
             log.exception("lane %s: cannot commit the cancelled transaction %s", self.id, passage.id)
 
@@ -1332,8 +1321,9 @@ class Lane:
     async def _event(self, type_: EventType, code: str, severity: EventSeverity, active: bool,
                      detail: Mapping[str, Any]) -> None:
         try:
-            await self._journal.emit_event(lane=self.id, type=type_, code=code, severity=severity,
-                                           active=active, detail=dict(detail))
+            async with asyncio.timeout(self._journal_timeout_s):
+                await self._journal.emit_event(lane=self.id, type=type_, code=code, severity=severity,
+                                               active=active, detail=dict(detail))
         except Exception:
             log.exception("lane %s: cannot commit event %s", self.id, code)
 

@@ -127,7 +127,7 @@ def test_fault_injection_suite(tmp_path: Path) -> None:
 
 
 async def _suite(tmp_path: Path, broker: MosquittoBroker) -> None:
-    async with simulated_gate(tmp_path / "gate", broker, mqtt={"backlog": {"max_messages": 100}}) as gate:
+    async with simulated_gate(tmp_path / "gate", broker, mqtt={"backlog": {"max_messages": 10}}) as gate:
         traffic = Traffic(gate)
         await recovered(gate)
         await traffic.run()
@@ -181,9 +181,11 @@ async def _suite(tmp_path: Path, broker: MosquittoBroker) -> None:
 
         # 6. The hub is unreachable long enough for the backlog to pass its limit.
         await asyncio.to_thread(broker.stop)
+        gate.expect_delivery = False
         for _ in range(3):
             await traffic.run()
         await asyncio.to_thread(broker.start)
+        gate.expect_delivery = True
         await settle_and_judge(gate, traffic, "backlog full (hub down)")
         codes = {
             (e.get("code"), e.get("active")) for e in await _events(gate)

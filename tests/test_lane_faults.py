@@ -297,3 +297,21 @@ async def test_a_vehicle_that_reaches_the_stop_line_during_a_link_loss_is_still_
         await rig.plc.vehicle_drives_through(truck, timeout_s=3.0)
         await rig.until(lambda: rig.journal.completed, what="complete")
         assert rig.journal.completed[0]["decision"]["action"] == "release"
+
+
+@run_async
+async def test_a_wedged_journal_does_not_wedge_the_lane() -> None:
+    async with lane_rig(journal_timeout_s=0.3) as rig:
+        rig.journal.hang = True
+        truck = await rig.plc.vehicle_arrives()
+        await rig.passage_evidence()
+        await rig.plc.vehicle_to_stop_line(truck)
+        await rig.until(lambda: rig.lane.phase is Phase.STOPPED, what="decided; not committed, so held")
+        assert not any(w.value for w in rig.plc.writes_of("barrier_raise"))
+        rig.plc.press_estop()  # the lane still follows the PLC while every commit hangs
+        await rig.until(lambda: rig.lane.mode is Mode.MANUAL and rig.plc.coils["alarm"], what="estop handled")
+        rig.plc.press_estop(False)
+        rig.journal.hang = False
+        await rig.plc.vehicle_backs_out(truck)
+        await rig.until(lambda: rig.journal.completed, what="published once the journal works")
+        assert rig.journal.completed[0]["decision"]["action"] == "manual"

@@ -56,8 +56,15 @@ class InMemoryJournal:
     events: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     fail_opens: int = 0
+    hang: bool = False
+    """Every commit blocks forever (a wedged outbox)."""
+
+    async def _maybe_hang(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
 
     async def open_transaction(self, record: Mapping[str, Any]) -> None:
+        await self._maybe_hang()
         if self.fail_opens > 0:
             self.fail_opens -= 1
             raise OSError("disk full")
@@ -66,12 +73,14 @@ class InMemoryJournal:
         self.timeline.append((time.monotonic(), "open", copied))
 
     async def complete_transaction(self, record: Mapping[str, Any]) -> None:
+        await self._maybe_hang()
         copied = copy.deepcopy(dict(record))
         self.completed.append(copied)
         self.timeline.append((time.monotonic(), "complete", copied))
 
     async def emit_event(self, *, lane: str | None, type: str, code: str, severity: str, active: bool,
                          detail: Mapping[str, Any]) -> None:
+        await self._maybe_hang()
         event = {"lane": lane, "type": type, "code": code, "severity": severity, "active": active,
                  "detail": copy.deepcopy(dict(detail))}
         self.events.append(event)
@@ -227,6 +236,7 @@ async def lane_rig(
     decider: ScriptedDecider | None = None,
     plc: VirtualLanePlc | None = None,
     hub_mode: str = "auto",
+    journal_timeout_s: float = 10.0,
     **config_kwargs: Any,
 ) -> AsyncIterator[LaneRig]:
     """A lane running against a virtual PLC on a free loopback port, in automatic mode."""
@@ -239,7 +249,7 @@ async def lane_rig(
     healthy = [True]
     lane = Lane(lane_config(port=port, **config_kwargs), site="S1", gate="G1", decider=decider, journal=journal,
                 healthy=lambda: healthy[0], buses=PlcBusRegistry(), clock=clock, hub_mode=hub_mode,  # type: ignore[arg-type]
-                tick_s=0.02)
+                tick_s=0.02, journal_timeout_s=journal_timeout_s)
     task = asyncio.create_task(lane.run(), name="lane-under-test")
     rig = LaneRig(plc, server, lane, journal, decider, clock, task, healthy)
     try:
