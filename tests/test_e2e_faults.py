@@ -182,7 +182,7 @@ async def _suite(tmp_path: Path, broker: MosquittoBroker) -> None:
         # 6. The hub is unreachable long enough for the backlog to pass its limit.
         await asyncio.to_thread(broker.stop)
         gate.expect_delivery = False
-        for _ in range(3):
+        for _ in range(5):  # 10 transactions: the backlog reaches max_messages (10)
             await traffic.run()
         await asyncio.to_thread(broker.start)
         gate.expect_delivery = True
