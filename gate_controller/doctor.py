@@ -240,7 +240,7 @@ async def _link(link: LinkConfig, timeout_s: float) -> Check:
 
 
 async def _plc(lane: LaneConfig, timeout_s: float) -> Check:
-    from gate_controller.plc import PlcDriver, PlcEvent, PlcLinkUp
+    from gate_controller.plc import PlcDriver, PlcEvent, PlcLinkUp, stop_task
 
     got: asyncio.Future[PlcLinkUp] = asyncio.get_running_loop().create_future()
 
@@ -260,9 +260,8 @@ async def _plc(lane: LaneConfig, timeout_s: float) -> Check:
         return Check(f"PLC {lane.id}", False, f"{where}: no answer within {timeout_s:.0f} s",
                      "check the address, port/serial settings and unit_id; mbpoll -m tcp -a UNIT -t 1 -r 1 -c 7 HOST")
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # pymodbus may swallow one cancellation (asyncio.wait_for in 3.11): cancel until it stops.
+        await stop_task(task, name=f"doctor PLC {lane.id}")
     image = up.image
     problems = []
     if image.inputs.get("barrier_up") and image.inputs.get("barrier_down"):

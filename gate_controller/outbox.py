@@ -615,13 +615,14 @@ class Outbox:
         durable = any(item[1] for item in items)
         try:
             results = self._store.batch([item[0] for item in items], durable)
-        except OutboxError as err:
+            max_id = self._max_row_id_locked()
+        except Exception as caught:  # every waiter must hear of a failed commit, whatever failed
+            err = caught if isinstance(caught, OutboxError) else OutboxError(f"outbox commit failed: {caught!r}")
             logger.error("%s", err)  # noqa: TRY400 - the message says it all; callers get the exception
             with contextlib.suppress(RuntimeError):
                 for _, _, fut, loop in items:
                     loop.call_soon_threadsafe(_settle, fut, err)
             return
-        max_id = self._max_row_id_locked()
         try:
             for (_, _, fut, loop), result in zip(items, results, strict=True):
                 loop.call_soon_threadsafe(_settle, fut, result)
