@@ -17,8 +17,11 @@ from tests.support.inference import copy_model
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    assert main(["synth", "--out", str(out), "--count", "3", "--seed", "500",
-                 "--kind", "dense_object", "--kind", "empty", "--kind", "clean"]) == 0
+    # A dense block in an empty box: a case any reviewer (and the model) flags.
+    assert main(["synth", "--out", str(out), "--count", "1", "--seed", "500", "--kind", "dense_object",
+                 "--cargo", "empty"]) == 0
+    assert main(["synth", "--out", str(out), "--count", "2", "--seed", "501", "--kind", "empty",
+                 "--kind", "clean"]) == 0
     return out
 
 
@@ -40,6 +43,8 @@ def test_synth_writes_archives_with_ground_truth(scans: Path) -> None:
 def test_synth_rejects_unknown_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["synth", "--out", str(tmp_path), "--count", "1", "--kind", "gold"]) == 64
     assert "unknown kind" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--count", "1", "--cargo", "gold"]) == 64
+    assert "unknown cargo" in capsys.readouterr().err
 
 
 def test_review_lines_json_and_previews(scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ examples:
   smartgate synth --out /tmp/scans --count 20
   smartgate synth --out /tmp/scans --count 8 --seed 42 --kind weapon --kind empty
   smartgate synth --out /tmp/scans --count 4 --kind misdeclared_empty --length 20
+  smartgate synth --out /tmp/scans --count 2 --kind weapon --cargo machinery
 
 Each scan is written as NAME.npz (archive format, docs/scan-format.md) with NAME.json beside it:
 {"scan_id", "finding": clean|contraband|misdeclared, "labels", "declared", "cargo",
@@ -41,12 +42,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--kind", action="append", default=None, metavar="KIND",
                         help="scenario; repeat to cycle (default: random)")
     parser.add_argument("--length", type=int, choices=(20, 40, 45), default=None, help="container length in ft")
+    parser.add_argument("--cargo", default=None, metavar="CARGO",
+                        help="force the cargo kind (e.g. empty, cartons) whatever the scenario picks")
     parser.set_defaults(func=_synth)
 
 
 def _synth(args: argparse.Namespace) -> int:
     from inference.scan import save_scan
-    from inference.synthetic import SCENARIOS, generate_scenario
+    from inference.synthetic import CARGO_KINDS, SCENARIOS, generate_scenario
 
     kinds = args.kind or ["random"]
     unknown = [k for k in kinds if k not in SCENARIOS]
@@ -61,6 +64,11 @@ def _synth(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.length is not None:
         overrides["length_ft"] = args.length
+    if args.cargo is not None:
+        if args.cargo not in CARGO_KINDS:
+            print(f"smartgate synth: unknown cargo {args.cargo}; known: {', '.join(CARGO_KINDS)}", file=sys.stderr)
+            return 64
+        overrides["cargo"] = args.cargo
     for i in range(args.count):
         seed = args.seed + i
         kind = kinds[i % len(kinds)]

@@ -227,9 +227,10 @@ def train(opts: TrainOptions) -> Path:
     spec = _initial_spec(model_path, g, opts, {
         "seed": opts.seed,
         "framework": f"tensorflow {tf.__version__}",
-        "data": (f"{opts.scans} synthetic scans from inference.synthetic (scenario 'random': 35 % clean loaded, "
-                 "15 % empty, 8 % declared empty but loaded, 42 % with one anomaly class, evenly; 20/40/45 ft; "
-                 "Beer-Lambert dual energy, detector noise, gain drift, speed stretching)"
+        "data": (f"{opts.scans} synthetic scans from inference.synthetic, training mixture TRAIN_MIX "
+                 "(28 % clean loaded incl. extra machinery/mixed, 12 % empty, 8 % declared empty but loaded, "
+                 "22 % weapon, 14 % dense_object, 10 % organic_mass, 6 % vehicle); 20/40/45 ft; Beer-Lambert "
+                 "dual energy, detector noise, gain drift, speed stretching; random 256 x 256 tiles"
                  + (f" + {len(field_train)} field samples" if field_train else "")),
         "steps": opts.steps,
         "batch": opts.batch,
