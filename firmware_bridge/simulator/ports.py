@@ -9,6 +9,7 @@ or serial port goes silent in both directions (a pty cannot be unplugged).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import errno
@@ -27,7 +28,7 @@ __all__ = ["FirmwarePort", "PtyPort", "SerialPort", "TcpServerPort", "open_port"
 log = logging.getLogger(__name__)
 
 
-class FirmwarePort:
+class FirmwarePort(abc.ABC):
     """Base: callbacks, the interrupt window and the common write contract."""
 
     url: str = ""
@@ -38,25 +39,25 @@ class FirmwarePort:
         self._silent_until = 0.0
 
     @property
-    def connected(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def connected(self) -> bool: ...
 
     def _silent(self) -> bool:
         return asyncio.get_running_loop().time() < self._silent_until
 
+    @abc.abstractmethod
     async def start(self) -> str:
         """Start serving; return the URL the daemon must open."""
-        raise NotImplementedError
 
-    async def write(self, data: bytes) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> bool: ...
 
     async def interrupt(self, duration_s: float) -> None:
         """Lose the link for ``duration_s`` seconds (returns at once; the loss lasts in the background)."""
         self._silent_until = asyncio.get_running_loop().time() + duration_s
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def close(self) -> None: ...
 
 
 class PtyPort(FirmwarePort):
