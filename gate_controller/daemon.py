@@ -31,7 +31,7 @@ from firmware_bridge.settings import LinkSettings
 from gate_controller import __version__, sdnotify
 from gate_controller.archive import ScanArchive
 from gate_controller.commands import CommandDispatcher, ReplayCache
-from gate_controller.config import GateConfig, LinkConfig, load_config
+from gate_controller.config import GateConfig, LinkConfig, load_config, read_secret
 from gate_controller.control import ControlServer
 from gate_controller.decider import GateDecider
 from gate_controller.errors import ConfigError
@@ -498,8 +498,6 @@ def _severity(value: str) -> Literal["info", "warning", "error", "critical"]:
 
 
 def _read_key(config: GateConfig, config_dir: Path) -> bytes:
-    from gate_controller.config import read_secret
-
     return read_secret(config.mqtt.command_key_file, base_dir=config_dir)
 
 
@@ -525,8 +523,6 @@ def run_daemon(config_path: Path) -> int:
         # Secrets are checked before anything starts, like the rest of the config.
         _read_key(config, config_path.resolve().parent)
         if config.mqtt.password_file is not None:
-            from gate_controller.config import read_secret
-
             read_secret(config.mqtt.password_file, base_dir=config_path.resolve().parent)
     except ConfigError as err:
         log.error("%s", err)  # noqa: TRY400
