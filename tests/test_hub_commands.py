@@ -175,7 +175,8 @@ def test_rejected_commands_reply_raise_an_event_and_do_nothing(broker: Mosquitto
                 assert g.target.calls == [("lane.mode", {"lane": "L2", "mode": "auto"})]  # only the genuine one
                 assert g.dispatcher.rejected == len(cases) + 1
                 await asyncio.to_thread(collector.wait_for,
-                                        lambda c: len(c.json_on("/events")) == len(cases) + 1)
+                                        lambda c: len(c.json_on("/events")) == len(cases) + 1
+                                        and len(c.json_on("/reply")) == len(cases) + 2)
             events = collector.json_on("/events")
             assert {e["code"] for e in events} == {"COMMAND_REJECTED"}
             kinds = [e["detail"]["kind"] for e in events]
@@ -238,7 +239,9 @@ def test_scan_fetch_and_inspection_result(broker: MosquittoBroker, tmp_path: Pat
 
                 reply = await send(client, "scan.fetch", signed("scan.fetch", {"scan_id": "SCAN-42"}))
                 assert reply["ok"] is True
-                await asyncio.to_thread(collector.wait_for, lambda c: len(c.on("/scans/SCAN-42/image")) == 1)
+                # The collector is a separate subscriber: wait until it has the image and the reply.
+                await asyncio.to_thread(collector.wait_for, lambda c: len(c.on("/scans/SCAN-42/image")) == 1
+                                        and len(c.on("/reply")) >= 1)
                 png = collector.on("/scans/SCAN-42/image")[0].payload
                 image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
                 assert image is not None
