@@ -133,33 +133,38 @@ class Reviewer:
         return self._model.run(tile)
 
     def analyse(self, scan: Scan) -> ScanAnalysis:
-        """Run the model over the whole scan and stitch the per-cell probabilities."""
+        """Run the model over the whole scan and stitch the per-cell probabilities.
+
+        Overlapping tiles are stitched by the maximum on the raw output (int8 for a quantized
+        model): dequantization and the logistic function are increasing, so they commute with
+        the maximum and run once over the stitched map instead of once per tile.
+        """
         spec = self.spec
         prepared = self.prepare(scan)
         stride = spec.output.stride
         cells_w = spec.input.width // stride
         total = prepared.data.shape[1] // stride
-        stitched = np.full((spec.input.rows // stride, total, len(spec.output.channels)), -np.inf,
-                           dtype=np.float32)
+        out_dtype = np.dtype(spec.output.dtype)
+        lowest = np.iinfo(out_dtype).min if out_dtype.kind in "iu" else -np.inf
+        stitched = np.full((spec.input.rows // stride, total, len(spec.output.channels)), lowest, dtype=out_dtype)
         invoke_s = 0.0
         for off, tile in zip(prepared.offsets, self.quantized_tiles(prepared), strict=True):
             t0 = self._clock()
             raw = self._model.run(tile)
             invoke_s += self._clock() - t0
-            out = dequantize(raw[0], spec.output.quantization)
             c0 = off // stride
-            np.maximum(stitched[:, c0:c0 + cells_w], out, out=stitched[:, c0:c0 + cells_w])
+            np.maximum(stitched[:, c0:c0 + cells_w], raw[0], out=stitched[:, c0:c0 + cells_w])
         valid = -(-prepared.width // stride)
-        probs = np.ascontiguousarray(stitched[:, :valid])
-        if spec.output.activation == "logits":  # max-stitching commutes with the logistic function
+        probs = dequantize(stitched[:, :valid], spec.output.quantization)
+        if spec.output.activation == "logits":
             np.negative(probs, out=probs)
             np.exp(probs, out=probs)
             probs += 1.0
             np.reciprocal(probs, out=probs)
-        if not np.isfinite(probs).all():
+        if out_dtype.kind == "f" and not np.isfinite(probs).all():
             raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         return ScanAnalysis(
-            probs=probs,
+            probs=np.ascontiguousarray(probs),
             labels=tuple(spec.labels),
             cell_w=stride * prepared.scale_x,
             cell_h=stride * prepared.scale_y,

@@ -112,3 +112,41 @@ def test_threshold_choice_and_metrics() -> None:
     assert m["declared_empty"]["false_not_empty_rate"] <= 0.01
     assert m["declared_empty"]["accuracy"] == 1.0
     assert 0.8 < m["detection"]["weapon"]["detection_rate"] < 1.0
+    # Separable declared-empty groups: the threshold sits between them, not on the empty side.
+    assert 0.33 < not_empty < 0.37
+
+
+def test_not_empty_threshold_when_the_groups_overlap() -> None:
+    empties = [_rec(0.0, False, ne, False, "empty") for ne in np.linspace(0.0, 0.5, 101)]
+    loaded = [_rec(0.0, False, ne, True, "empty") for ne in np.linspace(0.45, 1.0, 20)]
+    _, not_empty = choose_thresholds(empties + loaded, target_false_alarm=0.02, target_false_not_empty=0.01)
+    # Overlap: just above the empties allowed by the target (here the second highest, 0.495).
+    assert not_empty == pytest.approx(0.495 + 1 / 256, abs=1e-6)
+    m = compute_metrics(empties + loaded, 0.5, not_empty, ["weapon"])
+    assert m["declared_empty"]["false_not_empty_rate"] <= 0.01
+
+
+def test_calibrate_rewrites_thresholds_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from inference.model_spec import file_sha256, load_spec
+    from inference.reviewer import Reviewer
+    from inference.runtime import DEFAULT_MODEL_PATH
+    from inference.training.__main__ import main as training_main
+
+    model = tmp_path / DEFAULT_MODEL_PATH.name
+    shutil.copy(DEFAULT_MODEL_PATH, model)
+    shutil.copy(DEFAULT_MODEL_PATH.with_suffix(".json"), model.with_suffix(".json"))
+    before = load_spec(model.with_suffix(".json"))
+    code = training_main(["calibrate", "--model", str(model), "--val-scans", "40", "--val-empty-scans", "20",
+                          "--target-false-alarm", "0.05"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    after = load_spec(model.with_suffix(".json"))
+    assert after.sha256 == before.sha256 == file_sha256(model)  # the model itself is untouched
+    assert after.thresholds.suspect == pytest.approx(printed["thresholds"]["suspect"])
+    assert after.thresholds.not_empty_pool == before.thresholds.not_empty_pool
+    assert after.metrics["validation"]["scans"] == 60
+    assert "test" not in after.metrics  # figures of the old thresholds are not kept
+    assert "40 'random' mixture + 20 declared empty" in after.training["calibration"]
+    assert Reviewer(model).suspect_threshold == after.thresholds.suspect

@@ -1,4 +1,4 @@
-"""``python -m inference.training train|evaluate``: see docs/retraining.md."""
+"""``python -m inference.training train|calibrate|evaluate``: see docs/retraining.md."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ DEFAULT_TEST_SEED = 20261124
 def _train(args: argparse.Namespace) -> int:
     from inference.training.train import TrainOptions, train
 
-    opts = TrainOptions(seed=args.seed, scans=args.scans, val_scans=args.val_scans, steps=args.steps,
+    opts = TrainOptions(seed=args.seed, scans=args.scans, val_scans=args.val_scans,
+                        val_empty_scans=args.val_empty_scans, steps=args.steps,
                         batch=args.batch, out_dir=args.out, version=args.version,
                         cache_dir=None if args.no_cache else args.cache, samples=list(args.samples),
                         workers=args.workers, threads=args.threads,
@@ -26,6 +27,19 @@ def _train(args: argparse.Namespace) -> int:
                         target_false_not_empty=args.target_false_not_empty)
     path = train(opts)
     print(path)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from inference.runtime import DEFAULT_MODEL_PATH
+    from inference.training.train import TrainOptions, recalibrate
+
+    opts = TrainOptions(seed=args.seed, val_scans=args.val_scans, val_empty_scans=args.val_empty_scans,
+                        samples=list(args.samples), target_false_alarm=args.target_false_alarm,
+                        target_false_not_empty=args.target_false_not_empty)
+    spec = recalibrate(args.model or DEFAULT_MODEL_PATH, opts)
+    print(json.dumps({"thresholds": spec.thresholds.model_dump(), "validation": spec.metrics["validation"]},
+                     indent=2))
     return 0
 
 
@@ -69,27 +83,43 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from inference.training.train import TrainOptions  # no TensorFlow import at module level
+
+    d = TrainOptions()
     parser = argparse.ArgumentParser(prog="python -m inference.training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="generate data, train, quantize to int8, calibrate thresholds")
-    t.add_argument("--seed", type=int, default=7)
-    t.add_argument("--scans", type=int, default=5000, help="generated training scans")
-    t.add_argument("--val-scans", type=int, default=1200, help="generated validation scans (thresholds)")
-    t.add_argument("--steps", type=int, default=4000)
-    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--scans", type=int, default=d.scans, help="generated training scans")
+    t.add_argument("--val-scans", type=int, default=d.val_scans,
+                   help="generated validation scans, 'random' mixture (thresholds)")
+    t.add_argument("--val-empty-scans", type=int, default=d.val_empty_scans,
+                   help="extra declared-empty validation scans, half truly empty (not-empty threshold)")
+    t.add_argument("--steps", type=int, default=d.steps)
+    t.add_argument("--batch", type=int, default=d.batch)
     t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     t.add_argument("--version", default="1.0.0")
     t.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "smartgate-train-cache")
     t.add_argument("--no-cache", action="store_true")
     t.add_argument("--samples", type=Path, action="append", default=[],
                    help="directory of labelled field samples (NAME.npz + NAME.json); repeatable")
-    t.add_argument("--workers", type=int, default=2, help="processes generating scans")
-    t.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
-    t.add_argument("--target-false-alarm", type=float, default=0.015,
+    t.add_argument("--workers", type=int, default=d.workers, help="processes generating scans")
+    t.add_argument("--threads", type=int, default=d.threads, help="TensorFlow intra-op threads")
+    t.add_argument("--target-false-alarm", type=float, default=d.target_false_alarm,
                    help="calibration: highest share of anomaly-free validation scans called suspect")
-    t.add_argument("--target-false-not-empty", type=float, default=0.005,
+    t.add_argument("--target-false-not-empty", type=float, default=d.target_false_not_empty,
                    help="calibration: highest share of empty declared-empty validation boxes called loaded")
     t.set_defaults(func=_train)
+    c = sub.add_parser("calibrate", help="re-pick the thresholds of an existing model on validation scans "
+                                         "(and held-out field samples); rewrites its metadata only")
+    c.add_argument("--model", type=Path, default=None)
+    c.add_argument("--seed", type=int, default=d.seed, help="the seed the model was trained with (val splits)")
+    c.add_argument("--val-scans", type=int, default=d.val_scans)
+    c.add_argument("--val-empty-scans", type=int, default=d.val_empty_scans)
+    c.add_argument("--samples", type=Path, action="append", default=[])
+    c.add_argument("--target-false-alarm", type=float, default=d.target_false_alarm)
+    c.add_argument("--target-false-not-empty", type=float, default=d.target_false_not_empty)
+    c.set_defaults(func=_calibrate)
     e = sub.add_parser("evaluate", help="measure the int8 model with LiteRT on held-out scans")
     e.add_argument("--model", type=Path, default=None)
     e.add_argument("--scans", type=int, default=2000, help="generated test scans (0: field samples only)")

@@ -95,11 +95,13 @@ def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]]
         false_region_scores=false_scores, latency_ms=latency, invoke_ms=analysis.invoke_ms)
 
 
-def collect_synthetic(reviewer: Reviewer, split: str, base_seed: int, count: int) -> list[ScanRecord]:
+def collect_synthetic(reviewer: Reviewer, split: str, base_seed: int, count: int,
+                      kinds: Sequence[str] = ("random",)) -> list[ScanRecord]:
+    """Review ``count`` generated scans of a split; scenario ``kinds`` are taken in turn."""
     records = []
     for i in range(count):
         seed = split_seed(split, base_seed, i)
-        syn = generate_scenario(seed, "random")
+        syn = generate_scenario(seed, kinds[i % len(kinds)])
         records.append(score_scan(reviewer, syn.scan, [r.as_dict() for r in syn.regions], source=f"synthetic:{split}",
                                   cargo=syn.cargo, not_empty_truth=syn.not_empty,
                                   has_anomaly=bool(syn.regions)))
@@ -129,22 +131,48 @@ def _rate(values: Sequence[float], threshold: float) -> float:
     return float(np.mean(np.asarray(values) >= threshold)) if len(values) else float("nan")
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return float(np.log(p / (1.0 - p)))
+
+
 def choose_thresholds(records: Sequence[ScanRecord], *, target_false_alarm: float = 0.01,
                       target_false_not_empty: float = 0.005) -> tuple[float, float]:
-    """Lowest thresholds (most sensitive) whose false rates on these records stay within target."""
+    """Thresholds (suspect, not_empty) from validation records.
+
+    suspect: the lowest (most sensitive) value whose false-alarm rate on anomaly-free scans stays
+    within target. not_empty: the false-"not empty" target bounds it from below; when the loaded
+    declared-empty boxes all score higher than that bound (the two groups separate), the
+    threshold goes halfway between the groups in logit space rather than hugging the empty
+    side, so a box slightly emptier-looking than any validation box is not called loaded.
+    """
     negatives = np.sort([r.anomaly_score for r in records if not r.has_anomaly])
     empties = np.sort([r.not_empty_score for r in records
                        if r.declared == "empty" and r.not_empty_truth is False])
+    loaded = np.sort([r.not_empty_score for r in records
+                      if r.declared == "empty" and r.not_empty_truth is True])
 
-    def lowest(values: np.ndarray[Any, Any], target: float, floor: float) -> float:
+    def bound(values: np.ndarray[Any, Any], target: float) -> float | None:
+        """The (allowed+1)-th highest value: the threshold must lie above it."""
         if values.size == 0:
-            return 0.5
+            return None
         allowed = int(np.floor(target * values.size))
-        # Threshold just above the (allowed+1)-th highest negative score.
-        kth = values[values.size - 1 - allowed] if allowed < values.size else 0.0
-        return float(min(max(kth + 1.0 / 256.0, floor), 0.99))
+        return float(values[values.size - 1 - allowed]) if allowed < values.size else 0.0
 
-    return lowest(negatives, target_false_alarm, 0.05), lowest(empties, target_false_not_empty, 0.05)
+    def clamp(t: float, floor: float) -> float:
+        return float(min(max(t, floor), 0.99))
+
+    fa = bound(negatives, target_false_alarm)
+    suspect = 0.5 if fa is None else clamp(fa + 1.0 / 256.0, 0.05)
+    ne = bound(empties, target_false_not_empty)
+    if ne is None:
+        not_empty = 0.5
+    elif loaded.size and float(loaded[0]) > ne + 1.0 / 256.0:
+        mid = (_logit(ne) + _logit(float(loaded[0]))) / 2.0
+        not_empty = clamp(1.0 / (1.0 + float(np.exp(-mid))), 0.05)
+    else:
+        not_empty = clamp(ne + 1.0 / 256.0, 0.05)
+    return suspect, not_empty
 
 
 def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: float,
