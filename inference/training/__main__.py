@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=d.steps)
     t.add_argument("--batch", type=int, default=d.batch)
     t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
-    t.add_argument("--version", default="1.0.0")
+    t.add_argument("--version", default=d.version)
     t.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "smartgate-train-cache")
     t.add_argument("--no-cache", action="store_true")
     t.add_argument("--samples", type=Path, action="append", default=[],

@@ -143,8 +143,9 @@ def choose_thresholds(records: Sequence[ScanRecord], *, target_false_alarm: floa
     suspect: the lowest (most sensitive) value whose false-alarm rate on anomaly-free scans stays
     within target. not_empty: the false-"not empty" target bounds it from below; when the loaded
     declared-empty boxes all score higher than that bound (the two groups separate), the
-    threshold goes halfway between the groups in logit space rather than hugging the empty
-    side, so a box slightly emptier-looking than any validation box is not called loaded.
+    threshold goes halfway between the groups in logit space (loaded scores capped at 0.99)
+    rather than hugging the empty side, so a box slightly fuller-looking than any validation
+    empty is not called loaded.
     """
     negatives = np.sort([r.anomaly_score for r in records if not r.has_anomaly])
     empties = np.sort([r.not_empty_score for r in records
@@ -168,7 +169,10 @@ def choose_thresholds(records: Sequence[ScanRecord], *, target_false_alarm: floa
     if ne is None:
         not_empty = 0.5
     elif loaded.size and float(loaded[0]) > ne + 1.0 / 256.0:
-        mid = (_logit(ne) + _logit(float(loaded[0]))) / 2.0
+        # A confident model saturates loaded boxes at 1.0: cap that side at 0.99 so the threshold
+        # stays where a partly loaded box (scoring below a full one) still reaches it.
+        mid = (_logit(ne) + _logit(min(float(loaded[0]), 0.99))) / 2.0
+        _log.info("not-empty groups separate: highest allowed empty %.4f, lowest loaded %.4f", ne, loaded[0])
         not_empty = clamp(1.0 / (1.0 + float(np.exp(-mid))), 0.05)
     else:
         not_empty = clamp(ne + 1.0 / 256.0, 0.05)

@@ -69,7 +69,7 @@ class TrainOptions:
     batch: int = 16
     learning_rate: float = 2e-3
     out_dir: Path = Path(__file__).resolve().parent.parent / "models"
-    version: str = "1.0.0"
+    version: str = "1.1.0"
     cache_dir: Path | None = Path(tempfile.gettempdir()) / "smartgate-train-cache"
     samples: list[Path] = field(default_factory=list)
     field_holdout: float = 0.2
@@ -304,21 +304,27 @@ def _calibrate(model_path: Path, spec: ModelSpec, opts: TrainOptions,
     )
 
     reviewer = Reviewer(model_path, num_threads=1)
-    records = collect_synthetic(reviewer, "val", opts.seed, opts.val_scans)
+    mixture = collect_synthetic(reviewer, "val", opts.seed, opts.val_scans)
+    mixture += collect_field(reviewer, field_val)
     # Declared-empty boxes are a small share of the mixture: more of them, truly empty and
-    # loaded in turn, so the not-empty threshold rests on enough boxes.
-    records += collect_synthetic(reviewer, "val_empty", opts.seed, opts.val_empty_scans,
-                                 kinds=("empty", "misdeclared_empty"))
-    records += collect_field(reviewer, field_val)
-    suspect, not_empty = choose_thresholds(records, target_false_alarm=opts.target_false_alarm,
-                                           target_false_not_empty=opts.target_false_not_empty)
-    metrics = compute_metrics(records, suspect, not_empty, spec.labels)
+    # loaded in turn, so the not-empty threshold rests on enough boxes. They are kept out of the
+    # suspect threshold: extra easy anomaly-free scans would dilute the false-alarm rate.
+    empties = collect_synthetic(reviewer, "val_empty", opts.seed, opts.val_empty_scans,
+                                kinds=("empty", "misdeclared_empty"))
+    suspect, _ = choose_thresholds(mixture, target_false_alarm=opts.target_false_alarm,
+                                   target_false_not_empty=opts.target_false_not_empty)
+    _, not_empty = choose_thresholds(mixture + empties, target_false_alarm=opts.target_false_alarm,
+                                     target_false_not_empty=opts.target_false_not_empty)
+    records = mixture + empties
+    metrics = compute_metrics(mixture, suspect, not_empty, spec.labels)
+    metrics["declared_empty"] = compute_metrics(records, suspect, not_empty, spec.labels)["declared_empty"]
     _log.info("calibrated on %d validation scans: suspect %.3f, not_empty %.3f", len(records), suspect, not_empty)
     thresholds = spec.thresholds.model_copy(update={"suspect": suspect, "not_empty": not_empty,
                                                     "region": round(suspect * 0.6, 4)})
     training = dict(spec.training)
     training["calibration"] = (
-        f"suspect = lowest value with <= {opts.target_false_alarm:.1%} false-alarm scans; not_empty = "
+        f"suspect = lowest value with <= {opts.target_false_alarm:.1%} false-alarm scans (mixture only); "
+        "not_empty = "
         f"above the <= {opts.target_false_not_empty:.1%} false 'not empty' bound, halfway (logit) to the "
         f"lowest loaded declared-empty box when they separate; on {len(records)} validation scans "
         f"({opts.val_scans} 'random' mixture + {opts.val_empty_scans} declared empty, splits 'val' and "
