@@ -63,7 +63,7 @@ bench: $(STAMP)
 
 # The training toolchain (TensorFlow) lives in its own venv so the runtime venv keeps its
 # numpy/OpenCV/LiteRT versions. `make model` regenerates the shipped model from SEED (about
-# 20 min on 2 cores), then measures it with LiteRT on 2000 held-out scans and redraws docs/img/.
+# 30 min on 2 cores), then measures it with LiteRT on 2000 held-out scans and redraws docs/img/.
 TRAIN_VENV  ?= .venv-train
 TRAIN_STAMP := $(TRAIN_VENV)/.installed-train
 SEED        ?= 7
