@@ -488,6 +488,11 @@ class StorageConfig(_Section):
         return self.state_dir / "notices.sqlite3"
 
     @property
+    def lane_modes_path(self) -> Path:
+        """Lanes the hub closed or put in manual (kept across restarts until ``lane.mode auto``)."""
+        return self.state_dir / "lane_modes.json"
+
+    @property
     def replay_path(self) -> Path:
         """Request ids of hub commands seen in the replay window (survives restarts)."""
         return self.state_dir / "replay.sqlite3"

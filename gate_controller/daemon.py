@@ -37,6 +37,7 @@ from gate_controller.decider import GateDecider
 from gate_controller.errors import ConfigError
 from gate_controller.hub import BirthInfo, HubLink
 from gate_controller.lane import Lane
+from gate_controller.lane_modes import LaneModeStore
 from gate_controller.logs import bind, configure_logging
 from gate_controller.notices import NoticeStore
 from gate_controller.outbox import Outbox
@@ -99,6 +100,7 @@ class GateDaemon:
         self.hub: HubLink | None = None
         self.decider: GateDecider | None = None
         self.reviewer: ReviewWorker | None = None
+        self._lane_modes: LaneModeStore | None = None
 
     # ------------------------------------------------------------------ run
 
@@ -129,9 +131,12 @@ class GateDaemon:
                               preview_max_width=config.inference.preview_max_width)
         self.decider = decider
         buses = PlcBusRegistry()
+        self._lane_modes = LaneModeStore(config.storage.lane_modes_path)
+        hub_modes = await asyncio.to_thread(self._lane_modes.load, [lane.id for lane in config.lanes])
         for lane_config in config.lanes:
             lane = Lane(lane_config, site=config.site, gate=config.gate, decider=decider,
-                        journal=outbox, healthy=self._pipeline_healthy, buses=buses)
+                        journal=outbox, healthy=self._pipeline_healthy, buses=buses,
+                        hub_mode=hub_modes[lane_config.id])
             self._lanes[lane.id] = lane
             for name in lane_config.links:
                 self._link_lane[name] = lane.id
@@ -333,7 +338,12 @@ class GateDaemon:
         await self._lane(lane).barrier_command(action=action, reason=reason, operator=operator)
 
     async def lane_mode_command(self, *, lane: str, mode: Literal["auto", "manual", "closed"]) -> None:
-        await self._lane(lane).set_mode(mode)
+        target = self._lane(lane)
+        try:
+            await target.set_mode(mode)
+        finally:  # what the lane holds now, also when it refused part of the change
+            if self._lane_modes is not None:
+                await asyncio.to_thread(self._lane_modes.save, lane, target.hub_mode)
 
     async def reload_config(self) -> None:
         await self.reload()

@@ -331,6 +331,11 @@ class Lane:
             return
         await self._call(lambda: self._reload(config))
 
+    @property
+    def hub_mode(self) -> HubMode:
+        """The mode the hub last set with ``lane.mode`` (auto, manual or closed)."""
+        return self._hub_mode
+
     def snapshot(self) -> LaneSnapshot:
         image = self._driver.image if self._link_up else None
         mode = self._mode

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +17,8 @@ import yaml
 from gate_controller.control import read_status
 from gate_controller.demo import SimulatedGate
 from gate_controller.doctor import run_checks
-from tests.support.broker import MosquittoBroker, mosquitto_available
+from gate_controller.hub_tools import HubClient
+from tests.support.broker import HUB_USER, MosquittoBroker, mosquitto_available
 from tests.support.configs import ROOT
 from tests.support.gate import daemon_log, gate_config, simulated_gate
 
@@ -125,6 +128,60 @@ async def _status_reload_shutdown(tmp_path: Path, broker: MosquittoBroker) -> No
         assert gate.statuses[0]["state"] == "online"
         assert gate.statuses[-1]["state"] == "offline"
         assert gate.statuses[-1]["reason"] == "shutdown"
+
+
+def test_hub_lane_mode_survives_a_restart(tmp_path: Path, broker: MosquittoBroker) -> None:
+    asyncio.run(_lane_mode_restart(tmp_path, broker))
+
+
+async def _wait_status(gate: SimulatedGate, predicate: Any, what: str, timeout_s: float = 40.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            status = await asyncio.to_thread(read_status, gate.config.control.socket_path, 1.0)
+            if predicate(status):
+                return status
+        except (OSError, ValueError, KeyError):
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: last status {status.get('lanes')}\n{daemon_log(gate)}")
+
+
+async def _lane_mode_restart(tmp_path: Path, broker: MosquittoBroker) -> None:
+    assert broker.tls is not None
+
+    def ready(mode: str, hub_mode: str) -> Any:
+        return lambda s: (s["hub"]["connected"] and s["lanes"]["L1"]["mode"] == mode
+                          and s["lanes"]["L1"]["hub_mode"] == hub_mode)
+
+    async with simulated_gate(tmp_path, broker, lanes=1) as gate:
+        site, gate_id = gate.config.site, gate.config.gate
+        modes_file = gate.config.storage.lane_modes_path
+        await _wait_status(gate, ready("automatic", "auto"), "lane automatic")
+        with HubClient(broker.url, username=HUB_USER[0], password=HUB_USER[1],
+                       ca_file=str(broker.tls.ca_file)) as client:
+            reply = await asyncio.to_thread(client.command, site, gate_id, "lane.mode",
+                                            {"lane": "L1", "mode": "closed"}, key=gate.key)
+            assert reply is not None
+            assert reply["ok"] is True, reply
+            await _wait_status(gate, ready("closed", "closed"), "lane closed by the hub")
+            assert json.loads(modes_file.read_text()) == {"L1": "closed"}
+
+            # Killed (power loss) and started again: the lane is still closed.
+            await gate.stop_daemon(signal.SIGKILL)
+            await gate.start_daemon()
+            await _wait_status(gate, ready("closed", "closed"), "lane still closed after a restart")
+
+            # The hub reopens it; that too survives a restart.
+            reply = await asyncio.to_thread(client.command, site, gate_id, "lane.mode",
+                                            {"lane": "L1", "mode": "auto"}, key=gate.key)
+            assert reply is not None
+            assert reply["ok"] is True, reply
+            assert json.loads(modes_file.read_text()) == {}
+            assert await gate.stop_daemon() == 0
+            await gate.start_daemon()
+            await _wait_status(gate, ready("automatic", "auto"), "lane automatic after the second restart")
 
 
 def test_doctor_against_the_simulated_gate(tmp_path: Path, broker: MosquittoBroker) -> None:
