@@ -473,7 +473,7 @@ class InferenceConfig(_Section):
 
 class StorageConfig(_Section):
     state_dir: FilePath = Path("/var/lib/smartgate")
-    """Outbox, notice store, sequence counters, scan archive and labelled samples live here."""
+    """Outbox, notice store, sequence counters, hub lane modes, scan archive and labelled samples live here."""
     archive_scans: bool = True
     """Keep received scans on disk (for scan.fetch and inspection feedback)."""
     archive_max_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
