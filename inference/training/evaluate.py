@@ -38,8 +38,11 @@ __all__ = [
     "collect_field",
     "collect_synthetic",
     "compute_metrics",
+    "declared_empty_metrics",
+    "not_empty_threshold",
     "plot_roc",
     "score_scan",
+    "suspect_threshold",
 ]
 
 _log = logging.getLogger(__name__)
@@ -136,47 +139,53 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1.0 - p)))
 
 
-def choose_thresholds(records: Sequence[ScanRecord], *, target_false_alarm: float = 0.01,
-                      target_false_not_empty: float = 0.005) -> tuple[float, float]:
-    """Thresholds (suspect, not_empty) from validation records.
+def _bound(values: Sequence[float], target: float) -> float | None:
+    """The (allowed+1)-th highest value, allowed = the share ``target`` of them: a threshold must
+    lie above it for at most that share to reach it. None without values."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    if ordered.size == 0:
+        return None
+    allowed = int(np.floor(target * ordered.size))
+    return float(ordered[ordered.size - 1 - allowed]) if allowed < ordered.size else 0.0
 
-    suspect: the lowest (most sensitive) value whose false-alarm rate on anomaly-free scans stays
-    within target. not_empty: the false-"not empty" target bounds it from below; when the loaded
-    declared-empty boxes all score higher than that bound (the two groups separate), the
-    threshold goes halfway between the groups in logit space (loaded scores capped at 0.99)
-    rather than hugging the empty side, so a box slightly fuller-looking than any validation
-    empty is not called loaded.
-    """
-    negatives = np.sort([r.anomaly_score for r in records if not r.has_anomaly])
-    empties = np.sort([r.not_empty_score for r in records
-                       if r.declared == "empty" and r.not_empty_truth is False])
-    loaded = np.sort([r.not_empty_score for r in records
-                      if r.declared == "empty" and r.not_empty_truth is True])
 
-    def bound(values: np.ndarray[Any, Any], target: float) -> float | None:
-        """The (allowed+1)-th highest value: the threshold must lie above it."""
-        if values.size == 0:
-            return None
-        allowed = int(np.floor(target * values.size))
-        return float(values[values.size - 1 - allowed]) if allowed < values.size else 0.0
+def _clamp(t: float, floor: float) -> float:
+    return float(min(max(t, floor), 0.99))
 
-    def clamp(t: float, floor: float) -> float:
-        return float(min(max(t, floor), 0.99))
 
-    fa = bound(negatives, target_false_alarm)
-    suspect = 0.5 if fa is None else clamp(fa + 1.0 / 256.0, 0.05)
-    ne = bound(empties, target_false_not_empty)
+def suspect_threshold(records: Sequence[ScanRecord], target_false_alarm: float) -> float:
+    """The lowest (most sensitive) value whose false-alarm rate on anomaly-free scans stays within
+    target (0.5 without any anomaly-free scan)."""
+    fa = _bound([r.anomaly_score for r in records if not r.has_anomaly], target_false_alarm)
+    return 0.5 if fa is None else _clamp(fa + 1.0 / 256.0, 0.05)
+
+
+def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: float) -> float:
+    """The declared-empty threshold: the false-"not empty" target bounds it from below; when the
+    loaded declared-empty boxes all score higher than that bound (the two groups separate), it
+    goes halfway between the groups in logit space (loaded scores capped at 0.99) rather than
+    hugging the empty side, so a box slightly fuller-looking than any validation empty is not
+    called loaded. 0.5 without any empty declared-empty box."""
+    declared = [r for r in records if r.declared == "empty"]
+    ne = _bound([r.not_empty_score for r in declared if r.not_empty_truth is False], target_false_not_empty)
+    loaded = [r.not_empty_score for r in declared if r.not_empty_truth is True]
     if ne is None:
-        not_empty = 0.5
-    elif loaded.size and float(loaded[0]) > ne + 1.0 / 256.0:
+        return 0.5
+    lowest_loaded = min(loaded, default=None)
+    if lowest_loaded is not None and lowest_loaded > ne + 1.0 / 256.0:
         # A confident model saturates loaded boxes at 1.0: cap that side at 0.99 so the threshold
         # stays where a partly loaded box (scoring below a full one) still reaches it.
-        mid = (_logit(ne) + _logit(min(float(loaded[0]), 0.99))) / 2.0
-        _log.info("not-empty groups separate: highest allowed empty %.4f, lowest loaded %.4f", ne, loaded[0])
-        not_empty = clamp(1.0 / (1.0 + float(np.exp(-mid))), 0.05)
-    else:
-        not_empty = clamp(ne + 1.0 / 256.0, 0.05)
-    return suspect, not_empty
+        mid = (_logit(ne) + _logit(min(lowest_loaded, 0.99))) / 2.0
+        _log.info("not-empty groups separate: highest allowed empty %.4f, lowest loaded %.4f", ne, lowest_loaded)
+        return _clamp(1.0 / (1.0 + float(np.exp(-mid))), 0.05)
+    return _clamp(ne + 1.0 / 256.0, 0.05)
+
+
+def choose_thresholds(records: Sequence[ScanRecord], *, target_false_alarm: float = 0.01,
+                      target_false_not_empty: float = 0.005) -> tuple[float, float]:
+    """(`suspect_threshold`, `not_empty_threshold`) of the same records."""
+    return (suspect_threshold(records, target_false_alarm),
+            not_empty_threshold(records, target_false_not_empty))
 
 
 def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: float,
@@ -193,10 +202,6 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
             "label_accuracy": round(np.mean([o["predicted"] == label for o in detected]), 4) if detected else None,
         }
     false_alarm = _rate([r.anomaly_score for r in negatives], suspect)
-    declared_empty = [r for r in records if r.declared == "empty" and r.not_empty_truth is not None]
-    correct = [(r.not_empty_score >= not_empty) == r.not_empty_truth for r in declared_empty]
-    truly_empty = [r for r in declared_empty if r.not_empty_truth is False]
-    loaded = [r for r in declared_empty if r.not_empty_truth is True]
     latencies = np.array([r.latency_ms for r in records]) if records else np.zeros(1)
     return {
         "scans": len(records),
@@ -206,16 +211,25 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
         "false_alarm_scan_rate": round(false_alarm, 4),
         "false_regions_per_clean_scan": round(float(np.mean([
             sum(s >= suspect for s in r.false_region_scores) for r in negatives])), 4) if negatives else None,
-        "declared_empty": {
-            "scans": len(declared_empty),
-            "accuracy": round(float(np.mean(correct)), 4) if correct else None,
-            "false_not_empty_rate": round(_rate([r.not_empty_score for r in truly_empty], not_empty), 4),
-            "loaded_detected_rate": round(_rate([r.not_empty_score for r in loaded], not_empty), 4),
-            "truly_empty": len(truly_empty),
-            "loaded": len(loaded),
-        },
+        "declared_empty": declared_empty_metrics(records, not_empty),
         "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
                        "p95": round(float(np.percentile(latencies, 95)), 2)},
+    }
+
+
+def declared_empty_metrics(records: Sequence[ScanRecord], not_empty: float) -> dict[str, Any]:
+    """Declared-empty verification figures of the records at threshold ``not_empty``."""
+    declared_empty = [r for r in records if r.declared == "empty" and r.not_empty_truth is not None]
+    correct = [(r.not_empty_score >= not_empty) == r.not_empty_truth for r in declared_empty]
+    truly_empty = [r for r in declared_empty if r.not_empty_truth is False]
+    loaded = [r for r in declared_empty if r.not_empty_truth is True]
+    return {
+        "scans": len(declared_empty),
+        "accuracy": round(float(np.mean(correct)), 4) if correct else None,
+        "false_not_empty_rate": round(_rate([r.not_empty_score for r in truly_empty], not_empty), 4),
+        "loaded_detected_rate": round(_rate([r.not_empty_score for r in loaded], not_empty), 4),
+        "truly_empty": len(truly_empty),
+        "loaded": len(loaded),
     }
 
 

@@ -85,6 +85,17 @@ def _holdout(sample: FieldSample, fraction: float) -> bool:
     return int.from_bytes(digest[:4], "big") / 2**32 < fraction
 
 
+def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[FieldSample]]:
+    """The field samples of ``opts.samples``: (for training, held out for calibration), split
+    by file-name hash so every run and `recalibrate` hold out the same ones."""
+    train: list[FieldSample] = []
+    held_out: list[FieldSample] = []
+    for directory in opts.samples:
+        for sample in load_field_samples(directory):
+            (held_out if _holdout(sample, opts.field_holdout) else train).append(sample)
+    return train, held_out
+
+
 class _Batches:
     """Random tiles of the synthetic set (70 % centred on an object when the scan has one)."""
 
@@ -170,14 +181,8 @@ def train(opts: TrainOptions) -> Path:
     data = build_synthetic_set("train", opts.seed, opts.scans, g, cache_dir=opts.cache_dir, workers=opts.workers)
     gen_s = time.monotonic() - started
     _log.info("training set: %d scans, %d model columns (%.0f s)", len(data), int(data.widths.sum()), gen_s)
-    field_train: list[Example] = []
-    field_val: list[FieldSample] = []
-    for directory in opts.samples:
-        for sample in load_field_samples(directory):
-            if _holdout(sample, opts.field_holdout):
-                field_val.append(sample)
-            else:
-                field_train.append(field_example(sample, g))
+    field_samples, field_val = _split_field_samples(opts)
+    field_train: list[Example] = [field_example(sample, g) for sample in field_samples]
     if opts.samples:
         _log.info("field samples: %d for training, %d held out for calibration", len(field_train), len(field_val))
 
@@ -297,10 +302,12 @@ def _calibrate(model_path: Path, spec: ModelSpec, opts: TrainOptions,
     """Pick thresholds on the validation split (never the test split) with the int8 model in LiteRT."""
     from inference.reviewer import Reviewer
     from inference.training.evaluate import (
-        choose_thresholds,
         collect_field,
         collect_synthetic,
         compute_metrics,
+        declared_empty_metrics,
+        not_empty_threshold,
+        suspect_threshold,
     )
 
     reviewer = Reviewer(model_path, num_threads=1)
@@ -311,13 +318,11 @@ def _calibrate(model_path: Path, spec: ModelSpec, opts: TrainOptions,
     # suspect threshold: extra easy anomaly-free scans would dilute the false-alarm rate.
     empties = collect_synthetic(reviewer, "val_empty", opts.seed, opts.val_empty_scans,
                                 kinds=("empty", "misdeclared_empty"))
-    suspect, _ = choose_thresholds(mixture, target_false_alarm=opts.target_false_alarm,
-                                   target_false_not_empty=opts.target_false_not_empty)
-    _, not_empty = choose_thresholds(mixture + empties, target_false_alarm=opts.target_false_alarm,
-                                     target_false_not_empty=opts.target_false_not_empty)
     records = mixture + empties
+    suspect = suspect_threshold(mixture, opts.target_false_alarm)
+    not_empty = not_empty_threshold(records, opts.target_false_not_empty)
     metrics = compute_metrics(mixture, suspect, not_empty, spec.labels)
-    metrics["declared_empty"] = compute_metrics(records, suspect, not_empty, spec.labels)["declared_empty"]
+    metrics["declared_empty"] = declared_empty_metrics(records, not_empty)
     _log.info("calibrated on %d validation scans: suspect %.3f, not_empty %.3f", len(records), suspect, not_empty)
     thresholds = spec.thresholds.model_copy(update={"suspect": suspect, "not_empty": not_empty,
                                                     "region": round(suspect * 0.6, 4)})
@@ -341,9 +346,7 @@ def recalibrate(model_path: Path, opts: TrainOptions) -> ModelSpec:
     from inference.model_spec import load_spec, metadata_path_for
 
     spec = load_spec(metadata_path_for(model_path))
-    field_val = [s for d in opts.samples for s in load_field_samples(d) if _holdout(s, opts.field_holdout)]
-    spec = _calibrate(model_path, spec, opts, field_val)
-    metrics = {k: v for k, v in (spec.metrics or {}).items() if k != "test"}
-    spec = spec.model_copy(update={"metrics": metrics})
+    _, field_val = _split_field_samples(opts)
+    spec = _calibrate(model_path, spec, opts, field_val)  # metrics: the new validation figures only
     _write_spec(model_path, spec)
     return spec
