@@ -108,13 +108,18 @@ def _air_level(small: npt.NDArray[np.uint16], norm: NormalizationSpec) -> float:
     return max(float(np.partition(sample, k)[k]), norm.air_floor_fraction * 65535.0)
 
 
-def _attenuation(scan: Scan, channel: int, width: int, rows: int, norm: NormalizationSpec, *,
-                 out: FloatArray) -> None:
-    """``out[:, :width] = max(ln(I_air) - ln(I), 0)`` of one channel, resampled."""
+def _resampled(scan: Scan, channel: int, width: int, rows: int) -> npt.NDArray[np.uint16]:
+    """One channel on the 16-bit scale, resampled to ``rows x width``."""
     plane: npt.NDArray[Any] = scan.pixels[channel]
     if scan.bits == 8:  # one path for both depths: widen to the 16-bit scale
         plane = plane.astype(np.uint16) * np.uint16(257)
-    small = _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
+    return _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
+
+
+def _attenuation(scan: Scan, channel: int, width: int, rows: int, norm: NormalizationSpec, *,
+                 out: FloatArray) -> None:
+    """``out[:, :width] = max(ln(I_air) - ln(I), 0)`` of one channel, resampled."""
+    small = _resampled(scan, channel, width, rows)
     air = _air_level(small, norm)
     dst = out[:, :width]
     np.subtract(np.float32(np.log(air)), np.take(_log_lut(), small), out=dst)
@@ -192,10 +197,7 @@ def _log_clipped(scan: Scan, channel: int, width: int, padded: int, rows: int, *
     Clipping the intensity at the air level before the log is the same as clipping the
     attenuation at zero afterwards, and saves a pass.
     """
-    plane: npt.NDArray[Any] = scan.pixels[channel]
-    if scan.bits == 8:
-        plane = plane.astype(np.uint16) * np.uint16(257)
-    small = _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
+    small = _resampled(scan, channel, width, rows)
     air = _air_level(small, norm)
     clipped = np.empty((rows, padded), dtype=np.float32)
     clipped[:, width:] = air  # padding is air
