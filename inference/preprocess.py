@@ -109,11 +109,13 @@ def _air_level(small: npt.NDArray[np.uint16], norm: NormalizationSpec) -> float:
 
 
 def _resampled(scan: Scan, channel: int, width: int, rows: int) -> npt.NDArray[np.uint16]:
-    """One channel on the 16-bit scale, resampled to ``rows x width``."""
+    """One channel on the 16-bit scale, resampled to ``rows x width``: an array of its own, which
+    callers may modify in place (never the scan's pixels, even when no resampling is needed)."""
     plane: npt.NDArray[Any] = scan.pixels[channel]
     if scan.bits == 8:  # one path for both depths: widen to the 16-bit scale
         plane = plane.astype(np.uint16) * np.uint16(257)
-    return _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
+    small = _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
+    return small.copy() if np.may_share_memory(small, scan.pixels) else small
 
 
 def _attenuation(scan: Scan, channel: int, width: int, rows: int, norm: NormalizationSpec, *,

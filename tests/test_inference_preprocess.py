@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from inference.model_spec import InputSpec, QuantizationSpec
-from inference.preprocess import normalize_scan, prepare_quantized, prepare_scan, quantize, tile_offsets
+from inference.preprocess import (
+    PreparedScan,
+    normalize_scan,
+    prepare_quantized,
+    prepare_scan,
+    quantize,
+    tile_offsets,
+)
+from inference.scan import Scan
 from inference.synthetic import generate_scan
 from inference.training.geometry import Geometry
 
@@ -57,3 +66,15 @@ def test_tile_offsets_cover_and_align() -> None:
         assert offsets[-1] == width - 256
         assert all(o % 8 == 0 for o in offsets)
         assert all(b - a <= 256 - 32 + 8 for a, b in itertools.pairwise(offsets))
+
+
+@pytest.mark.parametrize("prepare", [prepare_quantized, prepare_scan])
+def test_a_scan_already_at_the_model_pitch_is_left_untouched(prepare: Callable[..., PreparedScan]) -> None:
+    # 256 rows at 12.5 mm per column: nothing to resample, so the resampled plane would be the
+    # scan's own pixels; preparing must still never write into them.
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 65535, size=(2, G.rows, 600), dtype=np.uint16)
+    scan = Scan(pixels=pixels.copy(), scan_id="AT-PITCH", bits=16, pixel_mm=G.column_mm)
+    prepared = prepare(scan, INP, G.normalization(), G.overlap, G.stride)
+    assert prepared.width == 600
+    assert np.array_equal(scan.pixels, pixels)
