@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from gate_controller.atomic import write_atomic
 from gate_controller.errors import ArchiveError
 from gate_controller.timestamps import WallClock, utc_now, utc_timestamp
 from inference.errors import ScanFormatError
@@ -47,18 +48,6 @@ def _checked(name: str, what: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ArchiveError(f"{what} {name!r} is not a valid id")
     return name
-
-
-def _write_atomic(path: Path, data: bytes, *, durable: bool) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file; ``durable``
-    also fsyncs (samples are the only copy of a finding; transaction copies are a convenience)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 class ScanArchive:
@@ -112,7 +101,7 @@ class ScanArchive:
         transaction_id = _checked(str(record.get("transaction_id")), "transaction id")
         data = json.dumps(dict(record), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         path = self.transactions_dir / f"{transaction_id}.json"
-        _write_atomic(path, data, durable=False)
+        write_atomic(path, data, durable=False)
         with self._lock:
             self._add(len(data))
         self.prune()
@@ -174,7 +163,7 @@ class ScanArchive:
             # Training reads one declaration per scan; absent, it falls back to the scan's own.
             sample["declared"] = common
         meta_path = self.samples_dir / f"{stem}.json"
-        _write_atomic(meta_path, json.dumps(sample, indent=1, ensure_ascii=False).encode("utf-8"), durable=True)
+        write_atomic(meta_path, json.dumps(sample, indent=1, ensure_ascii=False).encode("utf-8"), durable=True)
         logger.info("labelled sample %s stored: %s %s", stem, finding, ",".join(labels))
         return meta_path
 

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final, cast
+from typing import Final, cast, get_args
 
+from gate_controller.atomic import write_atomic
 from gate_controller.lane import HubMode
 
 __all__ = ["HUB_MODES", "LaneModeStore"]
 
 log = logging.getLogger(__name__)
 
-HUB_MODES: Final = ("auto", "manual", "closed")
+HUB_MODES: Final[tuple[str, ...]] = get_args(HubMode)
 
 
 class LaneModeStore:
@@ -69,15 +69,5 @@ class LaneModeStore:
         if self._modes.get(lane) == mode and self.path.exists():
             return
         self._modes[lane] = mode
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = json.dumps({k: v for k, v in sorted(self._modes.items()) if v != "auto"}, indent=1) + "\n"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, data.encode("utf-8"), durable=True)
