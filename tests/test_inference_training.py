@@ -17,7 +17,7 @@ from inference.training.dataset import (
     split_seed,
     synthetic_example,
 )
-from inference.training.evaluate import ScanRecord, choose_thresholds, compute_metrics
+from inference.training.evaluate import ScanRecord, compute_metrics, not_empty_threshold, suspect_threshold
 from inference.training.geometry import Geometry
 
 G = Geometry()
@@ -106,7 +106,7 @@ def test_threshold_choice_and_metrics() -> None:
     empties = [_rec(0.0, False, ne, False, "empty") for ne in np.linspace(0.0, 0.3, 100)]
     loaded = [_rec(0.0, False, ne, True, "empty") for ne in np.linspace(0.4, 1.0, 20)]
     records = negatives + positives + empties + loaded
-    suspect, not_empty = choose_thresholds(records, target_false_alarm=0.02, target_false_not_empty=0.01)
+    suspect, not_empty = suspect_threshold(records, 0.02), not_empty_threshold(records, 0.01)
     m = compute_metrics(records, suspect, not_empty, ["weapon"])
     assert m["false_alarm_scan_rate"] <= 0.02
     assert m["declared_empty"]["false_not_empty_rate"] <= 0.01
@@ -119,7 +119,7 @@ def test_threshold_choice_and_metrics() -> None:
 def test_not_empty_threshold_when_the_groups_overlap() -> None:
     empties = [_rec(0.0, False, ne, False, "empty") for ne in np.linspace(0.0, 0.5, 101)]
     loaded = [_rec(0.0, False, ne, True, "empty") for ne in np.linspace(0.45, 1.0, 20)]
-    _, not_empty = choose_thresholds(empties + loaded, target_false_alarm=0.02, target_false_not_empty=0.01)
+    not_empty = not_empty_threshold(empties + loaded, 0.01)
     # Overlap: just above the empties allowed by the target (here the second highest, 0.495).
     assert not_empty == pytest.approx(0.495 + 1 / 256, abs=1e-6)
     m = compute_metrics(empties + loaded, 0.5, not_empty, ["weapon"])

@@ -34,7 +34,6 @@ from inference.training.dataset import FieldSample, split_seed
 
 __all__ = [
     "ScanRecord",
-    "choose_thresholds",
     "collect_field",
     "collect_synthetic",
     "compute_metrics",
@@ -179,13 +178,6 @@ def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: f
         _log.info("not-empty groups separate: highest allowed empty %.4f, lowest loaded %.4f", ne, lowest_loaded)
         return _clamp(1.0 / (1.0 + float(np.exp(-mid))), 0.05)
     return _clamp(ne + 1.0 / 256.0, 0.05)
-
-
-def choose_thresholds(records: Sequence[ScanRecord], *, target_false_alarm: float = 0.01,
-                      target_false_not_empty: float = 0.005) -> tuple[float, float]:
-    """(`suspect_threshold`, `not_empty_threshold`) of the same records."""
-    return (suspect_threshold(records, target_false_alarm),
-            not_empty_threshold(records, target_false_not_empty))
 
 
 def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: float,
