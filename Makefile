@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-dev
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck pytest venv deb-test bench model clean
+.PHONY: demo test lint imports typecheck pytest venv deb-test bench model clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install python3.11 and python3.11-venv (apt-get install python3.11 python3.11-venv)"; exit 1; }
@@ -44,6 +44,9 @@ deb-test:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check firmware_bridge inference gate_controller tests benchmarks
 
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
+
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy firmware_bridge inference gate_controller
 
@@ -53,6 +56,7 @@ pytest: $(STAMP) deb-test
 test: $(STAMP) deb-test
 	$(VENV)/bin/ruff check firmware_bridge inference gate_controller tests benchmarks
 	$(VENV)/bin/mypy firmware_bridge inference gate_controller
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 demo: $(VENV)/.installed-demo

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gate_controller.config import load_config  # noqa: E402
-from gate_controller.demo import SimulatedGate, _Broker, plan_trucks  # noqa: E402
-from gate_controller.hub_tools import HubClient  # noqa: E402
+from gate_controller.demo.gate import SimulatedGate, _Broker, plan_trucks  # noqa: E402
+from gate_controller.hub.hub_side import HubClient  # noqa: E402
 
 
 def free_port() -> int:

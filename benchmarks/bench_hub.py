@@ -36,8 +36,8 @@ if str(ROOT) not in sys.path:
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from gate_controller.hub import BirthInfo, HubLink  # noqa: E402
-from gate_controller.outbox import Outbox  # noqa: E402
+from gate_controller.hub.link import BirthInfo, HubLink  # noqa: E402
+from gate_controller.hub.outbox import Outbox  # noqa: E402
 from tests.support.broker import GATE_USER, MosquittoBroker  # noqa: E402
 from tests.support.hub import GATE, SITE, mqtt_config, transaction_record, write_key  # noqa: E402
 from tests.support.hub import ROOT as TOPIC_ROOT  # noqa: E402

@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     from gate_controller.config import load_config
-    from gate_controller.errors import ConfigError
+    from gate_controller.core.errors import ConfigError
 
     status = 0
     for path in args.paths:
@@ -68,7 +68,7 @@ def _show(args: argparse.Namespace) -> int:
     import yaml
 
     from gate_controller.config import load_config, redacted_dump
-    from gate_controller.errors import ConfigError
+    from gate_controller.core.errors import ConfigError
 
     try:
         config = load_config(args.path)
@@ -84,7 +84,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
-    from gate_controller.config_reference import reference_markdown
+    from gate_controller.config.reference import reference_markdown
 
     print(reference_markdown(), end="")
     return 0

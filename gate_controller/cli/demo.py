@@ -50,8 +50,8 @@ def _demo(args: argparse.Namespace) -> int:
     import sys
 
     from gate_controller.config import load_config
-    from gate_controller.demo import run_demo
-    from gate_controller.errors import ConfigError
+    from gate_controller.core.errors import ConfigError
+    from gate_controller.demo.gate import run_demo
 
     if args.trucks is not None and args.trucks < 1:
         print("--trucks must be at least 1", file=sys.stderr)

@@ -42,8 +42,8 @@ def _doctor(args: argparse.Namespace) -> int:
     import sys
 
     from gate_controller.config import load_config
-    from gate_controller.doctor import render, run_checks
-    from gate_controller.errors import ConfigError
+    from gate_controller.core.errors import ConfigError
+    from gate_controller.service.doctor import render, run_checks
 
     logging.basicConfig(level=logging.CRITICAL)
     try:

@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:
 
 def _client(args: argparse.Namespace, **kwargs: Any) -> Any:
     from gate_controller.config import read_secret
-    from gate_controller.hub_tools import HubClient
+    from gate_controller.hub.hub_side import HubClient
 
     password = None
     if args.password_file is not None:
@@ -111,7 +111,7 @@ def _client(args: argparse.Namespace, **kwargs: Any) -> Any:
 
 
 def _connect(args: argparse.Namespace, **kwargs: Any) -> Any:
-    from gate_controller.errors import ConfigError, HubConnectError
+    from gate_controller.core.errors import ConfigError, HubConnectError
 
     try:
         client = _client(args, **kwargs)
@@ -128,7 +128,7 @@ _QUIET_KINDS = ("telemetry", "preview", "image", "cmd")
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from gate_controller.hub_tools import describe
+    from gate_controller.hub.hub_side import describe
 
     client = _connect(args, reconnect=True)
     if isinstance(client, int):
@@ -142,7 +142,7 @@ def _watch(args: argparse.Namespace) -> int:
                 continue
             problems: list[str] = []
             if args.validate:
-                from gate_controller.hub_tools import contract_errors
+                from gate_controller.hub.hub_side import contract_errors
 
                 problems = contract_errors(message.topic, message.payload)
             if args.json:
@@ -168,7 +168,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 def _notice(args: argparse.Namespace) -> int:
     from gate_controller.config import read_secret
-    from gate_controller.errors import ConfigError, HubError
+    from gate_controller.core.errors import ConfigError, HubError
 
     if not args.delete and (args.status is None or args.key_file is None):
         print("smartgate hub notice: STATUS and --key-file are required (or use --delete)", file=sys.stderr)
@@ -215,7 +215,7 @@ def _parse_args(items: list[str]) -> dict[str, Any]:
 
 def _command(args: argparse.Namespace) -> int:
     from gate_controller.config import read_secret
-    from gate_controller.errors import ConfigError, HubError
+    from gate_controller.core.errors import ConfigError, HubError
 
     try:
         key = read_secret(args.key_file)

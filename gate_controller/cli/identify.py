@@ -53,12 +53,12 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gate_controller.identity import IdentitySettings
+    from gate_controller.decision.identity import IdentitySettings
 
     settings = IdentitySettings()
     if args.config:
         from gate_controller.config import load_config
-        from gate_controller.errors import ConfigError
+        from gate_controller.core.errors import ConfigError
 
         try:
             settings = load_config(args.config).policy.identity
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_lines(source: IO[str], sink: IO[str], *, settings: Any, explain: bool = False, group: bool = False) -> int:
     """Process JSON lines from ``source``; one output line per non-blank input line."""
-    from gate_controller.identity import identify, identify_containers, reads_from_json
+    from gate_controller.decision.identity import identify, identify_containers, reads_from_json
 
     status = 0
     for line in source:

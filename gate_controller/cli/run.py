@@ -33,6 +33,6 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gate_controller.daemon import run_daemon
+    from gate_controller.service.daemon import run_daemon
 
     return run_daemon(Path(args.config))

@@ -133,7 +133,7 @@ def _run_plc(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from gate_controller.sim.standalone import parse_travel, parse_units, serve_plc
+    from gate_controller.plc.sim.standalone import parse_travel, parse_units, serve_plc
 
     try:
         units = parse_units(args.units)

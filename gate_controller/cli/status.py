@@ -45,8 +45,8 @@ def _socket_path(args: argparse.Namespace) -> Path:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gate_controller.control import read_status
-    from gate_controller.errors import ConfigError
+    from gate_controller.core.errors import ConfigError
+    from gate_controller.service.control import read_status
 
     try:
         path = _socket_path(args)

@@ -15,7 +15,7 @@ from typing import Any
 
 from stdnum import iso6346
 
-from gate_controller.identity import ContainerIdentity, IdentityReason, OcrRead
+from gate_controller.decision.identity import ContainerIdentity, IdentityReason, OcrRead
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = b"site-command-key-for-tests"

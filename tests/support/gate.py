@@ -2,7 +2,7 @@
 
 The daemon runs as `python -m gate_controller run` with a generated config; its peers are a real
 mosquitto (TLS + password auth), virtual lane PLCs (real pymodbus servers) and virtual firmware
-devices (GFP/1 over TCP sockets). The traffic and the judging live in `gate_controller.demo` so
+devices (GFP/1 over TCP sockets). The traffic and the judging live in `gate_controller.demo.gate` so
 the demo and the tests exercise one path.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from gate_controller.config import load_config
-from gate_controller.demo import SimulatedGate
+from gate_controller.demo.gate import SimulatedGate
 from tests.support.broker import HUB_USER, MosquittoBroker, free_port
 
 COMMAND_KEY = b"e2e-site-command-key"

@@ -19,9 +19,9 @@ from typing import Any, Literal
 from ulid import ULID
 
 from gate_controller.config import MqttConfig
-from gate_controller.hub_tools import HubClient, ReceivedMessage, contract_errors
-from gate_controller.ports import CommandRefused
-from gate_controller.timestamps import utc_timestamp
+from gate_controller.core.ports import CommandRefused
+from gate_controller.core.timestamps import utc_timestamp
+from gate_controller.hub.hub_side import HubClient, ReceivedMessage, contract_errors
 from tests.support.broker import HUB_USER, MosquittoBroker
 
 __all__ = [

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gate_controller.config import MqttConfig
-from gate_controller.hub import BirthInfo, HubLink
-from gate_controller.outbox import Outbox
+from gate_controller.hub.link import BirthInfo, HubLink
+from gate_controller.hub.outbox import Outbox
 from tests.support.hub import GATE, ROOT, SITE, transaction_record
 
 

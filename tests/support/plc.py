@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gate_controller.config import LaneConfig
-from gate_controller.lane import Lane, Mode
-from gate_controller.plc import PlcBusRegistry
-from gate_controller.ports import DecisionOutcome, OcrObservation, PassageEvidence, ScanObservation
-from gate_controller.sim import PtyNullModem, VirtualLanePlc, VirtualPlcServer
+from gate_controller.core.ports import DecisionOutcome, OcrObservation, PassageEvidence, ScanObservation
+from gate_controller.lane.machine import Lane, Mode
+from gate_controller.plc.driver import PlcBusRegistry
+from gate_controller.plc.sim import PtyNullModem, VirtualLanePlc, VirtualPlcServer
 
 REASONS = {
     "release": ("ALL_RELEASED", "SCAN_CLEAR"),
@@ -44,7 +44,7 @@ class OffsetClock:
 
 
 PtyPair = PtyNullModem
-"""Two ptys joined like a null-modem cable (see gate_controller.sim.null_modem)."""
+"""Two ptys joined like a null-modem cable (see gate_controller.plc.sim.null_modem)."""
 
 
 @dataclass

@@ -1,0 +1,654 @@
+"""`smartgate demo`: the whole gate on one machine, trucks flowing through simulated lanes.
+
+It starts the peers the daemon would have on a real gate — a broker (the given one, a local
+mosquitto, or an embedded amqtt), one virtual lane PLC per lane and one virtual firmware device
+per link — then the real daemon (`smartgate run`) as a child process with the demo config, and
+plays the hub and the traffic: release notices for most containers (some on hold, some ordered for
+inspection, some never released), scans with concealed objects, a container declared empty that
+is not. One coordinator per lane moves each truck consistently through loops, scanner and
+barrier: it drives through when the lane released it and turns off to inspection otherwise.
+
+With ``--trucks N`` it stops once N transactions reached the broker and judges the run: every
+truck produced exactly one transaction (by ``msg_id``), ``seq`` has no gap, no barrier went up
+for a truck that was not released, and none came down onto a vehicle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from firmware_bridge.simulator.firmware import FirmwareSimulator
+from firmware_bridge.simulator.trucks import ContainerSpec, TruckSpec, random_container_number, random_plate
+from gate_controller.config import GateConfig, LaneConfig, read_secret
+from gate_controller.core.errors import HubError
+from gate_controller.hub.hub_side import HubClient
+from gate_controller.plc.sim.lane_plc import VirtualLanePlc
+from gate_controller.plc.sim.modbus_server import VirtualPlcServer
+from gate_controller.service.control import read_status
+
+__all__ = ["DemoResult", "DemoTruck", "SimulatedGate", "plan_trucks", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+_SAFE_CARGO = ("cartons", "bags", "bulk", "machinery", "drums", "mixed")
+
+
+@dataclass(frozen=True)
+class DemoTruck:
+    """One truck of the demo and what the hub says about its containers."""
+
+    index: int
+    lane: str
+    spec: TruckSpec
+    notices: tuple[tuple[str, str | None, str | None], ...]
+    """Per container: (number, notice status or None for "never released", declared)."""
+    story: str
+    """What this truck is meant to show (printed in the live view)."""
+
+
+@dataclass
+class DemoResult:
+    trucks: int = 0
+    transactions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: int = 0
+    duplicates: int = 0
+    seqs: list[int] = field(default_factory=list)
+    unsafe: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+
+    def seq_gaps(self) -> list[tuple[int, int]]:
+        ordered = sorted(set(self.seqs))
+        return [(a, b) for a, b in itertools.pairwise(ordered) if b != a + 1]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unsafe and not self.lost and not self.seq_gaps()
+
+
+def _cargo(rng: random.Random) -> str:
+    from inference.synthetic import CARGO_KINDS
+
+    kinds = [k for k in CARGO_KINDS if k != "empty"]
+    preferred = [k for k in kinds if any(k.startswith(p) for p in _SAFE_CARGO)]
+    return rng.choice(preferred or kinds)
+
+
+def plan_trucks(count: int, lanes: Sequence[str], *, seed: int = 7) -> list[DemoTruck]:
+    """A traffic mix that shows every kind of decision, deterministic for a seed."""
+    from inference.synthetic import ANOMALY_CLASSES
+
+    rng = random.Random(seed)
+    trucks: list[DemoTruck] = []
+    for i in range(count):
+        kind = i % 10
+        two = kind in (2, 6)
+        n = 2 if two else 1
+        numbers = [random_container_number(rng) for _ in range(n)]
+        length = 20 if two else rng.choice((20, 40))
+        anomalies: tuple[str, ...] = ()
+        statuses: list[str | None] = ["released"] * n
+        declared: list[str | None] = [None] * n
+        cargo: list[str | None] = [_cargo(rng) for _ in range(n)]
+        story = "released, clean scan"
+        if kind == 3:
+            statuses[0], story = "hold", "customs hold"
+        elif kind == 5:
+            statuses[0], story = "inspect", "inspection ordered"
+        elif kind == 7:
+            statuses[0], story = None, "no release notice"
+        elif kind == 8:
+            anomalies = (rng.choice(list(ANOMALY_CLASSES)),)
+            story = f"concealed {anomalies[0].replace('_', ' ')}"
+        elif kind == 4 and i == 4:
+            declared[0], story = "empty", "declared empty, carries cargo"
+        elif kind == 4:
+            declared[0], cargo[0], story = "empty", "empty", "declared empty, is empty"
+        elif two:
+            story = "2 x 20 ft, both released"
+        containers = tuple(
+            ContainerSpec(number=numbers[k], iso_type="22G1" if length == 20 else "42G1", length_ft=length,
+                          cargo=cargo[k], anomalies=anomalies if k == 0 else (), declared=declared[k])
+            for k in range(n)
+        )
+        spec = TruckSpec(plate=random_plate(rng), containers=containers, seed=seed * 1000 + i, ocr_quality=0.85)
+        trucks.append(DemoTruck(
+            index=i, lane=lanes[i % len(lanes)], spec=spec,
+            notices=tuple((numbers[k], statuses[k], declared[k]) for k in range(n)), story=story,
+        ))
+    return trucks
+
+
+# --------------------------------------------------------------------------- broker
+
+
+class _Broker:
+    """The demo's broker: a local mosquitto when installed, else an embedded amqtt."""
+
+    def __init__(self, host: str, port: int, workdir: Path) -> None:
+        self.host, self.port, self.workdir = host, port, workdir
+        self.kind = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._amqtt: Any = None
+
+    async def start(self) -> None:
+        exe = _mosquitto()
+        if exe:
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                "max_queued_messages 100000\nmax_inflight_messages 0\nlog_type error\n"
+            )
+            self._proc = await asyncio.create_subprocess_exec(
+                exe, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            self.kind = f"mosquitto ({exe})"
+        else:
+            try:
+                from amqtt.broker import Broker
+            except ImportError as err:
+                raise RuntimeError(
+                    "no MQTT broker: install Debian's mosquitto (apt-get install mosquitto) or the demo extra "
+                    "(pip install 'smartgate[demo]'), or pass --mqtt URL"
+                ) from err
+            self._amqtt = Broker({
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            })
+            await self._amqtt.start()
+            self.kind = "embedded amqtt"
+        await _wait_port(self.host, self.port, 10.0)
+
+    async def stop(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._proc.wait()
+            if self._proc.returncode is None:
+                self._proc.kill()
+                await self._proc.wait()
+        if self._amqtt is not None:
+            with contextlib.suppress(Exception):
+                await self._amqtt.shutdown()
+
+
+def _mosquitto() -> str | None:
+    """Debian installs the broker in /usr/sbin, which is not on every user's PATH."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+async def _wait_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s") from None
+            await asyncio.sleep(0.1)
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+
+# --------------------------------------------------------------------------- the show
+
+
+@dataclass
+class _LaneRig:
+    config: LaneConfig
+    plc: VirtualLanePlc
+    server: VirtualPlcServer
+    scanner: FirmwareSimulator | None
+    ocr: FirmwareSimulator
+    current: DemoTruck | None = None
+    done: int = 0
+
+
+class SimulatedGate:
+    """The simulated peers of one gate plus the real daemon as a child process, and the traffic.
+
+    The demo, the end-to-end tests and the latency benchmark all drive the daemon through this
+    class, so what they judge is one and the same path.
+    """
+
+    def __init__(self, config: GateConfig, config_path: Path, *, trucks: int | None, mqtt_url: str | None,
+                 headless: bool, speed: float, seed: int, out: TextIO,
+                 hub_options: dict[str, Any] | None = None, plc_travel_s: tuple[float, float] = (1.5, 3.0),
+                 plc_move_s: float = 0.6) -> None:
+        self.hub_options = dict(hub_options or {})
+        self.plc_travel_s = plc_travel_s
+        self.plc_move_s = plc_move_s
+        self.config = config
+        self.config_path = config_path
+        self.truck_limit = trucks
+        self.mqtt_url = mqtt_url or config.mqtt.url
+        self.headless = headless
+        self.speed = max(0.1, speed)
+        self.seed = seed
+        self.out = out
+        self.key = read_secret(config.mqtt.command_key_file, base_dir=config_path.resolve().parent)
+        self.rigs: dict[str, _LaneRig] = {}
+        self.result = DemoResult()
+        self.expect_delivery = True
+        """Whether each truck's transaction must reach the hub before the next (False while the hub is
+        deliberately cut off; the backlog is then judged after it returns)."""
+        self.events_seen: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        """Birth and death messages of the gate, in arrival order."""
+        self.recent: deque[dict[str, Any]] = deque(maxlen=12)
+        self.stories: dict[str, DemoTruck] = {}
+        self.status: dict[str, Any] = {}
+        self.hub: HubClient | None = None
+        self.daemon: asyncio.subprocess.Process | None = None
+        self.started = time.monotonic()
+        self.per_lane_tx: dict[str, int] = {}
+        self.stop = asyncio.Event()
+        self.log_path = config.storage.state_dir / "daemon.log"
+
+    def pause(self, seconds: float) -> float:
+        return seconds / self.speed
+
+    # -------------------------------------------------------------- setup
+
+    async def start_rigs(self) -> None:
+        for index, lane in enumerate(self.config.lanes):
+            plc = VirtualLanePlc(points=lane.plc.points, seed=self.seed + index, move_s=self.plc_move_s,
+                                 travel_s=self.plc_travel_s)
+            server = VirtualPlcServer({lane.plc.unit_id: plc})
+            await server.start_tcp(lane.plc.host or "127.0.0.1", lane.plc.port)
+            sims: list[FirmwareSimulator] = []
+            devices = ["combo"] if len(lane.links) == 1 else ["scanner", "ocr"] + ["ocr"] * (len(lane.links) - 2)
+            for name, device in zip(lane.links, devices, strict=True):
+                link = self.config.link(name)
+                sim = FirmwareSimulator(device=device, serial_no=f"SIM-{name}", seed=self.seed + len(sims) + 17 * index)
+                parts = urlsplit(link.url)
+                if parts.scheme != "socket" or parts.port is None:
+                    raise RuntimeError(f"demo links must be socket://127.0.0.1:PORT (link {name}: {link.url})")
+                await sim.serve_tcp(parts.hostname or "127.0.0.1", parts.port)
+                sims.append(sim)
+            scanner = sims[0] if devices[0] in ("scanner", "combo") else None
+            ocr = sims[0] if devices[0] == "combo" else sims[1]
+            self.rigs[lane.id] = _LaneRig(lane, plc, server, scanner, ocr)
+
+    async def start_daemon(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        self.daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gate_controller", "run", "-c", str(self.config_path),
+            stdout=log_file, stderr=log_file, env=env)
+        log_file.close()
+
+    async def stop_daemon(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
+        """Stop the daemon (SIGKILL to simulate a crash or power loss) and return its exit status."""
+        proc = self.daemon
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            proc.send_signal(sig)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        return proc.returncode
+
+    def connect_hub(self) -> HubClient:
+        hub = HubClient(self.mqtt_url, client_id=f"smartgate-demo-hub-{os.getpid()}", reconnect=True,
+                        topic_prefix=self.config.mqtt.topic_prefix, **self.hub_options)
+        hub.connect(timeout=15.0)
+        hub.subscribe(f"{self.config.root_topic}/#")
+        return hub
+
+    # -------------------------------------------------------------- hub side
+
+    async def pump_hub(self) -> None:
+        assert self.hub is not None
+        hub = self.hub
+        root = self.config.root_topic
+        while True:
+            message = await asyncio.to_thread(hub.receive, 0.2)
+            if message is None:
+                continue
+            if message.topic == f"{root}/transactions":
+                self._on_transaction(message.json())
+            elif message.topic == f"{root}/status" and message.payload:
+                body = message.json()
+                if isinstance(body, dict):
+                    self.statuses.append(body)
+            elif message.topic == f"{root}/events":
+                body = message.json()
+                self.result.events += 1
+                if isinstance(body, dict):
+                    self.events_seen.append(body)
+                if isinstance(body, dict) and isinstance(body.get("seq"), int):
+                    self.result.seqs.append(body["seq"])
+                    if self.headless and body.get("type") == "alarm":
+                        self._print(f"  event {body.get('code')} lane={body.get('lane')} "
+                                    f"active={body.get('active')} {json.dumps(body.get('detail'))[:90]}")
+
+    def _on_transaction(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        msg_id = str(body.get("msg_id"))
+        if msg_id in self.result.transactions:
+            self.result.duplicates += 1
+            return
+        self.result.transactions[msg_id] = body
+        if isinstance(body.get("seq"), int):
+            self.result.seqs.append(body["seq"])
+        lane = str(body.get("lane"))
+        self.per_lane_tx[lane] = self.per_lane_tx.get(lane, 0) + 1
+        decision = body.get("decision") or {}
+        if decision.get("action") != "release" and body.get("barrier") and decision.get("by") != "operator":
+            self.result.unsafe.append(f"transaction {body.get('transaction_id')}: barrier raised for "
+                                      f"{decision.get('action')}")
+        row = _summarize(body, self.stories)
+        self.recent.appendleft(row)
+        if self.headless:
+            self._print(_format_row(row))
+
+    # -------------------------------------------------------------- traffic
+
+    async def drive_lane(self, rig: _LaneRig, trucks: Sequence[DemoTruck]) -> None:
+        for truck in trucks:
+            if self.stop.is_set():
+                return
+            await self.drive_truck(rig, truck)
+
+    async def drive_truck(self, rig: _LaneRig, truck: DemoTruck) -> None:
+        assert self.hub is not None
+        hub = self.hub
+        for number, status, declared in truck.notices:
+            self.stories[number] = truck
+            if status is not None:
+                try:
+                    await asyncio.to_thread(hub.publish_notice, self.config.site, number, status, key=self.key,
+                                            declared=declared, ref=f"DEMO-{truck.index:04d}")
+                except HubError as err:
+                    # The hub cannot reach the broker either: the gate decides without this notice
+                    # (NOT_RELEASED), exactly as it would in the field.
+                    log.warning("notice for %s not published: %s", number, err)
+        rig.current = truck
+        before = self.per_lane_tx.get(rig.config.id, 0)
+        await self._wait_lane_idle(rig)
+        # A rise of the entry loop this soon after it fell is the gap between tractor and trailer to the
+        # lane, not a new vehicle: real trucks are never that close, so neither are simulated ones.
+        await asyncio.sleep(rig.config.timeouts.entry_gap_s + 0.2)
+        vehicle = await rig.plc.vehicle_arrives(payload=truck)
+        await asyncio.sleep(self.pause(0.5))
+        sends = [rig.ocr.pass_truck(truck.spec)]
+        if rig.scanner is not None and rig.scanner is not rig.ocr:
+            sends.append(rig.scanner.pass_truck(truck.spec))
+        await asyncio.gather(*sends)
+        await rig.plc.vehicle_to_stop_line(vehicle)
+        phase = await self._wait_decision(rig)
+        await asyncio.sleep(self.pause(0.8))
+        if phase in ("released", "passing"):
+            await rig.plc.vehicle_drives_through(vehicle, timeout_s=30.0)
+        else:
+            await rig.plc.vehicle_backs_out(vehicle)  # turns off to the inspection area
+        deadline = time.monotonic() + (60.0 if self.expect_delivery else 0.0)
+        while self.per_lane_tx.get(rig.config.id, 0) <= before and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # the hub task counts arrivals; a bounded poll keeps this simple
+        if self.expect_delivery and self.per_lane_tx.get(rig.config.id, 0) <= before:
+            self.result.lost.append(f"truck {truck.index} ({truck.spec.plate}) on {rig.config.id}: "
+                                    "no transaction within 60 s")
+        rig.done += 1
+        rig.current = None
+        await asyncio.sleep(self.pause(1.0))
+
+    async def _lane_status(self, lane_id: str) -> dict[str, Any]:
+        try:
+            status = await asyncio.to_thread(read_status, self.config.control.socket_path, 2.0)
+        except (OSError, ValueError, TypeError):
+            return {}
+        self.status = status
+        lane = (status.get("lanes") or {}).get(lane_id)
+        return lane if isinstance(lane, dict) else {}
+
+    async def _wait_lane_idle(self, rig: _LaneRig) -> None:
+        deadline = time.monotonic() + 120.0
+        while time.monotonic() < deadline:
+            lane = await self._lane_status(rig.config.id)
+            if lane.get("phase") == "idle" and lane.get("mode") == "automatic":
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"lane {rig.config.id} did not become idle and automatic within 120 s")
+
+    async def _wait_decision(self, rig: _LaneRig) -> str:
+        deadline = time.monotonic() + rig.config.timeouts.collect_s + rig.config.timeouts.decision_s + 30.0
+        while time.monotonic() < deadline:
+            lane = await self._lane_status(rig.config.id)
+            phase = str(lane.get("phase"))
+            if phase in ("released", "passing", "stopped") or lane.get("mode") not in (None, "automatic"):
+                return phase
+            await asyncio.sleep(0.05)
+        return "timeout"
+
+    # -------------------------------------------------------------- view
+
+    def _print(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    async def render_loop(self) -> None:
+        while True:
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                self.status = await asyncio.to_thread(read_status, self.config.control.socket_path, 2.0)
+            if not self.headless:
+                self.out.write("\x1b[H\x1b[2J" + self.render() + "\n")
+                self.out.flush()
+            await asyncio.sleep(0.5)
+
+    def render(self) -> str:
+        s = self.status
+        elapsed = time.monotonic() - self.started
+        done = len(self.result.transactions)
+        target = f"/{self.truck_limit}" if self.truck_limit else ""
+        lines = [
+            f"smartgate demo — site {self.config.site} gate {self.config.gate} — {elapsed:5.0f} s — "
+            f"transactions {done}{target} — events {self.result.events} — Ctrl-C to stop",
+            "",
+            "LANE  STATE        PLC   TRUCK                                      LINKS",
+        ]
+        lanes = s.get("lanes") or {}
+        links = s.get("links") or {}
+        for lane_id, rig in self.rigs.items():
+            lane = lanes.get(lane_id) or {}
+            truck = rig.current
+            link_text = " ".join(f"{n}:{'up' if (links.get(n) or {}).get('up') else 'DOWN'}"
+                                 for n in rig.config.links)
+            lines.append(
+                f"{lane_id:<5} {lane.get('state', '?')!s:<12} {'up' if lane.get('plc_connected') else 'DOWN':<5} "
+                f"{(truck.spec.plate + ' ' + truck.story) if truck else '-':<42} {link_text}"
+            )
+        hub = s.get("hub") or {}
+        backlog = s.get("backlog") or {}
+        inf = s.get("inference") or {}
+        lines += [
+            "",
+            f"hub {'connected' if hub.get('connected') else 'DISCONNECTED'}, backlog {backlog.get('pending', '?')}, "
+            f"reviews {inf.get('count', 0)} (p50 {inf.get('p50_ms')} ms, p95 {inf.get('p95_ms')} ms)",
+            "",
+            "TIME      LANE  PLATE     CONTAINERS                      SCAN         DECISION  REASONS"
+            "                                 BARRIER  SCAN→DEC",
+        ]
+        lines += [_format_row(row) for row in self.recent]
+        return "\n".join(lines)
+
+
+def _summarize(body: dict[str, Any], stories: dict[str, DemoTruck]) -> dict[str, Any]:
+    containers = body.get("containers") or []
+    scan = body.get("scan") or {}
+    inference = scan.get("inference") or {}
+    decision = body.get("decision") or {}
+    timings = body.get("timings_ms") or {}
+    numbers = [c.get("number") or "?" for c in containers]
+    story = next((stories[n].story for n in numbers if n in stories), "")
+    return {
+        "time": str(body.get("completed_at", ""))[11:19],
+        "lane": body.get("lane"),
+        "plate": (body.get("plate") or {}).get("text") or "-",
+        "containers": ",".join(numbers) or "-",
+        "verdict": f"{inference.get('verdict', '-')}" + ("" if scan.get("complete", True) else "/incomplete"),
+        "action": decision.get("action"),
+        "reasons": ",".join(decision.get("reasons") or []),
+        "barrier": "raised" if body.get("barrier") else "down",
+        "latency": timings.get("scan_end_to_decision"),
+        "story": story,
+    }
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    latency = f"{row['latency']} ms" if row.get("latency") is not None else "-"
+    return (f"{row['time']:<9} {row['lane']!s:<5} {row['plate']:<9} {row['containers']:<31} {row['verdict']:<12} "
+            f"{row['action']!s:<9} {row['reasons']:<39} {row['barrier']:<8} {latency:<8}  {row['story']}")
+
+
+async def run_demo(config: GateConfig, config_path: Path, *, trucks: int | None, mqtt_url: str | None,
+                   headless: bool, speed: float, seed: int, out: TextIO | None = None) -> int:
+    """Run the demo; with ``trucks`` return 0 only when nothing was lost and nothing unsafe happened."""
+    stream = out or sys.stdout
+    state_dir = config.storage.state_dir
+    for name in ("outbox.sqlite3", "notices.sqlite3", "replay.sqlite3"):
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                (state_dir / f"{name}{suffix}").unlink()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    demo = SimulatedGate(config, config_path, trucks=trucks, mqtt_url=mqtt_url, headless=headless, speed=speed,
+                         seed=seed, out=stream)
+    broker: _Broker | None = None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, demo.stop.set)
+    workdir = Path(tempfile.mkdtemp(prefix="smartgate-demo-"))
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        if mqtt_url is None:
+            parts = urlsplit(config.mqtt.url)
+            broker = _Broker(parts.hostname or "127.0.0.1", parts.port or 1883, workdir)
+            await broker.start()
+            demo._print(f"broker: {broker.kind} on {broker.host}:{broker.port}")
+        await demo.start_rigs()
+        demo._print(f"virtual PLCs and firmware up for lanes {', '.join(demo.rigs)}; starting the daemon "
+                    f"(log: {demo.log_path})")
+        demo.hub = await asyncio.to_thread(demo.connect_hub)
+        await demo.start_daemon()
+        tasks.append(asyncio.create_task(demo.pump_hub(), name="demo-hub"))
+        tasks.append(asyncio.create_task(demo.render_loop(), name="demo-view"))
+        plan = plan_trucks(trucks if trucks is not None else 10_000, list(demo.rigs), seed=seed)
+        demo.result.trucks = len(plan)
+        drivers = [asyncio.create_task(demo.drive_lane(rig, [t for t in plan if t.lane == lane_id]),
+                                       name=f"demo-lane-{lane_id}")
+                   for lane_id, rig in demo.rigs.items()]
+        tasks.extend(drivers)
+        watch = asyncio.create_task(_watch_daemon(demo), name="demo-daemon-watch")
+        tasks.append(watch)
+        stopper = asyncio.create_task(demo.stop.wait())
+        pending = {*drivers, stopper, watch}
+        while not demo.stop.is_set() and not watch.done() and not all(d.done() for d in drivers):
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if all(d.done() for d in drivers) and trucks is not None and not watch.done():
+            # Let the last transactions and events arrive.
+            deadline = time.monotonic() + 15.0
+            while len(demo.result.transactions) < trucks and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+        stopper.cancel()
+        for driver in drivers:
+            if driver.done() and not driver.cancelled() and driver.exception() is not None:
+                demo.result.lost.append(f"lane driver failed: {driver.exception()}")
+        if watch.done():
+            demo.result.lost.append("the daemon exited during the demo (see its log)")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        code = await demo.stop_daemon()
+        if demo.hub is not None:
+            await asyncio.to_thread(demo.hub.close)
+        for rig in demo.rigs.values():
+            for sim in {id(s): s for s in (rig.scanner, rig.ocr) if s is not None}.values():
+                await sim.close()
+            await rig.server.stop()
+        if broker is not None:
+            await broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    check_plc_safety(demo)
+    return _report(demo, trucks, code)
+
+
+async def _watch_daemon(demo: SimulatedGate) -> None:
+    assert demo.daemon is not None
+    await demo.daemon.wait()
+
+
+def check_plc_safety(demo: SimulatedGate) -> None:
+    """Judge what the PLCs saw: no barrier lowered onto a vehicle, raises only for releases.
+
+    A release whose daemon died after raising is still a release: the journal republishes it as
+    cancelled by restart, with the decision it had.
+    """
+    releases = sum(1 for t in demo.result.transactions.values()
+                   if (t.get("decision") or {}).get("action") == "release")
+    raises = 0
+    for lane_id, rig in demo.rigs.items():
+        previous = False
+        for write in rig.plc.writes_of("barrier_raise"):
+            value = bool(write.value)
+            if value and not previous:
+                raises += 1
+            if not value and previous and write.inputs.get("loop_safety"):
+                demo.result.unsafe.append(f"lane {lane_id}: barrier commanded down with a vehicle under it")
+            previous = value
+    if raises > releases:
+        demo.result.unsafe.append(f"barrier raised {raises} times for {releases} released transaction(s)")
+
+
+def _report(demo: SimulatedGate, trucks: int | None, daemon_code: int | None) -> int:
+    result = demo.result
+    actions: dict[str, int] = {}
+    for body in result.transactions.values():
+        action = str((body.get("decision") or {}).get("action"))
+        actions[action] = actions.get(action, 0) + 1
+    lines = [
+        "",
+        "demo summary",
+        f"  transactions received: {len(result.transactions)}"
+        + (f" of {trucks} trucks" if trucks is not None else "")
+        + f" ({', '.join(f'{k} {v}' for k, v in sorted(actions.items()))})",
+        f"  duplicates (same msg_id, at-least-once delivery): {result.duplicates}",
+        f"  events received: {result.events}; seq gaps: {result.seq_gaps() or 'none'}",
+        f"  unsafe barrier actions: {result.unsafe or 'none'}",
+        f"  lost: {result.lost or 'none'}",
+        f"  daemon exit status: {daemon_code}",
+        f"  daemon log: {demo.log_path}",
+    ]
+    demo._print("\n".join(lines))
+    if trucks is None:
+        return 0
+    complete = len(result.transactions) >= trucks
+    return 0 if (complete and result.ok and daemon_code == 0) else 1

@@ -1,0 +1,190 @@
+"""Telemetry (contract section 6), its Prometheus twin, and the scan archive's limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gate_controller.core.errors import ArchiveError
+from gate_controller.hub.archive import ScanArchive
+from gate_controller.hub.hub_side import contract_errors
+from gate_controller.hub.outbox import Outbox
+from gate_controller.hub.telemetry import Telemetry, TelemetrySnapshot, prometheus_text
+from inference.scan import Scan
+from tests.support.hub import GATE, ROOT, SITE, transaction_record
+
+
+def snapshot() -> TelemetrySnapshot:
+    return TelemetrySnapshot(
+        links={"scanner-l1": "up", "ocr-l1": "down"}, lanes={"L1": "idle", "L2": "closed"},
+        counters={"transactions": 12, "release": 10, "hold-2": 2},
+        inference_p50_ms=201.5, inference_p95_ms=260.0, inference_count=12,
+    )
+
+
+def test_telemetry_payload_follows_the_contract(tmp_path: Path) -> None:
+    async def main() -> None:
+        outbox = Outbox.open(tmp_path / "o.db", root_topic=ROOT, site=SITE, gate=GATE)
+        try:
+            await outbox.complete_transaction(transaction_record(1))
+            telemetry = Telemetry(snapshot=snapshot, outbox=outbox, publish=outbox.enqueue_telemetry,
+                                  interval_s=0.05, disk_path=tmp_path)
+            payload = await telemetry.collect()
+            assert contract_errors(f"{ROOT}/telemetry", json.dumps(payload).encode()) == []
+            assert payload["backlog"]["pending"] == 1
+            assert payload["backlog"]["oldest_age_s"] is not None
+            assert payload["boot_id"] == 1
+            assert payload["links"] == {"scanner-l1": "up", "ocr-l1": "down"}
+            assert payload["inference"] == {"p50_ms": 201.5, "p95_ms": 260.0, "count": 12}
+            assert payload["rss_mb"] > 10
+            assert payload["disk_free_mb"] > 0
+            # run() queues one message per interval through the outbox until stopped.
+            task = asyncio.create_task(telemetry.run())
+            await asyncio.sleep(0.3)
+            telemetry.stop()
+            await task
+            rows = await outbox.fetch_after(0, 100)
+            telemetry_rows = [r for r in rows if r.kind == "telemetry"]
+            assert 3 <= len(telemetry_rows) <= 7
+            assert all(r.qos == 0 and r.topic == f"{ROOT}/telemetry" for r in telemetry_rows)
+            for row in telemetry_rows:
+                assert contract_errors(row.topic, row.payload) == []
+        finally:
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_cpu_percent_measures_the_process(tmp_path: Path) -> None:
+    clock = {"t": 100.0}
+
+    async def main() -> None:
+        outbox = Outbox.open(tmp_path / "o.db", root_topic=ROOT, site=SITE, gate=GATE)
+        try:
+            telemetry = Telemetry(snapshot=snapshot, outbox=outbox, publish=outbox.enqueue_telemetry,
+                                  interval_s=30, disk_path=tmp_path, clock=lambda: clock["t"])
+            before = os.times()
+            deadline = time.process_time() + 0.2
+            while time.process_time() < deadline:
+                pass
+            spent = (os.times().user + os.times().system) - (before.user + before.system)
+            clock["t"] += 1.0  # one second of "wall" time in which we burned ``spent`` of CPU
+            payload = await telemetry.collect()
+            assert payload["cpu_percent"] == pytest.approx(spent * 100, abs=5)
+            assert payload["uptime_s"] == 1.0
+        finally:
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def _scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        body: str = response.read().decode()
+        return body
+
+
+def test_prometheus_endpoint_serves_the_same_figures(tmp_path: Path) -> None:
+    async def main() -> None:
+        outbox = Outbox.open(tmp_path / "o.db", root_topic=ROOT, site=SITE, gate=GATE)
+        try:
+            for i in range(3):
+                await outbox.complete_transaction(transaction_record(i))
+            telemetry = Telemetry(snapshot=snapshot, outbox=outbox, publish=outbox.enqueue_telemetry,
+                                  interval_s=3600, disk_path=tmp_path, prometheus_port=0,
+                                  hub_connected=lambda: False)
+            task = asyncio.create_task(telemetry.run())
+            try:
+                for _ in range(100):
+                    if telemetry.prometheus_port:
+                        break
+                    await asyncio.sleep(0.01)
+                port = telemetry.prometheus_port
+                assert port is not None
+                text = await asyncio.to_thread(_scrape, port)
+                with pytest.raises(urllib.error.HTTPError) as missing:
+                    await asyncio.to_thread(_scrape, port, "/other")
+                assert missing.value.code == 404
+                missing.value.close()
+                payload = await telemetry.collect()
+            finally:
+                telemetry.stop()
+                await task
+        finally:
+            outbox.close()
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in text.splitlines() if line and not line.startswith("#")}
+        assert samples["smartgate_backlog_pending"] == payload["backlog"]["pending"] == 3
+        assert samples["smartgate_boot_id"] == 1
+        assert samples['smartgate_link_up{link="scanner-l1"}'] == 1
+        assert samples['smartgate_link_up{link="ocr-l1"}'] == 0
+        assert samples['smartgate_lane_state{lane="L2",state="closed"}'] == 1
+        assert samples['smartgate_events_total{name="hold_2"}'] == 2
+        assert samples['smartgate_inference_latency_ms{quantile="0.95"}'] == 260.0
+        assert samples["smartgate_inference_total"] == 12
+        assert samples["smartgate_hub_connected"] == 0
+        assert samples["smartgate_disk_free_megabytes"] == pytest.approx(payload["disk_free_mb"], rel=0.01)
+        assert "# TYPE smartgate_events_total counter" in text
+
+    asyncio.run(main())
+
+
+def test_prometheus_text_escapes_labels() -> None:
+    payload = {"uptime_s": 1.0, "boot_id": 1, "links": {'we"ird\\link': "up"}, "lanes": {}, "counters": {},
+               "backlog": {"pending": 0, "oldest_age_s": None},
+               "inference": {"p50_ms": None, "p95_ms": None, "count": 0},
+               "cpu_percent": 0.0, "rss_mb": 1.0, "disk_free_mb": 1.0}
+    text = prometheus_text(payload)
+    assert 'smartgate_link_up{link="we\\"ird\\\\link"} 1' in text
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    # Unknown figures (null in telemetry) are left out, not reported as 0.
+    assert not any(line.startswith(("smartgate_backlog_oldest_age_seconds", "smartgate_inference_latency_ms"))
+                   for line in samples)
+
+
+def scan(scan_id: str, columns: int = 200) -> Scan:
+    pixels = np.random.default_rng(1).integers(0, 65535, size=(2, 64, columns), dtype=np.uint16)
+    return Scan(pixels=pixels, scan_id=scan_id, bits=16, pixel_mm=5.0)
+
+
+def test_archive_prunes_the_oldest_scans_to_its_size(tmp_path: Path) -> None:
+    archive = ScanArchive(tmp_path / "scans", tmp_path / "samples", max_mb=1)
+    for i in range(8):
+        archive.store_scan(scan(f"S{i}", columns=1000))  # ~250 kB each, incompressible
+        time.sleep(0.01)
+    kept = sorted(p.stem for p in (tmp_path / "scans").glob("*.npz"))
+    assert archive.size_bytes() <= 1024 * 1024
+    assert "S7" in kept
+    assert "S0" not in kept
+    assert kept == [f"S{i}" for i in range(8 - len(kept), 8)]  # oldest first
+    with pytest.raises(ArchiveError, match="not in the archive"):
+        archive.load_scan("S0")
+    assert archive.load_scan("S7").scan_id == "S7"
+
+
+def test_archive_refuses_unsafe_names_and_missing_scans(tmp_path: Path) -> None:
+    archive = ScanArchive(tmp_path / "scans", tmp_path / "samples", max_mb=10)
+    with pytest.raises(ArchiveError, match="not a valid id"):
+        archive.load_scan("../../etc/passwd")
+    with pytest.raises(ArchiveError, match="not a valid id"):
+        archive.transaction("..")
+    record = transaction_record(1, scan_id="GONE")
+    archive.record_transaction(record)
+    with pytest.raises(ArchiveError, match="no longer in the archive"):
+        archive.store_sample(transaction_id=record["transaction_id"], finding="clean", labels=[])
+    no_scan = {**transaction_record(2), "scan": None}
+    archive.record_transaction(no_scan)
+    with pytest.raises(ArchiveError, match="has no scan"):
+        archive.store_sample(transaction_id=no_scan["transaction_id"], finding="clean", labels=[])
+    with pytest.raises(ArchiveError, match="finding"):
+        archive.store_sample(transaction_id=record["transaction_id"], finding="dunno", labels=[])
+    assert list((tmp_path / "samples").iterdir()) == []
