@@ -74,7 +74,7 @@ _ALPHABET_OF_KIND: Final = (LETTERS, CATEGORIES, DIGITS)
 
 # The check digit's character values, as in stdnum.iso6346.calc_check_digit (which does not expose
 # per-position residues; the dynamic programme below needs them). Multiples of 11 are skipped.
-# tests/test_decisions_identity.py checks this table against stdnum on random numbers.
+# tests/gate_controller/decision/test_identity.py checks this table against stdnum on random numbers.
 _CHECK_ALPHABET: Final = "0123456789A BCDEFGHIJK LMNOPQRSTU VWXYZ"
 _VALUE: Final = {c: i for i, c in enumerate(_CHECK_ALPHABET) if c != " "}
 _RESIDUES: Final = tuple(

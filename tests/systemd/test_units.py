@@ -441,7 +441,7 @@ ctx = lib.seccomp_init(ERRNO(spec["errno"]))  # SystemCallFilter= with SystemCal
 for name in spec["allow"]:
     rule(ctx, ALLOW, name)
 load(ctx)
-os.execv(sys.executable, [sys.executable, "-c", "from tests.test_systemd_units import run_probe; run_probe()"])
+os.execv(sys.executable, [sys.executable, "-c", "from tests.systemd.test_units import run_probe; run_probe()"])
 """
 
 

@@ -159,5 +159,5 @@ def test_signature_example_in_the_guide_matches() -> None:
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
 def test_schema_files_are_package_data(name: str) -> None:
-    path = REPO / "gate_controller" / "schemas" / f"{name}.json"
+    path = REPO / "gate_controller" / "hub" / "schemas" / f"{name}.json"
     assert json.loads(path.read_text()) == contract_schema(name)
