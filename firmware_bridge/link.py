@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from firmware_bridge.events import (
     OcrEvent,
     ScanEvent,
 )
-from firmware_bridge.frame import FIRMWARE_TO_DAEMON, Frame, encode_frame
+from firmware_bridge.frame import FIRMWARE_TO_DAEMON, Frame, FrameType, encode_frame
 from firmware_bridge.messages import (
     COMMANDS,
     Control,
@@ -54,7 +55,10 @@ from firmware_bridge.transport import SerialTransport
 from inference.errors import ScanFormatError
 from inference.scan import Scan
 
-__all__ = ["GfpLink", "LinkCounters"]
+__all__ = ["FrameNote", "GfpLink", "LinkCounters"]
+
+RECENT_FRAMES = 32
+"""Frames of each direction a link remembers for diagnostics (type, sequence, length; no payload)."""
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,26 @@ class LinkCounters:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class FrameNote:
+    """One frame that crossed the link, as diagnostics show it: never the payload itself."""
+
+    at: float
+    """Wall-clock time (seconds since the epoch) it was received or queued for sending."""
+    direction: str
+    """``rx`` (from the firmware) or ``tx`` (to the firmware)."""
+    type: str
+    seq: int
+    length: int
+
+
+def _type_name(value: int) -> str:
+    try:
+        return FrameType(value).name
+    except ValueError:
+        return f"0x{value:02X}"
+
+
 class GfpLink:
     """The daemon's end of one GFP/1 link (spec sections 2-4).
 
@@ -169,6 +193,7 @@ class GfpLink:
         self._running = False
         self._open_failing = False
         self._queue_full_logged = False
+        self._recent: deque[FrameNote] = deque(maxlen=RECENT_FRAMES)
         self.daemon_state = "ready"
         """Sent in our HEARTBEAT: ``ready``, or ``degraded`` when the daemon cannot decide normally."""
 
@@ -203,6 +228,10 @@ class GfpLink:
     async def wait_connected(self) -> None:
         """Return once the port is open (the link may not be up yet: no frame may have arrived)."""
         await self._connected.wait()
+
+    def recent_frames(self) -> list[FrameNote]:
+        """The last frames received and sent, oldest first (a bounded window; payloads are not kept)."""
+        return list(self._recent)
 
     def counters(self) -> LinkCounters:
         rx = self._receiver.counters
@@ -395,6 +424,8 @@ class GfpLink:
         self._wake.set()
 
     def _handle_frame(self, frame: Frame) -> None:
+        self._recent.append(FrameNote(self._wall_clock(), "rx", _type_name(frame.type), frame.seq,
+                                      len(frame.payload)))
         try:
             msg = decode_firmware_message(frame)
             now = self._clock()
@@ -493,7 +524,10 @@ class GfpLink:
     # ------------------------------------------------------------------ loop side: sending and timers
 
     def _encode(self, msg: OutgoingMessage) -> bytes:
-        data = encode_frame(msg.frame_type, self._tx_seq, msg.to_payload())
+        payload = msg.to_payload()
+        data = encode_frame(msg.frame_type, self._tx_seq, payload)
+        self._recent.append(FrameNote(self._wall_clock(), "tx", _type_name(msg.frame_type), self._tx_seq,
+                                      len(payload)))
         self._tx_seq = (self._tx_seq + 1) & 0xFFFF
         self._counts["frames_tx"] += 1
         self._counts["bytes_tx"] += len(data)

@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sim",
     "hub",
     "identify",
+    "console",
 )
 
 EX_USAGE = 64

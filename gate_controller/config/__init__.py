@@ -4,6 +4,7 @@ and the generated key reference.
 May import ``core`` and the policy settings of ``decision``; nothing else of ``gate_controller``.
 """
 
+from gate_controller.config.console import ConsoleAuthConfig, ConsoleConfig, ConsoleTlsConfig
 from gate_controller.config.loading import load_config, parse_config
 from gate_controller.config.schema import (
     BacklogConfig,
@@ -29,6 +30,9 @@ __all__ = [
     "BacklogConfig",
     "ConfigError",
     "ConfigIssue",
+    "ConsoleAuthConfig",
+    "ConsoleConfig",
+    "ConsoleTlsConfig",
     "ControlConfig",
     "GateConfig",
     "InferenceConfig",

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from gate_controller.config.console import ConsoleConfig
 from gate_controller.decision.policy import PolicyConfig
 
 __all__ = [
@@ -545,6 +546,8 @@ class GateConfig(_Section):
     """Telemetry outputs besides MQTT."""
     control: ControlConfig = Field(default_factory=ControlConfig)
     """Local control socket and watchdog."""
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    """The technician console (a local web page); off by default."""
 
     @model_validator(mode="after")
     def _references(self) -> GateConfig:

@@ -556,6 +556,10 @@ async def run_demo(config: GateConfig, config_path: Path, *, trucks: int | None,
                     f"(log: {demo.log_path})")
         demo.hub = await asyncio.to_thread(demo.connect_hub)
         await demo.start_daemon()
+        if config.console.url is not None:
+            demo._print(f"technician console: {config.console.url}" + (
+                f" (user {config.console.auth.username}, demo password in {config_path.parent / 'demo.yaml'})"
+                if config.console.auth is not None else ""))
         tasks.append(asyncio.create_task(demo.pump_hub(), name="demo-hub"))
         tasks.append(asyncio.create_task(demo.render_loop(), name="demo-view"))
         plan = plan_trucks(trucks if trucks is not None else 10_000, list(demo.rigs), seed=seed)

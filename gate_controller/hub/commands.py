@@ -38,11 +38,13 @@ from gate_controller.hub.outbox import Outbox
 from inference.errors import SmartGateError
 from inference.scan import Scan
 
-__all__ = ["COMMAND_NAMES", "CommandDispatcher", "Rejection", "ReplayCache"]
+__all__ = ["COMMAND_NAMES", "LOCAL_COMMAND_NAMES", "CommandDispatcher", "LocalResult", "Rejection", "ReplayCache"]
 
 logger = logging.getLogger(__name__)
 
 COMMAND_NAMES: Final = ("barrier", "lane.mode", "rebirth", "scan.fetch", "inspection.result", "config.reload")
+LOCAL_COMMAND_NAMES: Final = ("barrier", "lane.mode")
+"""What the technician console may ask for (with ``console.allow_commands``)."""
 
 _ID_TEXT: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _SCAN_ID: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -97,6 +99,16 @@ class ReplayCache:
 
     def close(self) -> None:
         self._conn.close()
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """The outcome of a console command, as audited."""
+
+    ok: bool
+    error: str | None
+    event_seq: int | None
+    """``seq`` of the LOCAL_COMMAND event that audits it (None when the event could not be written)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,46 @@ class CommandDispatcher:
             return await self._reply(command.request_id, ok=False, error="internal error")
         return await self._reply(command.request_id, ok=True, error=None)
 
+    async def handle_local(self, name: str, args: Mapping[str, Any], *, issued_by: str,
+                           source: str) -> LocalResult:
+        """Run a command of the technician console through the same checks and actions as a hub command.
+
+        The console authenticated the user (there is no signature to verify and no hub request to
+        answer). Arguments are checked exactly like the hub's, the action goes to the same target
+        (whose lane enforces the PLC safety rules), and every attempt, carried out or not, is
+        audited as a ``LOCAL_COMMAND`` event with the user, the client address and the outcome.
+        """
+        command = _Command(name=name, request_id="", issued_by=issued_by, args=dict(args))
+        error: str | None = None
+        try:
+            self._check_local(command)
+        except Rejection as rejection:
+            error = rejection.reason
+        else:
+            logger.info("console command %s %s by %s from %s", name, dict(args), issued_by, source)
+            try:
+                await self._execute(command)
+            except CommandRefused as err:
+                error = str(err) or "refused"
+            except SmartGateError as err:
+                logger.error("console command %s failed: %s", name, err)  # noqa: TRY400
+                error = f"failed: {err}"
+            except Exception:
+                logger.exception("console command %s failed", name)
+                error = "internal error"
+        lane = _str_or_none(args.get("lane"))
+        detail = {"command": name, "args": dict(args), "issued_by": issued_by, "source": source,
+                  "ok": error is None, "error": error}
+        seq: int | None = None
+        try:
+            committed = await self._outbox.commit_event(
+                lane=lane if lane in self._target.lane_ids() else None, type="state", code="LOCAL_COMMAND",
+                severity="info" if error is None else "warning", active=True, detail=detail)
+            seq = committed.seq
+        except OutboxError as err:
+            logger.error("cannot record LOCAL_COMMAND: %s", err)  # noqa: TRY400
+        return LocalResult(ok=error is None, error=error, event_seq=seq)
+
     # ------------------------------------------------------------------ verification
 
     def _verify(self, name: str, obj: Mapping[str, Any]) -> _Command:
@@ -206,6 +258,11 @@ class CommandDispatcher:
     async def _check_replay(self, c: _Command) -> None:
         if not await self._replay.aremember(c.request_id):
             raise Rejection("replay", f"request_id {c.request_id!r} was already used")
+
+    def _check_local(self, c: _Command) -> None:
+        if c.name not in LOCAL_COMMAND_NAMES:
+            raise Rejection("unknown", f"the console cannot send {c.name!r}")
+        self._check_args(c)
 
     def _check_args(self, c: _Command) -> None:
         if c.name not in COMMAND_NAMES:

@@ -508,6 +508,7 @@ class Outbox:
         self._last_id = 0
         self._closed = False
         self._archive_hook: Callable[[Mapping[str, Any]], None] | None = None
+        self._observers: list[Callable[[str, Mapping[str, Any]], None]] = []
 
     @classmethod
     def open(
@@ -582,6 +583,19 @@ class Outbox:
         """Called (on a worker thread) with every completed transaction as published, so the scan
         archive can answer ``inspection.result`` after the row has left the outbox."""
         self._archive_hook = hook
+
+    def add_observer(self, observer: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """``observer(kind, message)`` runs on the event loop after each committed ``transaction`` or
+        ``event``, with the message as published (without ``historical``). It must return at once:
+        the committing lane is waiting (the technician console's feed)."""
+        self._observers.append(observer)
+
+    def _observe(self, kind: str, message: Mapping[str, Any]) -> None:
+        for observer in self._observers:
+            try:
+                observer(kind, message)
+            except Exception:  # an observer is a view; the commit stands whatever it does
+                logger.exception("outbox observer failed on a %s", kind)
 
     def add_listener(self, callback: Callable[[int], None]) -> None:
         """``callback(max_row_id)`` runs on the event loop after every commit that added rows."""
@@ -664,9 +678,11 @@ class Outbox:
         now = self._wall_clock().timestamp()
         committed: Committed = await self._run(
             _complete_op(transaction_id, f"{self.root_topic}/transactions", body, now), durable=True)
+        published = {**body, "msg_id": committed.msg_id, "seq": committed.seq, "boot_id": self.boot_id}
+        if self._observers:
+            self._observe("transaction", published)
         hook = self._archive_hook
         if hook is not None:
-            published = {**body, "msg_id": committed.msg_id, "seq": committed.seq, "boot_id": self.boot_id}
             try:
                 await asyncio.get_running_loop().run_in_executor(None, hook, published)
             except Exception:  # the transaction is committed; the archive copy is a convenience
@@ -708,8 +724,11 @@ class Outbox:
         _dumps(body)
         topic = f"{self.root_topic}/events"
         msg_id = str(ULID())
-        return await self._run(
+        committed: Committed = await self._run(
             lambda s: s.insert("event", topic, body, msg_id=msg_id, created_at=now.timestamp()), durable=True)
+        if self._observers:
+            self._observe("event", {**body, "msg_id": committed.msg_id, "seq": committed.seq, "boot_id": self.boot_id})
+        return committed
 
     # ------------------------------------------------------------------ other kinds
 

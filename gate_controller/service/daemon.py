@@ -30,12 +30,15 @@ from firmware_bridge.link import GfpLink
 from firmware_bridge.settings import LinkSettings
 from gate_controller import __version__
 from gate_controller.config import GateConfig, LinkConfig, load_config, read_secret
+from gate_controller.console.app import ConsoleServer, ConsoleSources
+from gate_controller.console.auth import check_hash
+from gate_controller.console.watch import GateWatch, WatchedDecider
 from gate_controller.core.errors import ConfigError
 from gate_controller.core.ports import CommandRefused, OcrObservation, ScanObservation
 from gate_controller.decision.decider import GateDecider
 from gate_controller.decision.notices import NoticeStore
 from gate_controller.hub.archive import ScanArchive
-from gate_controller.hub.commands import CommandDispatcher, ReplayCache
+from gate_controller.hub.commands import CommandDispatcher, LocalResult, ReplayCache
 from gate_controller.hub.link import BirthInfo, HubLink
 from gate_controller.hub.outbox import Outbox
 from gate_controller.hub.telemetry import Telemetry, TelemetrySnapshot
@@ -74,7 +77,7 @@ def link_settings(config: LinkConfig) -> LinkSettings:
 # Keys whose change needs a restart: they define identities, storage and connections that
 # outlive one decision. Everything else (policy, thresholds, lane timeouts, PLC settings,
 # logging) is applied on reload.
-_RESTART_KEYS = ("site", "gate", "links", "mqtt", "storage", "control", "telemetry")
+_RESTART_KEYS = ("site", "gate", "links", "mqtt", "storage", "control", "telemetry", "console")
 
 
 class GateDaemon:
@@ -102,6 +105,8 @@ class GateDaemon:
         self.decider: GateDecider | None = None
         self.reviewer: ReviewWorker | None = None
         self._lane_modes: LaneModeStore | None = None
+        self.watch: GateWatch | None = GateWatch(size=config.console.feed_size) if config.console.listen else None
+        """What the technician console shows; None while the console is off."""
 
     # ------------------------------------------------------------------ run
 
@@ -119,6 +124,8 @@ class GateDaemon:
         archive = ScanArchive(config.storage.archive_dir, config.storage.samples_dir,
                               max_mb=config.storage.archive_max_mb, enabled=config.storage.archive_scans)
         outbox.set_archive_hook(archive.record_transaction)
+        if self.watch is not None:
+            outbox.add_observer(self.watch.on_message)
         replay = await asyncio.to_thread(ReplayCache, state_dir / "replay.sqlite3",
                                          window_s=config.mqtt.replay_window_s)
         policy = config.policy
@@ -135,7 +142,8 @@ class GateDaemon:
         self._lane_modes = LaneModeStore(config.storage.lane_modes_path)
         hub_modes = await asyncio.to_thread(self._lane_modes.load, [lane.id for lane in config.lanes])
         for lane_config in config.lanes:
-            lane = Lane(lane_config, site=config.site, gate=config.gate, decider=decider,
+            lane = Lane(lane_config, site=config.site, gate=config.gate,
+                        decider=WatchedDecider(decider, self.watch) if self.watch is not None else decider,
                         journal=outbox, healthy=self._pipeline_healthy, buses=buses,
                         hub_mode=hub_modes[lane_config.id])
             self._lanes[lane.id] = lane
@@ -157,6 +165,7 @@ class GateDaemon:
             prometheus_port=config.telemetry.prometheus_port,
         )
         control = ControlServer(config.control.socket_path, self.status_snapshot)
+        console = self._console(dispatcher)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
@@ -164,6 +173,8 @@ class GateDaemon:
         try:
             await control.start()
             await telemetry.start_server()
+            if console is not None:
+                await self._start_console(console)
             async with asyncio.TaskGroup() as tg:
                 self._spawn(tg, self._ticker(), "ticker")
                 self._spawn(tg, self._start_reviewer(), "reviewer-start")
@@ -191,6 +202,8 @@ class GateDaemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             telemetry.stop()
+            if console is not None:
+                await console.close()
             await control.close()
             await reviewer.close()
             await asyncio.to_thread(_close_all, outbox, notices, replay)
@@ -223,6 +236,8 @@ class GateDaemon:
                 task.cancel()
 
     async def _publish_preview(self, scan_id: str, jpeg: bytes) -> None:
+        if self.watch is not None:
+            self.watch.on_preview(scan_id, jpeg)
         if self.hub is not None:
             await self.hub.publish_preview(scan_id, jpeg)
 
@@ -244,6 +259,49 @@ class GateDaemon:
     async def _run_lane(self, lane: Lane) -> None:
         with bind(lane=lane.id):
             await lane.run()
+
+    # ------------------------------------------------------------------ console
+
+    def _console(self, dispatcher: CommandDispatcher) -> ConsoleServer | None:
+        """The technician console (docs/console.md), reading the daemon through plain accessors."""
+        config = self.config.console
+        if self.watch is None:
+            return None
+
+        async def command(name: str, args: Mapping[str, Any], issued_by: str, source: str) -> LocalResult:
+            return await dispatcher.handle_local(name, args, issued_by=issued_by, source=source)
+
+        async def doctor() -> list[Mapping[str, Any]]:
+            from gate_controller.service.doctor import run_checks
+
+            checks = await run_checks(self.config, self.config_dir, timeout_s=5.0, in_daemon=True)
+            return [{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks]
+
+        sources = ConsoleSources(
+            status=self.status_snapshot, model=self.model_view,
+            frames=lambda: {name: link.recent_frames() for name, link in self._links.items()},
+            doctor=doctor, identity_settings=lambda: self.config.policy.identity,
+            command=command if config.allow_commands else None,
+        )
+        try:
+            return ConsoleServer(config, sources=sources, watch=self.watch, site=self.config.site,
+                                 gate=self.config.gate, config_dir=self.config_dir)
+        except ConfigError as err:
+            log.error("console not started: %s", err)  # noqa: TRY400
+            return None
+
+    async def _start_console(self, console: ConsoleServer) -> None:
+        try:
+            await console.start()
+        except (OSError, ValueError) as err:  # the gate runs without its console rather than not at all
+            log.error("console cannot listen on %s: %s", self.config.console.listen, err)  # noqa: TRY400
+
+    def model_view(self) -> Mapping[str, Any] | None:
+        """The image review model as the console shows it (name, version, sha256, mode, drift)."""
+        info = self.reviewer.model_info if self.reviewer is not None else None
+        if info is None:
+            return None
+        return {"name": info.name, "version": info.version, "sha256": info.sha256, "mode": "active", "drift": None}
 
     # ------------------------------------------------------------------ health
 
@@ -535,6 +593,9 @@ def run_daemon(config_path: Path) -> int:
         _read_key(config, config_path.resolve().parent)
         if config.mqtt.password_file is not None:
             read_secret(config.mqtt.password_file, base_dir=config_path.resolve().parent)
+        if config.console.auth is not None:
+            hash_file = config.console.auth.password_hash_file
+            check_hash(read_secret(hash_file, base_dir=config_path.resolve().parent), where=str(hash_file))
     except ConfigError as err:
         log.error("%s", err)  # noqa: TRY400
         return EX_CONFIG

@@ -34,15 +34,26 @@ class Check:
     fix: str = ""
 
 
-async def run_checks(config: GateConfig, config_dir: Path, *, timeout_s: float = 6.0) -> list[Check]:
-    """Run every check; ``config_dir`` (absolute) anchors relative secret and TLS paths."""
+async def run_checks(config: GateConfig, config_dir: Path, *, timeout_s: float = 6.0,
+                     in_daemon: bool = False) -> list[Check]:
+    """Run every check; ``config_dir`` (absolute) anchors relative secret and TLS paths.
+
+    ``in_daemon`` (the console's diagnostics page) leaves out the model, the firmware links and
+    the PLCs: the running daemon has its own model loaded in its review worker and owns the links
+    and PLC connections (a serial port or a device server has one client); the console shows the
+    daemon's live view of them instead.
+    """
     base = config_dir
     jobs: list[Awaitable[Check]] = [
         _guard("secrets", asyncio.to_thread(_secrets, config, base)),
         _guard("storage", asyncio.to_thread(_storage, config)),
         _guard("clock", _clock()),
-        _guard("model", _model(config)),
         _guard("broker", _broker(config, base, timeout_s)),
+    ]
+    if in_daemon:
+        return list(await asyncio.gather(*jobs))
+    jobs += [
+        _guard("model", _model(config)),
         *(_guard(f"link {link.name}", _link(link, timeout_s)) for link in config.links),
         *(_guard(f"PLC {lane.id}", _plc(lane, timeout_s)) for lane in config.lanes),
     ]
@@ -80,6 +91,10 @@ def _secrets(config: GateConfig, base: Path) -> Check:
         files.append(("mqtt.password_file", config.mqtt.password_file))
     if config.mqtt.tls is not None and config.mqtt.tls.key_file is not None:
         files.append(("mqtt.tls.key_file", config.mqtt.tls.key_file))
+    if config.console.auth is not None:
+        files.append(("console.auth.password_hash_file", config.console.auth.password_hash_file))
+    if config.console.tls is not None:
+        files.append(("console.tls.key_file", config.console.tls.key_file))
     problems = []
     for key, path in files:
         try:
