@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gate_controller.config import load_config  # noqa: E402
-from gate_controller.demo.gate import SimulatedGate, _Broker, plan_trucks  # noqa: E402
+from gate_controller.demo.broker import LocalBroker  # noqa: E402
+from gate_controller.demo.gate import SimulatedGate, plan_trucks  # noqa: E402
 from gate_controller.hub.hub_side import HubClient  # noqa: E402
 
 
@@ -105,7 +106,7 @@ async def wait_birth(hub: HubClient, root: str, boot_id: int, timeout_s: float) 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="smartgate-bench-"))
     mqtt_port = free_port()
-    broker = _Broker("127.0.0.1", mqtt_port, tmp)
+    broker = LocalBroker("127.0.0.1", mqtt_port, tmp)
     await broker.start()
     path = write_config(tmp, mqtt_port)
     config = load_config(path)
@@ -217,7 +218,7 @@ async def main(args: argparse.Namespace) -> None:
     await finish(gate, hub, rig, broker, figures)
 
 
-async def finish(gate: SimulatedGate, hub: HubClient, rig: Any, broker: _Broker, figures: dict[str, Any]) -> None:
+async def finish(gate: SimulatedGate, hub: HubClient, rig: Any, broker: LocalBroker, figures: dict[str, Any]) -> None:
     await gate.stop_daemon()
     await asyncio.to_thread(hub.close)
     for sim in {id(s): s for s in (rig.scanner, rig.ocr) if s is not None}.values():

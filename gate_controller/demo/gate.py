@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 import sys
@@ -29,15 +27,17 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from firmware_bridge.simulator.firmware import FirmwareSimulator
-from firmware_bridge.simulator.trucks import ContainerSpec, TruckSpec, random_container_number, random_plate
 from gate_controller.config import GateConfig, LaneConfig, read_secret
 from gate_controller.core.errors import HubError
+from gate_controller.demo.broker import LocalBroker
+from gate_controller.demo.traffic import DemoResult, DemoTruck, plan_trucks
+from gate_controller.demo.view import format_row, render, summarize
 from gate_controller.hub.hub_side import HubClient
 from gate_controller.plc.sim.lane_plc import VirtualLanePlc
 from gate_controller.plc.sim.modbus_server import VirtualPlcServer
@@ -46,167 +46,6 @@ from gate_controller.service.control import read_status
 __all__ = ["DemoResult", "DemoTruck", "SimulatedGate", "plan_trucks", "run_demo"]
 
 log = logging.getLogger(__name__)
-
-_SAFE_CARGO = ("cartons", "bags", "bulk", "machinery", "drums", "mixed")
-
-
-@dataclass(frozen=True)
-class DemoTruck:
-    """One truck of the demo and what the hub says about its containers."""
-
-    index: int
-    lane: str
-    spec: TruckSpec
-    notices: tuple[tuple[str, str | None, str | None], ...]
-    """Per container: (number, notice status or None for "never released", declared)."""
-    story: str
-    """What this truck is meant to show (printed in the live view)."""
-
-
-@dataclass
-class DemoResult:
-    trucks: int = 0
-    transactions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events: int = 0
-    duplicates: int = 0
-    seqs: list[int] = field(default_factory=list)
-    unsafe: list[str] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)
-
-    def seq_gaps(self) -> list[tuple[int, int]]:
-        ordered = sorted(set(self.seqs))
-        return [(a, b) for a, b in itertools.pairwise(ordered) if b != a + 1]
-
-    @property
-    def ok(self) -> bool:
-        return not self.unsafe and not self.lost and not self.seq_gaps()
-
-
-def _cargo(rng: random.Random) -> str:
-    from inference.synthetic import CARGO_KINDS
-
-    kinds = [k for k in CARGO_KINDS if k != "empty"]
-    preferred = [k for k in kinds if any(k.startswith(p) for p in _SAFE_CARGO)]
-    return rng.choice(preferred or kinds)
-
-
-def plan_trucks(count: int, lanes: Sequence[str], *, seed: int = 7) -> list[DemoTruck]:
-    """A traffic mix that shows every kind of decision, deterministic for a seed."""
-    from inference.synthetic import ANOMALY_CLASSES
-
-    rng = random.Random(seed)
-    trucks: list[DemoTruck] = []
-    for i in range(count):
-        kind = i % 10
-        two = kind in (2, 6)
-        n = 2 if two else 1
-        numbers = [random_container_number(rng) for _ in range(n)]
-        length = 20 if two else rng.choice((20, 40))
-        anomalies: tuple[str, ...] = ()
-        statuses: list[str | None] = ["released"] * n
-        declared: list[str | None] = [None] * n
-        cargo: list[str | None] = [_cargo(rng) for _ in range(n)]
-        story = "released, clean scan"
-        if kind == 3:
-            statuses[0], story = "hold", "customs hold"
-        elif kind == 5:
-            statuses[0], story = "inspect", "inspection ordered"
-        elif kind == 7:
-            statuses[0], story = None, "no release notice"
-        elif kind == 8:
-            anomalies = (rng.choice(list(ANOMALY_CLASSES)),)
-            story = f"concealed {anomalies[0].replace('_', ' ')}"
-        elif kind == 4 and i == 4:
-            declared[0], story = "empty", "declared empty, carries cargo"
-        elif kind == 4:
-            declared[0], cargo[0], story = "empty", "empty", "declared empty, is empty"
-        elif two:
-            story = "2 x 20 ft, both released"
-        containers = tuple(
-            ContainerSpec(number=numbers[k], iso_type="22G1" if length == 20 else "42G1", length_ft=length,
-                          cargo=cargo[k], anomalies=anomalies if k == 0 else (), declared=declared[k])
-            for k in range(n)
-        )
-        spec = TruckSpec(plate=random_plate(rng), containers=containers, seed=seed * 1000 + i, ocr_quality=0.85)
-        trucks.append(DemoTruck(
-            index=i, lane=lanes[i % len(lanes)], spec=spec,
-            notices=tuple((numbers[k], statuses[k], declared[k]) for k in range(n)), story=story,
-        ))
-    return trucks
-
-
-# --------------------------------------------------------------------------- broker
-
-
-class _Broker:
-    """The demo's broker: a local mosquitto when installed, else an embedded amqtt."""
-
-    def __init__(self, host: str, port: int, workdir: Path) -> None:
-        self.host, self.port, self.workdir = host, port, workdir
-        self.kind = ""
-        self._proc: asyncio.subprocess.Process | None = None
-        self._amqtt: Any = None
-
-    async def start(self) -> None:
-        exe = _mosquitto()
-        if exe:
-            conf = self.workdir / "mosquitto.conf"
-            conf.write_text(
-                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
-                "max_queued_messages 100000\nmax_inflight_messages 0\nlog_type error\n"
-            )
-            self._proc = await asyncio.create_subprocess_exec(
-                exe, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-            self.kind = f"mosquitto ({exe})"
-        else:
-            try:
-                from amqtt.broker import Broker
-            except ImportError as err:
-                raise RuntimeError(
-                    "no MQTT broker: install Debian's mosquitto (apt-get install mosquitto) or the demo extra "
-                    "(pip install 'smartgate[demo]'), or pass --mqtt URL"
-                ) from err
-            self._amqtt = Broker({
-                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-            })
-            await self._amqtt.start()
-            self.kind = "embedded amqtt"
-        await _wait_port(self.host, self.port, 10.0)
-
-    async def stop(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await self._proc.wait()
-            if self._proc.returncode is None:
-                self._proc.kill()
-                await self._proc.wait()
-        if self._amqtt is not None:
-            with contextlib.suppress(Exception):
-                await self._amqtt.shutdown()
-
-
-def _mosquitto() -> str | None:
-    """Debian installs the broker in /usr/sbin, which is not on every user's PATH."""
-    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-
-
-async def _wait_port(host: str, port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s") from None
-            await asyncio.sleep(0.1)
-        else:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
 
 
 # --------------------------------------------------------------------------- the show
@@ -364,10 +203,10 @@ class SimulatedGate:
         if decision.get("action") != "release" and body.get("barrier") and decision.get("by") != "operator":
             self.result.unsafe.append(f"transaction {body.get('transaction_id')}: barrier raised for "
                                       f"{decision.get('action')}")
-        row = _summarize(body, self.stories)
+        row = summarize(body, self.stories)
         self.recent.appendleft(row)
         if self.headless:
-            self._print(_format_row(row))
+            self._print(format_row(row))
 
     # -------------------------------------------------------------- traffic
 
@@ -458,73 +297,9 @@ class SimulatedGate:
             with contextlib.suppress(OSError, ValueError, TypeError):
                 self.status = await asyncio.to_thread(read_status, self.config.control.socket_path, 2.0)
             if not self.headless:
-                self.out.write("\x1b[H\x1b[2J" + self.render() + "\n")
+                self.out.write("\x1b[H\x1b[2J" + render(self) + "\n")
                 self.out.flush()
             await asyncio.sleep(0.5)
-
-    def render(self) -> str:
-        s = self.status
-        elapsed = time.monotonic() - self.started
-        done = len(self.result.transactions)
-        target = f"/{self.truck_limit}" if self.truck_limit else ""
-        lines = [
-            f"smartgate demo — site {self.config.site} gate {self.config.gate} — {elapsed:5.0f} s — "
-            f"transactions {done}{target} — events {self.result.events} — Ctrl-C to stop",
-            "",
-            "LANE  STATE        PLC   TRUCK                                      LINKS",
-        ]
-        lanes = s.get("lanes") or {}
-        links = s.get("links") or {}
-        for lane_id, rig in self.rigs.items():
-            lane = lanes.get(lane_id) or {}
-            truck = rig.current
-            link_text = " ".join(f"{n}:{'up' if (links.get(n) or {}).get('up') else 'DOWN'}"
-                                 for n in rig.config.links)
-            lines.append(
-                f"{lane_id:<5} {lane.get('state', '?')!s:<12} {'up' if lane.get('plc_connected') else 'DOWN':<5} "
-                f"{(truck.spec.plate + ' ' + truck.story) if truck else '-':<42} {link_text}"
-            )
-        hub = s.get("hub") or {}
-        backlog = s.get("backlog") or {}
-        inf = s.get("inference") or {}
-        lines += [
-            "",
-            f"hub {'connected' if hub.get('connected') else 'DISCONNECTED'}, backlog {backlog.get('pending', '?')}, "
-            f"reviews {inf.get('count', 0)} (p50 {inf.get('p50_ms')} ms, p95 {inf.get('p95_ms')} ms)",
-            "",
-            "TIME      LANE  PLATE     CONTAINERS                      SCAN         DECISION  REASONS"
-            "                                 BARRIER  SCAN→DEC",
-        ]
-        lines += [_format_row(row) for row in self.recent]
-        return "\n".join(lines)
-
-
-def _summarize(body: dict[str, Any], stories: dict[str, DemoTruck]) -> dict[str, Any]:
-    containers = body.get("containers") or []
-    scan = body.get("scan") or {}
-    inference = scan.get("inference") or {}
-    decision = body.get("decision") or {}
-    timings = body.get("timings_ms") or {}
-    numbers = [c.get("number") or "?" for c in containers]
-    story = next((stories[n].story for n in numbers if n in stories), "")
-    return {
-        "time": str(body.get("completed_at", ""))[11:19],
-        "lane": body.get("lane"),
-        "plate": (body.get("plate") or {}).get("text") or "-",
-        "containers": ",".join(numbers) or "-",
-        "verdict": f"{inference.get('verdict', '-')}" + ("" if scan.get("complete", True) else "/incomplete"),
-        "action": decision.get("action"),
-        "reasons": ",".join(decision.get("reasons") or []),
-        "barrier": "raised" if body.get("barrier") else "down",
-        "latency": timings.get("scan_end_to_decision"),
-        "story": story,
-    }
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    latency = f"{row['latency']} ms" if row.get("latency") is not None else "-"
-    return (f"{row['time']:<9} {row['lane']!s:<5} {row['plate']:<9} {row['containers']:<31} {row['verdict']:<12} "
-            f"{row['action']!s:<9} {row['reasons']:<39} {row['barrier']:<8} {latency:<8}  {row['story']}")
 
 
 async def run_demo(config: GateConfig, config_path: Path, *, trucks: int | None, mqtt_url: str | None,
@@ -539,7 +314,7 @@ async def run_demo(config: GateConfig, config_path: Path, *, trucks: int | None,
     state_dir.mkdir(parents=True, exist_ok=True)
     demo = SimulatedGate(config, config_path, trucks=trucks, mqtt_url=mqtt_url, headless=headless, speed=speed,
                          seed=seed, out=stream)
-    broker: _Broker | None = None
+    broker: LocalBroker | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, demo.stop.set)
@@ -548,7 +323,7 @@ async def run_demo(config: GateConfig, config_path: Path, *, trucks: int | None,
     try:
         if mqtt_url is None:
             parts = urlsplit(config.mqtt.url)
-            broker = _Broker(parts.hostname or "127.0.0.1", parts.port or 1883, workdir)
+            broker = LocalBroker(parts.hostname or "127.0.0.1", parts.port or 1883, workdir)
             await broker.start()
             demo._print(f"broker: {broker.kind} on {broker.host}:{broker.port}")
         await demo.start_rigs()
