@@ -117,6 +117,34 @@ class ReviewWorker:
         async with self._lock:
             return await self._ensure_started(force=True)
 
+    async def reload(self, model_path: Path | None) -> bool:
+        """Switch to another model without a gap in service: the new child is started (and its
+        model loaded and checked) while reviews wait; only when it is ready does it replace the
+        old one, which then exits. When the new model cannot start, the old child keeps serving,
+        `last_error` says why, and the answer is False."""
+        async with self._lock:
+            old_proc, old_path, old_info = self._proc, self.model_path, self.model_info
+            self._proc = None
+            self.model_path = Path(model_path) if model_path is not None else None
+            try:
+                await asyncio.wait_for(self._spawn(), self.start_timeout_s)
+            except (TimeoutError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
+                await self._stop(graceful=False)
+                self._proc, self.model_path, self.model_info = old_proc, old_path, old_info
+                self.last_error = f"model {model_path} did not load: {err or type(err).__name__}"
+                _log.error("%s; the previous model keeps serving", self.last_error)
+                return False
+            except asyncio.CancelledError:
+                await self._stop(graceful=False)
+                self._proc, self.model_path, self.model_info = old_proc, old_path, old_info
+                raise
+            new_proc, self._proc = self._proc, old_proc
+            await self._stop(graceful=True)
+            self._proc = new_proc
+            self.last_error = None
+            self._backoff = 0.0
+            return True
+
     async def close(self) -> None:
         """Stop the child (EOF on its stdin, then kill if it does not exit) and reap it."""
         self._closed = True
@@ -328,10 +356,11 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
 
     from inference.errors import SmartGateError
+    from inference.package.loader import resolve_model_path
     from inference.reviewer import Reviewer
 
     try:
-        reviewer = Reviewer(args.model, args.threads)
+        reviewer = Reviewer(resolve_model_path(args.model), args.threads)
     except (SmartGateError, ValueError) as err:
         send({"type": "error", "error": str(err)})
         return 3

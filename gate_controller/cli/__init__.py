@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hub",
     "identify",
     "console",
+    "model",
 )
 
 EX_USAGE = 64

@@ -17,6 +17,7 @@ examples:
   smartgate review /var/lib/smartgate/scans/2026/11/24/*.npz
   smartgate review --json scan.npz | jq .verdict
   smartgate review --model /opt/models/xray_anomaly.tflite --preview /tmp/previews scan.npz
+  smartgate review --model /var/lib/smartgate/models/site-a/1.1.0.1 scan.npz   # a model package
   smartgate review --declared empty scan.npz     # verify a declared-empty box
 
 output: one line per scan
@@ -40,8 +41,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("files", nargs="+", metavar="FILE.npz", type=Path, help="archive scan(s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per scan")
-    parser.add_argument("--model", type=Path, default=None, help="model .tflite (metadata .json beside it); "
-                        "default: the model shipped with the package")
+    parser.add_argument("--model", type=Path, default=None, help="model .tflite (metadata .json beside it) or model "
+                        "package directory; default: the model shipped with smartgate")
     parser.add_argument("--preview", type=Path, default=None, metavar="DIR",
                         help="write a false-colour JPEG preview per scan into DIR")
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
@@ -60,13 +61,14 @@ def _line(name: str, result: Any) -> str:
 
 def _review(args: argparse.Namespace) -> int:
     from inference.errors import ModelError, SmartGateError
+    from inference.package.loader import resolve_model_path
     from inference.preview import render_preview
     from inference.result import ReviewResult
     from inference.reviewer import Reviewer
     from inference.scan import load_scan
 
     try:
-        reviewer = Reviewer(args.model, num_threads=args.threads)
+        reviewer = Reviewer(resolve_model_path(args.model), num_threads=args.threads)
     except (ModelError, ValueError) as err:
         print(f"smartgate review: {err}", file=sys.stderr)
         return EX_MODEL

@@ -21,17 +21,21 @@ from gate_controller.decision.policy import PolicyConfig
 
 __all__ = [
     "BacklogConfig",
+    "CanaryConfig",
     "ControlConfig",
+    "DriftConfig",
     "GateConfig",
     "InferenceConfig",
     "LaneConfig",
     "LaneTimeouts",
     "LinkConfig",
+    "LiveBarConfig",
     "LoggingConfig",
     "MqttConfig",
     "PlcConfig",
     "PointConfig",
     "PointMap",
+    "ReviewMode",
     "StorageConfig",
     "TelemetryConfig",
     "TlsConfig",
@@ -454,9 +458,64 @@ class MqttConfig(_Section):
 # --------------------------------------------------------------------------- the rest
 
 
+ReviewMode = Literal["live", "shadow"]
+
+
+class LiveBarConfig(_Section):
+    """What a lane's shadow record must show before it goes live (`smartgate model report`)."""
+
+    max_false_alarm: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.02
+    """Upper 95 % (Wilson) bound of the false-alarm rate on officer-confirmed clean scans."""
+    min_detection: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.90
+    """Lower 95 % (Wilson) bound of the detection rate on officer-confirmed anomalies."""
+    min_clean: Annotated[int, Field(ge=1, le=100_000)] = 150
+    """Confirmed clean scans needed before the bar can be met."""
+    min_anomalies: Annotated[int, Field(ge=1, le=100_000)] = 30
+    """Confirmed anomalies (real or projected test objects) needed before the bar can be met."""
+
+
+class CanaryConfig(_Section):
+    """Checks around a model switch (`model.activate`, `smartgate model activate`)."""
+
+    min_samples: Annotated[int, Field(ge=0, le=100_000)] = 0
+    """Labelled samples the canary replay needs; with fewer the switch is refused (0: replay what there is)."""
+    watch_scans: Annotated[int, Field(ge=1, le=100_000)] = 50
+    """After a switch, scans over which the live suspect share is watched."""
+    max_suspect_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    """Suspect share over ``watch_scans`` above which the switch is rolled back automatically."""
+
+
+class DriftConfig(_Section):
+    """Bounds of the per-lane figures that raise ``MODEL_DRIFT`` (and clear it on return)."""
+
+    window: Annotated[int, Field(ge=5, le=10_000)] = 200
+    """Reviewed scans per lane the rolling figures are computed over."""
+    min_scans: Annotated[int, Field(ge=1, le=10_000)] = 20
+    """Scans a lane needs in its window before drift is judged."""
+    max_suspect_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    """Rolling suspect share above this is drift."""
+    max_unavailable_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """Rolling share of scans without a verdict above this is drift."""
+    max_input_distance: Annotated[float, Field(gt=0.0, le=1000.0)] = 3.0
+    """Distance (in training standard deviations) of the recent input statistics from the model's envelope."""
+
+
 class InferenceConfig(_Section):
     model_path: FilePath | None = None
-    """A .tflite with its metadata .json beside it; null uses the model shipped with smartgate."""
+    """A .tflite with its metadata .json beside it, or a model package directory; null uses the model
+    shipped with smartgate. A package activated in ``storage.state_dir``/models takes precedence."""
+    mode: ReviewMode = "live"
+    """live: review verdicts decide; shadow: the review runs and is published, every scan goes to an officer."""
+    lane_modes: dict[Name, ReviewMode] = Field(default_factory=dict)
+    """Per-lane override of ``mode`` (lane id -> live/shadow); the hub's ``review.mode`` overrides both."""
+    trusted_keys: Annotated[list[FilePath], Field(max_length=16)] = Field(default_factory=list)
+    """Ed25519 public keys (PEM) a model package must be signed with; none: no package can be installed."""
+    live_bar: LiveBarConfig = Field(default_factory=LiveBarConfig)
+    """The figures a lane in shadow must reach for live."""
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    """Canary replay and automatic rollback of model switches."""
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    """Drift alarm bounds."""
     threads: Annotated[int, Field(ge=1, le=16)] = 1
     """Interpreter threads for the image review."""
     timeout_s: Annotated[float, Field(ge=0.1, le=60.0)] = 3.0
@@ -498,6 +557,16 @@ class StorageConfig(_Section):
     @property
     def samples_dir(self) -> Path:
         return self.state_dir / "samples"
+
+    @property
+    def models_dir(self) -> Path:
+        """Installed model packages and which one is active."""
+        return self.state_dir / "models"
+
+    @property
+    def review_modes_path(self) -> Path:
+        """Lanes the hub put in review shadow or live (``review.mode``), kept across restarts."""
+        return self.state_dir / "review_modes.json"
 
 
 class LoggingConfig(_Section):
@@ -584,8 +653,16 @@ class GateConfig(_Section):
                 problems.append((("lanes", i, "plc", "unit_id"),
                                  f"lane {endpoints[key]!r} already uses this PLC endpoint and unit id"))
             endpoints.setdefault(key, lane.id)
+        for lane_id in self.inference.lane_modes:
+            if lane_id not in first_lane:
+                hint = did_you_mean(lane_id, list(first_lane))
+                problems.append((("inference", "lane_modes", lane_id), f"unknown lane {lane_id!r}{hint}"))
         _reject(problems)
         return self
+
+    def review_mode(self, lane_id: str) -> ReviewMode:
+        """The configured review mode of a lane (before any hub ``review.mode``)."""
+        return self.inference.lane_modes.get(lane_id, self.inference.mode)
 
     @property
     def root_topic(self) -> str:

@@ -77,8 +77,14 @@ class GateDecider:
         preview_max_width: int = 1024,
         wall_clock: Callable[[], datetime] = utc_now,
         clock: Callable[[], float] = time.monotonic,
+        review_shadow: Callable[[str], bool] | None = None,
+        on_review: Callable[[str, ReviewResult], None] | None = None,
     ) -> None:
         self.policy = policy
+        self.review_shadow = review_shadow
+        """Lane id -> whether its review runs in shadow mode (verdict published, decision manual)."""
+        self.on_review = on_review
+        """Called with (lane id, result) after every review (model watch, drift figures)."""
         self._notices = notices
         self._reviewer = reviewer
         self._archive_scan = archive_scan
@@ -123,6 +129,8 @@ class GateDecider:
             for i, (ident, notice) in enumerate(zip(identities, notices, strict=True))
         ]
         scan_facts = _scan_facts(scan_obs, reviewed.result)
+        if reviewed.result is not None and self.on_review is not None:
+            self.on_review(evidence.lane, reviewed.result)
         decision = decide(
             DecisionInputs(
                 containers=tuple(facts),
@@ -131,6 +139,7 @@ class GateDecider:
                 max_containers=evidence.max_containers,
                 plc_fault=evidence.plc_fault,
                 decided_at=now,
+                review_shadow=self.review_shadow is not None and self.review_shadow(evidence.lane),
             ),
             self.policy,
         )

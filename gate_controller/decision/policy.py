@@ -9,7 +9,8 @@ the contract's order. ``release`` is returned only when every precondition holds
   when it knows;
 - each has a release notice in force whose status is ``released``;
 - on a lane with a scanner: a scan, complete, with verdict ``clear``;
-- each container declared ``empty`` shows no cargo (``not_empty_score`` below its threshold).
+- each container declared ``empty`` shows no cargo (``not_empty_score`` below its threshold);
+- the lane's image review is live, not in shadow mode (``REVIEW_SHADOW``, always ``manual``).
 
 Anything else maps each failed condition to a reason, each reason to an action (configurable
 among inspect/hold/manual), and takes the most severe: manual > inspect > hold. ``manual`` comes
@@ -51,7 +52,7 @@ Verdict = Literal["clear", "suspect", "unavailable"]
 ReasonCode = Literal[
     "ALL_RELEASED", "SCAN_CLEAR", "NOT_RELEASED", "ON_HOLD", "INSPECTION_ORDERED", "OCR_UNREADABLE",
     "CHECK_DIGIT_INVALID", "NO_SCAN", "SCAN_INCOMPLETE", "SCAN_SUSPECT", "DECLARED_EMPTY_NOT_EMPTY",
-    "INFERENCE_UNAVAILABLE", "PLC_FAULT", "MANUAL_OVERRIDE", "CANCELLED",
+    "INFERENCE_UNAVAILABLE", "REVIEW_SHADOW", "PLC_FAULT", "MANUAL_OVERRIDE", "CANCELLED",
 ]
 REASON_CODES: Final[tuple[str, ...]] = get_args(ReasonCode)
 """Every contract reason code, in the contract's order (the order reasons are reported in)."""
@@ -65,6 +66,7 @@ BLOCKING_REASONS: Final[tuple[str, ...]] = (
 """Reasons `decide` produces that stand in the way of release; each maps to an action."""
 _INFORMATIVE: Final = ("ALL_RELEASED", "SCAN_CLEAR")
 _NOT_DECIDED_HERE: Final = ("MANUAL_OVERRIDE", "CANCELLED")  # set by the operator path and the lane
+_ALWAYS_MANUAL: Final = ("REVIEW_SHADOW",)  # officers decide every scan of a lane whose review is in shadow
 
 DEFAULT_ACTIONS: Final[Mapping[ReasonCode, Action]] = {
     "NOT_RELEASED": "hold",
@@ -135,6 +137,9 @@ class PolicyConfig(BaseModel):
                 problems.append((("actions", reason), f"{reason} is not a reason against release; it has no action"))
             elif reason in _NOT_DECIDED_HERE:
                 problems.append((("actions", reason), f"{reason} is set by the operator or the lane, not the policy"))
+            elif reason in _ALWAYS_MANUAL:
+                problems.append((("actions", reason), f"{reason}: a lane in review shadow mode is always decided "
+                                                      "manual; it has no configurable action"))
             elif action == "release":
                 problems.append((
                     ("actions", reason),
@@ -192,6 +197,8 @@ class DecisionInputs:
     """How many containers the lane knows the vehicle carries (e.g. from the scan), if it knows."""
     decided_at: datetime | None = None
     """Timezone-aware; a notice that expired by then counts as absent (None: as looked up)."""
+    review_shadow: bool = False
+    """The lane's image review runs in shadow mode: its verdict is published, never acted on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,10 +289,15 @@ def decide(inputs: DecisionInputs, config: PolicyConfig) -> Decision:
                 reasons.add("SCAN_SUSPECT")
             elif scan.complete:
                 reasons.add("SCAN_CLEAR")
+    if inputs.review_shadow and inputs.lane_has_scanner:
+        # Decided as a gate without image review would be: an officer looks at every scan.
+        reasons.add("REVIEW_SHADOW")
     if inputs.plc_fault:
         reasons.add("PLC_FAULT")
 
     ordered = tuple(sorted(reasons, key=_ORDER.__getitem__))
+    if any(r in _ALWAYS_MANUAL for r in ordered):
+        return Decision(action="manual", reasons=ordered)
     blocking = [r for r in ordered if r in DEFAULT_ACTIONS]
     if blocking:
         action = max((config.action_for(r) for r in blocking), key=ACTION_SEVERITY.__getitem__)

@@ -167,6 +167,68 @@ class ScanArchive:
         logger.info("labelled sample %s stored: %s %s", stem, finding, ",".join(labels))
         return meta_path
 
+    def transaction_of_scan(self, scan_id: str) -> dict[str, Any] | None:
+        """The newest kept transaction whose scan is ``scan_id`` (None: none kept)."""
+        _checked(scan_id, "scan id")
+        with os.scandir(self.transactions_dir) as it:
+            entries = sorted((e for e in it if e.name.endswith(".json")), key=lambda e: -e.stat().st_mtime_ns)
+        for entry in entries:
+            try:
+                record = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            scan = record.get("scan") if isinstance(record, dict) else None
+            if isinstance(record, dict) and isinstance(scan, Mapping) and scan.get("scan_id") == scan_id:
+                return dict(record)
+        return None
+
+    def store_confirmation(self, *, scan_id: str, finding: str, labels: Sequence[str],
+                           regions: Sequence[Mapping[str, Any]] = (), request_id: str | None = None,
+                           issued_by: str | None = None) -> Path:
+        """File an officer's ``review.confirm`` (finding ``clean`` or ``anomaly``) as a labelled sample.
+
+        The sample has the format of `store_sample` (what ``python -m inference.training train
+        --samples`` reads): ``anomaly`` is filed as finding ``contraband`` with
+        ``confirmed: "anomaly"``, and ``regions`` (scan pixel boxes) are kept for dense training
+        targets. The sample is named after the scan; the transaction that carried the scan is
+        attached when the gate still has it (the shadow report reads the model's verdict there).
+        """
+        if finding not in ("clean", "anomaly"):
+            raise ArchiveError(f"finding must be clean or anomaly (got {finding!r})")
+        stem = _checked(scan_id, "scan id")
+        source = self.archive_dir / f"{stem}.npz"
+        if not source.is_file():
+            raise ArchiveError(f"scan {scan_id} is not in the archive (never stored, or pruned)")
+        record = self.transaction_of_scan(scan_id)
+        target = self.samples_dir / f"{stem}.npz"
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(target)
+        sample: dict[str, Any] = {
+            "format": SAMPLE_FORMAT,
+            "transaction_id": record.get("transaction_id") if record else None,
+            "scan_id": scan_id,
+            "scan_file": target.name,
+            "finding": "clean" if finding == "clean" else "contraband",
+            "confirmed": finding,
+            "labels": list(labels),
+            "regions": [dict(r) for r in regions],
+            "declared_by_container": _declared(record) if record else [],
+            "labelled_at": utc_timestamp(self._wall_clock()),
+            "request_id": request_id,
+            "issued_by": issued_by,
+            "transaction": record,
+        }
+        common = _common(sample["declared_by_container"]) if record else None
+        if common is not None:
+            sample["declared"] = common
+        meta_path = self.samples_dir / f"{stem}.json"
+        write_atomic(meta_path, json.dumps(sample, indent=1, ensure_ascii=False).encode("utf-8"), durable=True)
+        logger.info("confirmed sample %s stored: %s %s", stem, finding, ",".join(labels))
+        return meta_path
+
     # ------------------------------------------------------------------ pruning
 
     def _files(self) -> list[os.DirEntry[str]]:

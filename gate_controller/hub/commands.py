@@ -42,13 +42,18 @@ __all__ = ["COMMAND_NAMES", "LOCAL_COMMAND_NAMES", "CommandDispatcher", "LocalRe
 
 logger = logging.getLogger(__name__)
 
-COMMAND_NAMES: Final = ("barrier", "lane.mode", "rebirth", "scan.fetch", "inspection.result", "config.reload")
+COMMAND_NAMES: Final = ("barrier", "lane.mode", "rebirth", "scan.fetch", "inspection.result", "config.reload",
+                         "review.mode", "review.confirm", "model.activate")
 LOCAL_COMMAND_NAMES: Final = ("barrier", "lane.mode")
 """What the technician console may ask for (with ``console.allow_commands``)."""
 
 _ID_TEXT: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _SCAN_ID: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LABEL: Final = re.compile(r"^[A-Za-z0-9_.:/ -]{1,64}$")
+_MODEL_NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MODEL_VERSION: Final = re.compile(r"^\d{1,6}(\.\d{1,6}){0,3}$")
+_SHA256: Final = re.compile(r"^[0-9a-f]{64}$")
+_MAX_REGIONS: Final = 64
 _MAX_PAYLOAD: Final = 64 * 1024
 
 
@@ -289,10 +294,26 @@ class CommandDispatcher:
             if not isinstance(args["transaction_id"], str) or not _SCAN_ID.match(args["transaction_id"]):
                 raise Rejection("args", "bad arguments: transaction_id must be 1..64 of [A-Za-z0-9_.-]")
             _choice(args, "finding", ("clean", "contraband", "misdeclared"))
-            labels = args["labels"]
-            if (not isinstance(labels, list) or len(labels) > 64
-                    or not all(isinstance(x, str) and _LABEL.match(x) for x in labels)):
-                raise Rejection("args", "bad arguments: labels must be a list of up to 64 short strings")
+            _labels(args["labels"])
+        elif c.name == "review.mode":
+            _exact(args, ("lane", "mode"))
+            self._lane(args["lane"])
+            _choice(args, "mode", ("live", "shadow"))
+        elif c.name == "review.confirm":
+            _allowed(args, ("scan_id", "finding"), ("labels", "regions"))
+            if not isinstance(args["scan_id"], str) or not _SCAN_ID.match(args["scan_id"]):
+                raise Rejection("args", "bad arguments: scan_id must be 1..64 of [A-Za-z0-9_.-]")
+            _choice(args, "finding", ("clean", "anomaly"))
+            _labels(args.get("labels", []))
+            _regions(args.get("regions", []))
+        elif c.name == "model.activate":
+            _exact(args, ("name", "version", "sha256"))
+            if not isinstance(args["name"], str) or not _MODEL_NAME.match(args["name"]):
+                raise Rejection("args", "bad arguments: name must be 1..64 of [A-Za-z0-9_.-]")
+            if not isinstance(args["version"], str) or not _MODEL_VERSION.match(args["version"]):
+                raise Rejection("args", "bad arguments: version must be dotted numbers (e.g. 1.2.0)")
+            if not isinstance(args["sha256"], str) or not _SHA256.match(args["sha256"]):
+                raise Rejection("args", "bad arguments: sha256 must be 64 lowercase hex digits")
 
     def _lane(self, lane: Any) -> None:
         known = list(self._target.lane_ids())
@@ -335,6 +356,18 @@ class CommandDispatcher:
             await asyncio.to_thread(lambda: archive.store_sample(
                 transaction_id=args["transaction_id"], finding=args["finding"], labels=list(args["labels"]),
                 request_id=c.request_id, issued_by=c.issued_by))
+        elif c.name == "review.mode":
+            await self._target.review_mode_command(lane=args["lane"], mode=args["mode"], operator=c.issued_by)
+        elif c.name == "review.confirm":
+            if self._archive is None:
+                raise CommandRefused("no scan archive on this gate")
+            archive = self._archive
+            await asyncio.to_thread(lambda: archive.store_confirmation(
+                scan_id=args["scan_id"], finding=args["finding"], labels=list(args.get("labels", [])),
+                regions=list(args.get("regions", [])), request_id=c.request_id, issued_by=c.issued_by))
+        elif c.name == "model.activate":
+            await self._target.model_activate_command(name=args["name"], version=args["version"],
+                                                      sha256=args["sha256"], operator=c.issued_by)
 
     async def _scan_fetch(self, scan_id: str) -> None:
         if self._archive is None or not self._archive.enabled:
@@ -393,3 +426,29 @@ def _exact(args: Mapping[str, Any], names: tuple[str, ...]) -> None:
 def _choice(args: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> None:
     if args[name] not in allowed:
         raise Rejection("args", f"bad arguments: {name} must be one of {', '.join(allowed)} (got {args[name]!r})")
+
+
+def _allowed(args: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    missing = [n for n in required if n not in args]
+    extra = sorted(set(args) - set(required) - set(optional))
+    if missing:
+        raise Rejection("args", f"bad arguments: missing {', '.join(missing)}")
+    if extra:
+        raise Rejection("args", f"bad arguments: unexpected {', '.join(extra)}")
+
+
+def _labels(labels: Any) -> None:
+    if (not isinstance(labels, list) or len(labels) > 64
+            or not all(isinstance(x, str) and _LABEL.match(x) for x in labels)):
+        raise Rejection("args", "bad arguments: labels must be a list of up to 64 short strings")
+
+
+def _regions(regions: Any) -> None:
+    """Boxes in scan pixels, as the training's label files hold them: {x, y, w, h, label}."""
+    if not isinstance(regions, list) or len(regions) > _MAX_REGIONS:
+        raise Rejection("args", f"bad arguments: regions must be a list of up to {_MAX_REGIONS} boxes")
+    for r in regions:
+        if (not isinstance(r, dict) or set(r) != {"x", "y", "w", "h", "label"}
+                or not all(type(r[k]) is int and 0 <= r[k] <= 1_000_000 for k in ("x", "y", "w", "h"))
+                or r["w"] < 1 or r["h"] < 1 or not isinstance(r["label"], str) or not _LABEL.match(r["label"])):
+            raise Rejection("args", "bad arguments: each region needs integer x, y >= 0, w, h >= 1 and a label")

@@ -29,7 +29,7 @@ from firmware_bridge.events import FaultEvent, LinkStateEvent, OcrEvent, ScanEve
 from firmware_bridge.link import GfpLink
 from firmware_bridge.settings import LinkSettings
 from gate_controller import __version__
-from gate_controller.config import GateConfig, LinkConfig, load_config, read_secret
+from gate_controller.config import GateConfig, LinkConfig, load_config, read_secret, resolve_secret_path
 from gate_controller.console.app import ConsoleServer, ConsoleSources
 from gate_controller.console.auth import check_hash
 from gate_controller.console.watch import GateWatch, WatchedDecider
@@ -44,11 +44,15 @@ from gate_controller.hub.outbox import Outbox
 from gate_controller.hub.telemetry import Telemetry, TelemetrySnapshot
 from gate_controller.lane.machine import Lane
 from gate_controller.lane.modes import LaneModeStore
+from gate_controller.lifecycle.fleet import ModelManager
+from gate_controller.lifecycle.modes import ReviewModes
 from gate_controller.plc.driver import PlcBusRegistry
 from gate_controller.service import sdnotify
 from gate_controller.service.control import ControlServer
 from gate_controller.service.logs import bind, configure_logging
+from inference.package import PackageStore
 from inference.preview import render_image_png
+from inference.result import ReviewResult
 from inference.worker import ReviewWorker
 
 __all__ = ["EX_CONFIG", "GateDaemon", "link_settings", "run_daemon"]
@@ -60,6 +64,8 @@ EX_SOFTWARE = 70
 _TICK_S = 0.25
 _LOOP_STALL_S = 2.0
 """The loop is wedged when the ticker has not run for this long (heartbeat and watchdog stop)."""
+_MODEL_POLL_S = 2.0
+"""How often the model store is checked for switches made with `smartgate model activate|rollback`."""
 
 
 def link_settings(config: LinkConfig) -> LinkSettings:
@@ -107,6 +113,8 @@ class GateDaemon:
         self._lane_modes: LaneModeStore | None = None
         self.watch: GateWatch | None = GateWatch(size=config.console.feed_size) if config.console.listen else None
         """What the technician console shows; None while the console is off."""
+        self.review_modes: ReviewModes | None = None
+        self.models: ModelManager | None = None
 
     # ------------------------------------------------------------------ run
 
@@ -129,14 +137,24 @@ class GateDaemon:
         replay = await asyncio.to_thread(ReplayCache, state_dir / "replay.sqlite3",
                                          window_s=config.mqtt.replay_window_s)
         policy = config.policy
+        store = await asyncio.to_thread(PackageStore, config.storage.models_dir)
+        fallback_model = config.inference.model_path
         reviewer = ReviewWorker(
-            config.inference.model_path, config.inference.threads, config.inference.timeout_s,
+            store.active_path() or fallback_model, config.inference.threads, config.inference.timeout_s,
             suspect_threshold=policy.suspect_threshold, not_empty_threshold=policy.not_empty_threshold,
         )
         self.reviewer = reviewer
+        keys = [resolve_secret_path(p, base_dir=self.config_dir) for p in config.inference.trusted_keys]
+        self.models = ModelManager(
+            store=store, trusted_keys=keys,
+            reviewer=reviewer, emit=outbox.emit_event, samples_dir=config.storage.samples_dir,
+            canary=config.inference.canary, fallback_model=fallback_model)
+        self.review_modes = ReviewModes(config.storage.review_modes_path, _review_modes(config))
+        await asyncio.to_thread(self.review_modes.load)
         decider = GateDecider(policy=policy, notices=notices, reviewer=reviewer, archive_scan=archive.store_scan,
                               preview_sink=self._publish_preview,
-                              preview_max_width=config.inference.preview_max_width)
+                              preview_max_width=config.inference.preview_max_width,
+                              review_shadow=self.review_modes.shadow, on_review=self._on_review)
         self.decider = decider
         buses = PlcBusRegistry()
         self._lane_modes = LaneModeStore(config.storage.lane_modes_path)
@@ -178,6 +196,7 @@ class GateDaemon:
             async with asyncio.TaskGroup() as tg:
                 self._spawn(tg, self._ticker(), "ticker")
                 self._spawn(tg, self._start_reviewer(), "reviewer-start")
+                self._spawn(tg, self._watch_models(), "models")
                 for name, link in self._links.items():
                     self._spawn(tg, link.run(), f"link:{name}")
                     self._spawn(tg, self._route(link), f"route:{name}")
@@ -255,6 +274,19 @@ class GateDaemon:
             log.error("image review unavailable: %s (scans will be decided manual)", self.reviewer.last_error)
             await self.outbox.emit_event(lane=None, type="alarm", code="MODEL_LOADED", severity="error",
                                          active=False, detail={"error": self.reviewer.last_error})
+
+    def _on_review(self, lane: str, result: ReviewResult) -> None:
+        if self.models is not None:
+            self.models.observe(lane, result)
+
+    async def _watch_models(self) -> None:
+        assert self.models is not None
+        while True:
+            await asyncio.sleep(_MODEL_POLL_S)
+            try:
+                await self.models.poll()
+            except Exception as err:  # a broken store must not stop the daemon; it is logged each time it changes
+                log.error("model store check failed: %s", err)  # noqa: TRY400
 
     async def _run_lane(self, lane: Lane) -> None:
         with bind(lane=lane.id):
@@ -407,6 +439,23 @@ class GateDaemon:
     async def reload_config(self) -> None:
         await self.reload()
 
+    async def review_mode_command(self, *, lane: str, mode: Literal["live", "shadow"], operator: str) -> None:
+        self._lane(lane)
+        assert self.review_modes is not None
+        assert self.outbox is not None
+        modes = self.review_modes
+        before = modes.mode(lane)
+        changed = await asyncio.to_thread(modes.set, lane, mode)
+        log.info("lane %s: review %s -> %s (by %s)", lane, before, mode, operator)
+        if changed:
+            await self.outbox.emit_event(lane=lane, type="state", code="REVIEW_MODE", severity="info", active=True,
+                                         detail={"mode": mode, "previous": before, "by": operator})
+
+    async def model_activate_command(self, *, name: str, version: str, sha256: str, operator: str) -> None:
+        if self.models is None:
+            raise CommandRefused("model management is not running")
+        await self.models.activate(name, version, sha256, by=operator)
+
     def lane_ids(self) -> Sequence[str]:
         return tuple(self._lanes)
 
@@ -466,6 +515,8 @@ class GateDaemon:
         assert self.decider is not None
         assert self.reviewer is not None
         self.decider.policy = new.policy
+        if self.review_modes is not None:
+            self.review_modes.reconfigure(_review_modes(new))
         self.reviewer.suspect_threshold = new.policy.suspect_threshold
         self.reviewer.not_empty_threshold = new.policy.not_empty_threshold
         self.reviewer.timeout_s = new.inference.timeout_s
@@ -552,6 +603,9 @@ class GateDaemon:
                 "model_loaded": self.reviewer is not None and self.reviewer.model_info is not None,
                 "worker_pid": self.reviewer.pid if self.reviewer is not None else None,
                 "worker_restarts": self.reviewer.restarts if self.reviewer is not None else 0,
+                "review_modes": self.review_modes.modes(self._lanes) if self.review_modes is not None else {},
+                "model_path": str(self.reviewer.model_path) if self.reviewer is not None else None,
+                "model_watch": self.models.watching if self.models is not None else None,
             },
             "counters": dict(self.counters),
         }
@@ -564,6 +618,10 @@ _SEVERITIES: dict[str, Literal["info", "warning", "error", "critical"]] = {
 
 def _severity(value: str) -> Literal["info", "warning", "error", "critical"]:
     return _SEVERITIES.get(value, "error")
+
+
+def _review_modes(config: GateConfig) -> dict[str, Literal["live", "shadow"]]:
+    return {lane.id: config.review_mode(lane.id) for lane in config.lanes}
 
 
 def _read_key(config: GateConfig, config_dir: Path) -> bytes:

@@ -169,10 +169,10 @@ class RecordingTarget:
     def lane_ids(self) -> Sequence[str]:
         return self.lanes
 
-    def _record(self, name: str, **kwargs: Any) -> None:
+    def _record(self, command: str, /, **kwargs: Any) -> None:
         if self.refuse is not None:
             raise CommandRefused(self.refuse)
-        self.calls.append((name, kwargs))
+        self.calls.append((command, kwargs))
 
     async def barrier_command(self, *, lane: str, action: Literal["open", "close"], reason: str,
                               operator: str) -> None:
@@ -186,6 +186,14 @@ class RecordingTarget:
     async def reload_config(self) -> None:
         await asyncio.sleep(0)
         self._record("config.reload")
+
+    async def review_mode_command(self, *, lane: str, mode: Literal["live", "shadow"], operator: str) -> None:
+        await asyncio.sleep(0)
+        self._record("review.mode", lane=lane, mode=mode, operator=operator)
+
+    async def model_activate_command(self, *, name: str, version: str, sha256: str, operator: str) -> None:
+        await asyncio.sleep(0)
+        self._record("model.activate", name=name, version=version, sha256=sha256, operator=operator)
 
 
 def dumps(obj: Any) -> bytes:

@@ -106,7 +106,17 @@ TABLE: list[tuple[str, DecisionInputs, str, tuple[str, ...]]] = [
      ("SCAN_CLEAR", "ON_HOLD", "INSPECTION_ORDERED")),
     ("PLC fault beats a suspect scan", inputs(plc_fault=True, scan=replace(CLEAR, verdict="suspect")), "manual",
      ("ALL_RELEASED", "SCAN_SUSPECT", "PLC_FAULT")),
+    ("review in shadow, clear scan", inputs(review_shadow=True), "manual",
+     ("ALL_RELEASED", "SCAN_CLEAR", "REVIEW_SHADOW")),
+    ("review in shadow, suspect scan", inputs(review_shadow=True, scan=replace(CLEAR, verdict="suspect")), "manual",
+     ("ALL_RELEASED", "SCAN_SUSPECT", "REVIEW_SHADOW")),
 ]
+
+
+def test_shadow_cannot_be_mapped_away_from_manual() -> None:
+    with pytest.raises(ValidationError, match="always decided manual"):
+        PolicyConfig(actions={"REVIEW_SHADOW": "hold"})
+    assert decide(inputs(review_shadow=True, scanner=False, scan=None), PolicyConfig()).action == "release"
 
 
 @pytest.mark.parametrize(("case", "passage", "action", "reasons"), TABLE, ids=[row[0] for row in TABLE])

@@ -108,6 +108,11 @@ def test_accepted_commands_act_and_reply_ok(broker: MosquittoBroker, tmp_path: P
                 assert reply["ok"] is True
                 reply = await send(client, "config.reload", signed("config.reload", {}))
                 assert reply["ok"] is True
+                reply = await send(client, "review.mode", signed("review.mode", {"lane": "L1", "mode": "shadow"}))
+                assert reply["ok"] is True, reply
+                reply = await send(client, "model.activate", signed("model.activate", {
+                    "name": "xray", "version": "1.2.0", "sha256": "ab" * 32}))
+                assert reply["ok"] is True
                 births = len([s for s in collector.json_on("/status") if s["state"] == "online"])
                 reply = await send(client, "rebirth", signed("rebirth", {}))
                 assert reply["ok"] is True
@@ -117,8 +122,11 @@ def test_accepted_commands_act_and_reply_ok(broker: MosquittoBroker, tmp_path: P
                     ("lane.mode", {"lane": "L1", "mode": "manual"}),
                     ("barrier", {"lane": "L2", "action": "open", "reason": "stuck truck", "operator": "ops@hub"}),
                     ("config.reload", {}),
+                    ("review.mode", {"lane": "L1", "mode": "shadow", "operator": "ops@hub"}),
+                    ("model.activate", {"name": "xray", "version": "1.2.0", "sha256": "ab" * 32,
+                                        "operator": "ops@hub"}),
                 ]
-                assert g.dispatcher.accepted == 4
+                assert g.dispatcher.accepted == 6
                 assert g.dispatcher.rejected == 0
             assert collector.json_on("/events") == []  # no COMMAND_REJECTED for good commands
             assert collector.contract_problems() == []
@@ -154,6 +162,17 @@ def test_rejected_commands_reply_raise_an_event_and_do_nothing(broker: Mosquitto
         ("scan.fetch", signed("scan.fetch", {"scan_id": "../../etc/passwd"}), None, "scan_id must be"),
         ("inspection.result", signed("inspection.result", {"transaction_id": "T1", "finding": "clean",
                                                             "labels": "x"}), None, "labels must be"),
+        ("review.mode", signed("review.mode", {"lane": "L1", "mode": "auto"}), None, "mode must be one of"),
+        ("review.confirm", signed("review.confirm", {"scan_id": "S1", "finding": "maybe"}), None,
+         "finding must be one of"),
+        ("review.confirm", signed("review.confirm", {"scan_id": "S1", "finding": "anomaly", "regions": [
+            {"x": -1, "y": 0, "w": 5, "h": 5, "label": "weapon"}]}), None, "each region needs"),
+        ("review.confirm", signed("review.confirm", {"scan_id": "S1", "finding": "clean", "why": 1}), None,
+         "unexpected why"),
+        ("model.activate", signed("model.activate", {"name": "m", "version": "1.0", "sha256": "ABC"}), None,
+         "sha256 must be"),
+        ("model.activate", signed("model.activate", {"name": "m", "version": "1.0-rc", "sha256": "a" * 64}), None,
+         "version must be"),
     ]
 
     async def main() -> None:

@@ -1,0 +1,32 @@
+"""Where the review finds its network: a ``.tflite`` file, or a model package directory.
+
+The review worker and ``smartgate review --model`` accept both. For a package every file's hash
+is checked against its manifest before the interpreter sees it (the signature was checked when
+the package was installed or activated; the worker has no keys).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inference.package.manifest import MANIFEST_FILE, PackageError, load_manifest
+
+__all__ = ["is_package", "resolve_model_path"]
+
+
+def is_package(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST_FILE).is_file()
+
+
+def resolve_model_path(path: Path | None) -> Path | None:
+    """The ``.tflite`` to load for ``path`` (None: the shipped model)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if not is_package(path):
+        raise PackageError(f"{path} is a directory but not a model package (no {MANIFEST_FILE})")
+    manifest = load_manifest(path)
+    manifest.check_files(path)
+    return path / manifest.model_file
