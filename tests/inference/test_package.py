@@ -165,8 +165,9 @@ def test_store_enforces_the_version_floor_and_switches_atomically(tmp_path: Path
     store.activate(v2, reason="test")
     store.activate(v3, reason="test")
     assert store.active_path() == tmp_path / "models" / "xray" / "3.0.0"
-    assert store.previous() is not None
-    assert store.previous().version == "2.0.0"
+    previous = store.previous()
+    assert previous is not None
+    assert previous.version == "2.0.0"
     rolled, now = store.rollback(reason="test")
     assert rolled is not None
     assert rolled.version == "3.0.0"
