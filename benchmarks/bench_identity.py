@@ -11,7 +11,7 @@ and counts:
 
 A sample is also piped through the real ``smartgate identify`` command, and its output must be
 identical to the in-process result. The noise model is this file's own (its confusion table was
-written independently of the one in ``gate_controller/decision/identity.py``), so the benchmark does not
+written independently of the one in ``gate_controller/decision/identity/``), so the benchmark does not
 simply replay the fusion's assumptions.
 
     .venv/bin/python benchmarks/bench_identity.py                 # 100,000 sets, the reference figures
