@@ -16,6 +16,10 @@ Modbus TCP gateway) share one `PlcBus` from a `PlcBusRegistry`: one client, one 
 stops answering costs each request ``timeout_s`` while it holds that lock, so a driver whose link
 is down only probes at its reconnect backoff (at most about once per ``reconnect_max_s``) and the
 other lanes on the bus keep most of its time. Lanes on different buses never wait for each other.
+
+The point map and read plan (`points`), the image and events (`image`), the buses (`bus`) and the
+owner-task helpers (`gate_controller.core.tasks`) live in modules of their own; their names are
+re-exported here, so a lane imports the PLC from this one module.
 """
 
 from __future__ import annotations
@@ -25,18 +29,26 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import Literal
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
-
-from gate_controller.config import PlcConfig, PointConfig
-from gate_controller.core.errors import PlcError, PlcInterlockError, PlcTimeoutError, PlcVerificationError
+from gate_controller.config import PlcConfig
+from gate_controller.core.errors import PlcError, PlcInterlockError, PlcVerificationError
+from gate_controller.core.tasks import raise_if_cancelling, stop_task
+from gate_controller.plc.bus import BusKey, PlcBus, PlcBusRegistry, default_bus_registry
+from gate_controller.plc.image import PlcEvent, PlcImage, PlcInputsChanged, PlcLinkDown, PlcLinkUp
+from gate_controller.plc.points import (
+    COILS,
+    EXIT_LOOP,
+    HOLDING_REGISTERS,
+    INPUT_BITS,
+    INPUT_REGISTERS,
+    DisplayMessage,
+    LaneStateCode,
+    ReadBlock,
+    point_map,
+    read_blocks,
+)
 
 __all__ = [
     "COILS",
@@ -63,364 +75,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# pymodbus logs every unanswered request at ERROR, with hex dumps. The driver turns each failure
-# into a PlcError and logs the link's state changes itself (first failure, recovery), so the
-# library's per-request messages would only flood the journal while a PLC is down.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-INPUT_BITS = ("loop_entry", "loop_stop", "loop_safety", "barrier_up", "barrier_down", "estop", "local_manual")
-"""Bits the PLC reports (discrete inputs by default)."""
-COILS = ("barrier_raise", "light_green", "light_red", "sign_inspection", "alarm", "scan_permit")
-"""Bits the daemon writes."""
-HOLDING_REGISTERS = ("host_heartbeat", "lane_state", "display_message")
-"""Registers the daemon writes."""
-INPUT_REGISTERS = ("plc_version", "plc_watchdog", "barrier_cycles")
-"""Registers the PLC reports."""
-EXIT_LOOP = "exit_loop"
-"""Name of the optional exit detector input (``PlcConfig.exit_loop``)."""
-
-Table = Literal["coil", "discrete_input", "holding_register", "input_register"]
-
-
-class LaneStateCode(IntEnum):
-    """Values of the ``lane_state`` holding register."""
-
-    OFFLINE = 0
-    AUTOMATIC = 1
-    MANUAL = 2
-    FAULT = 3
-    CLOSED = 4
-
-
-class DisplayMessage(IntEnum):
-    """Values of the ``display_message`` holding register."""
-
-    BLANK = 0
-    PROCEED = 1
-    STOP_WAIT = 2
-    GO_TO_INSPECTION = 3
-    LANE_CLOSED = 4
-
-
-def point_map(config: PlcConfig) -> dict[str, PointConfig]:
-    """Every logical signal of the lane with its point, the optional exit detector included."""
-    points = {name: getattr(config.points, name) for name in type(config.points).model_fields}
-    if config.exit_loop is not None:
-        points[EXIT_LOOP] = config.exit_loop
-    return points
-
-
-# --------------------------------------------------------------------------- snapshots and events
-
-
-@dataclass(frozen=True)
-class PlcImage:
-    """What the PLC reported at one moment, in logical values (inversion already applied).
-
-    ``coils`` and ``holding`` are what the PLC holds, which is not always what the daemon wrote:
-    a tripped PLC watchdog forces lights and the barrier on its own.
-    """
-
-    inputs: Mapping[str, bool]
-    coils: Mapping[str, bool]
-    holding: Mapping[str, int]
-    registers: Mapping[str, int]
-    at: float
-
-    def bit(self, name: str) -> bool:
-        if name in self.inputs:
-            return self.inputs[name]
-        return self.coils[name]
-
-    @property
-    def estop(self) -> bool:
-        return self.inputs["estop"]
-
-    @property
-    def local_manual(self) -> bool:
-        return self.inputs["local_manual"]
-
-    @property
-    def loop_safety(self) -> bool:
-        return self.inputs["loop_safety"]
-
-    @property
-    def watchdog_tripped(self) -> bool:
-        return self.registers.get("plc_watchdog", 0) != 0
-
-    def as_dict(self) -> dict[str, bool | int]:
-        out: dict[str, bool | int] = {}
-        out.update(self.inputs)
-        out.update(self.coils)
-        out.update(self.holding)
-        out.update(self.registers)
-        return out
-
-
-@dataclass(frozen=True)
-class PlcLinkUp:
-    """The link is (back) up; ``image`` holds every point, read right after connecting."""
-
-    image: PlcImage
-
-
-@dataclass(frozen=True)
-class PlcLinkDown:
-    reason: str
-
-
-@dataclass(frozen=True)
-class PlcInputsChanged:
-    """A poll saw at least one point change; ``changed`` names them (edges, not levels)."""
-
-    image: PlcImage
-    changed: frozenset[str]
-
-
-PlcEvent = PlcLinkUp | PlcLinkDown | PlcInputsChanged
-
-
-# --------------------------------------------------------------------------- read plan
-
-
-@dataclass(frozen=True)
-class _Block:
-    """One Modbus read request: a contiguous run of addresses of one table."""
-
-    table: Table
-    start: int
-    names: tuple[str, ...]  # index = address - start
-
-    @property
-    def count(self) -> int:
-        return len(self.names)
-
-
-def _blocks(points: Mapping[str, PointConfig], names: Iterable[str]) -> tuple[_Block, ...]:
-    """Group points into contiguous runs per table.
-
-    Only exactly adjacent addresses are merged: reading an unmapped address in between is an
-    ILLEGAL ADDRESS exception on many PLCs, which would cost the whole read.
-    """
-    by_table: dict[str, list[tuple[int, str]]] = {}
-    for name in names:
-        point = points[name]
-        by_table.setdefault(point.table, []).append((point.address, name))
-    out: list[_Block] = []
-    for table, entries in by_table.items():
-        entries.sort()
-        run: list[tuple[int, str]] = []
-        for address, name in entries:
-            if run and address != run[-1][0] + 1:
-                out.append(_Block(_table(table), run[0][0], tuple(n for _, n in run)))
-                run = []
-            run.append((address, name))
-        if run:
-            out.append(_Block(_table(table), run[0][0], tuple(n for _, n in run)))
-    return tuple(out)
-
-
-def _table(name: str) -> Table:
-    if name == "coil":
-        return "coil"
-    if name == "discrete_input":
-        return "discrete_input"
-    if name == "holding_register":
-        return "holding_register"
-    if name == "input_register":
-        return "input_register"
-    raise ValueError(f"unknown Modbus table {name!r}")
-
-
-# --------------------------------------------------------------------------- buses
-
-
-@dataclass(frozen=True)
-class BusKey:
-    """Identity of one physical bus: a TCP endpoint or a serial line."""
-
-    transport: Literal["tcp", "rtu"]
-    endpoint: str
-
-    @classmethod
-    def of(cls, config: PlcConfig) -> BusKey:
-        if config.transport == "tcp":
-            return cls("tcp", f"{config.host}:{config.port}")
-        assert config.serial_url is not None
-        return cls("rtu", config.serial_url)
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{self.endpoint}"
-
-
-def _line_settings(config: PlcConfig) -> tuple[object, ...]:
-    if config.transport == "tcp":
-        return (config.timeout_s,)
-    return (config.baudrate, config.parity, config.bytesize, config.stopbits, config.timeout_s)
-
-
-Client = AsyncModbusTcpClient | AsyncModbusSerialClient
-
-
-class PlcBus:
-    """One Modbus client and the lock that serialises every request on it.
-
-    Callers hold `lock` for a whole sequence of requests that must not be interleaved with
-    another lane's (read inputs, then write, then read back).
-    """
-
-    def __init__(self, key: BusKey, config: PlcConfig) -> None:
-        self.key = key
-        self.lock = asyncio.Lock()
-        self.users = 0
-        self._config = config
-        self._settings = _line_settings(config)
-        self._client: Client | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None and self._client.connected
-
-    @property
-    def timeout_s(self) -> float:
-        return self._config.timeout_s
-
-    def _make_client(self) -> Client:
-        c = self._config
-        # retries=0: a write is never repeated blindly; reconnect_delay=0: reconnects are ours
-        # (pymodbus would neither retry the first connect nor add jitter).
-        if c.transport == "tcp":
-            assert c.host is not None
-            return AsyncModbusTcpClient(
-                c.host, port=c.port, timeout=c.timeout_s, retries=0, reconnect_delay=0, name=f"plc {self.key}"
-            )
-        assert c.serial_url is not None
-        return AsyncModbusSerialClient(
-            c.serial_url,
-            framer=FramerType.RTU,
-            baudrate=c.baudrate,
-            parity=c.parity,
-            bytesize=c.bytesize,
-            stopbits=c.stopbits,
-            timeout=c.timeout_s,
-            retries=0,
-            reconnect_delay=0,
-            name=f"plc {self.key}",
-        )
-
-    async def ensure_connected(self) -> None:
-        """Open the connection if it is not open. Call with `lock` held."""
-        if self.connected:
-            return
-        self.close()
-        client = self._make_client()
-        # pymodbus closes a TCP connection by itself after a few unanswered requests; on a shared
-        # bus one dead unit must not cut the others off, so the driver decides when to close.
-        client.set_max_no_responses(1_000_000)
-        try:
-            async with asyncio.timeout(self._config.timeout_s * 4 + 1.0):
-                ok = await client.connect()
-        except (TimeoutError, OSError) as err:
-            client.close()
-            raise PlcError(f"cannot connect to {self.key}: {err or type(err).__name__}") from err
-        if not ok:
-            client.close()
-            raise PlcError(f"cannot connect to {self.key}")
-        self._client = client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def call(self, what: str, request: Callable[[Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """One request/response, library errors translated. Call with `lock` held."""
-        client = self._client
-        if client is None or not client.connected:
-            raise PlcError(f"{what}: not connected to {self.key}")
-        try:
-            # pymodbus enforces timeout_s itself; this outer bound only guards against a hang.
-            async with asyncio.timeout(self._config.timeout_s + 1.0):
-                response = await request(client)
-        except TimeoutError as err:
-            raise PlcTimeoutError(f"{what}: no answer from {self.key}") from err
-        except ConnectionException as err:
-            raise PlcError(f"{what}: connection to {self.key} lost") from err
-        except ModbusIOException as err:
-            raise PlcTimeoutError(f"{what}: no answer from {self.key} within {self._config.timeout_s} s") from err
-        except ModbusException as err:
-            raise PlcError(f"{what}: {err}") from err
-        except OSError as err:
-            raise PlcError(f"{what}: {err.strerror or err}") from err
-        if response.isError():
-            raise PlcError(f"{what}: PLC answered with Modbus exception {response.exception_code}")
-        return response
-
-
-class PlcBusRegistry:
-    """The buses of one daemon, keyed by endpoint, so lanes on one bus share one client and lock."""
-
-    def __init__(self) -> None:
-        self._buses: dict[BusKey, PlcBus] = {}
-
-    def acquire(self, config: PlcConfig) -> PlcBus:
-        key = BusKey.of(config)
-        bus = self._buses.get(key)
-        if bus is None:
-            bus = self._buses[key] = PlcBus(key, config)
-        elif bus._settings != _line_settings(config):
-            raise PlcError(f"lanes on bus {key} disagree on its line settings (baud rate, parity, timeout)")
-        bus.users += 1
-        return bus
-
-    def release(self, bus: PlcBus) -> None:
-        bus.users -= 1
-        if bus.users <= 0:
-            bus.close()
-            if self._buses.get(bus.key) is bus:
-                del self._buses[bus.key]
-
-    def __contains__(self, key: BusKey) -> bool:
-        return key in self._buses
-
-
-_DEFAULT_REGISTRY = PlcBusRegistry()
-
-
-def default_bus_registry() -> PlcBusRegistry:
-    """The process-wide registry used when a driver is not given one."""
-    return _DEFAULT_REGISTRY
-
-
-# --------------------------------------------------------------------------- the driver
-
 
 def _always() -> bool:
     return True
-
-
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that a library swallowed.
-
-    Python 3.11's `asyncio.wait_for` (which pymodbus awaits every response with) returns the result
-    instead of raising when a cancellation lands in the same loop turn as the response; the task
-    then keeps running with ``cancelling() > 0``. Owner loops call this once per turn so that a
-    cancelled task still stops.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-async def stop_task(task: asyncio.Task[None], *, name: str) -> None:
-    """Cancel ``task`` and wait for it, cancelling again if a cancellation was swallowed."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-        if not task.done():
-            log.warning("%s did not stop on cancellation; cancelling again", name)
-    with contextlib.suppress(asyncio.CancelledError):
-        task.result()
 
 
 @dataclass
@@ -469,10 +126,10 @@ class PlcDriver:
         self._unit = config.unit_id
         self._points = point_map(config)
         input_names = list(INPUT_BITS) + ([EXIT_LOOP] if config.exit_loop is not None else [])
-        self._input_blocks = _blocks(self._points, input_names)
-        self._coil_blocks = _blocks(self._points, COILS)
-        self._holding_blocks = _blocks(self._points, HOLDING_REGISTERS)
-        self._register_blocks = _blocks(self._points, INPUT_REGISTERS)
+        self._input_blocks = read_blocks(self._points, input_names)
+        self._coil_blocks = read_blocks(self._points, COILS)
+        self._holding_blocks = read_blocks(self._points, HOLDING_REGISTERS)
+        self._register_blocks = read_blocks(self._points, INPUT_REGISTERS)
         self._bus: PlcBus | None = None
         self._up = False
         self._image: PlcImage | None = None
@@ -635,7 +292,7 @@ class PlcDriver:
 
     # ------------------------------------------------------------------ reads
 
-    async def _read_block(self, block: _Block) -> list[bool] | list[int]:
+    async def _read_block(self, block: ReadBlock) -> list[bool] | list[int]:
         bus = self._require_bus()
         unit, start, count = self._unit, block.start, block.count
         what = f"read {block.table} {start}+{count} unit {unit}"
@@ -658,7 +315,7 @@ class PlcDriver:
             raise PlcError(f"{what}: answer holds {len(registers)} registers")
         return registers
 
-    async def _read_bits(self, blocks: Iterable[_Block]) -> dict[str, bool]:
+    async def _read_bits(self, blocks: Iterable[ReadBlock]) -> dict[str, bool]:
         out: dict[str, bool] = {}
         for block in blocks:
             values = await self._read_block(block)
@@ -666,7 +323,7 @@ class PlcDriver:
                 out[name] = bool(raw) != self._points[name].inverted
         return out
 
-    async def _read_registers(self, blocks: Iterable[_Block]) -> dict[str, int]:
+    async def _read_registers(self, blocks: Iterable[ReadBlock]) -> dict[str, int]:
         out: dict[str, int] = {}
         for block in blocks:
             values = await self._read_block(block)
@@ -724,7 +381,7 @@ class PlcDriver:
             unit, address = self._unit, point.address
             self.stats.requests += 1
             await bus.call(what, lambda c: c.write_coil(address, raw, device_id=unit))
-            back = await self._read_bits(_blocks(self._points, [name]))
+            back = await self._read_bits(read_blocks(self._points, [name]))
         if back[name] != value:
             raise PlcVerificationError(f"{name} written as {int(value)} but reads back {int(back[name])}")
         self._note_output(name, value)
@@ -744,7 +401,7 @@ class PlcDriver:
             self.stats.requests += 1
             await bus.call(f"write {name}={value} unit {unit}",
                            lambda c: c.write_register(address, value, device_id=unit))
-            back = await self._read_registers(_blocks(self._points, [name]))
+            back = await self._read_registers(read_blocks(self._points, [name]))
         if back[name] != value:
             raise PlcVerificationError(f"{name} written as {value} but reads back {back[name]}")
         self._note_output(name, value)
