@@ -45,7 +45,9 @@ class ReviewResult:
     (``declared_empty_violation``). ``unavailable`` (crash, hang, timeout, missing or corrupt
     model, unreadable scan) carries ``error`` and no scores; it must never lead to release.
     ``score`` is what the contract reports: the anomaly score, or the not-empty score when that
-    is what made a declared-empty scan suspect.
+    is what made a declared-empty scan suspect. ``extra["input"]`` holds the statistics of the
+    model input (`inference.adaptation.envelope`) that drift monitoring compares with the model's
+    envelope.
     """
 
     verdict: Verdict
@@ -98,6 +100,7 @@ class ReviewResult:
             "model": self.model,
             "version": self.version,
             "error": self.error,
+            "input": self.extra.get("input"),
         }
 
     @classmethod
@@ -118,4 +121,5 @@ class ReviewResult:
             not_empty=raw.get("not_empty"),
             declared_empty_violation=bool(raw.get("declared_empty_violation", False)),
             scan_id=raw.get("scan_id"),
+            extra={"input": dict(raw["input"])} if isinstance(raw.get("input"), dict) else {},
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from inference.adaptation.envelope import input_statistics
 from inference.errors import InferenceError
 from inference.model_spec import ModelSpec
 from inference.preprocess import PreparedScan, dequantize, prepare_quantized
@@ -59,6 +60,8 @@ class ScanAnalysis:
     scan_columns: int
     invoke_ms: float
     tiles: int
+    input_stats: dict[str, float] = field(default_factory=dict)
+    """Statistics of the model input (`inference.adaptation.envelope`), for drift monitoring."""
 
     @property
     def anomaly(self) -> FloatArray:
@@ -172,6 +175,7 @@ class Reviewer:
             scan_columns=scan.columns,
             invoke_ms=invoke_s * 1000.0,
             tiles=len(prepared.offsets),
+            input_stats=input_statistics(prepared.data, prepared.width, spec.input),
         )
 
     def not_empty_map(self, analysis: ScanAnalysis) -> FloatArray:
@@ -248,5 +252,5 @@ class Reviewer:
             not_empty=not_empty,
             declared_empty_violation=violation,
             scan_id=scan.scan_id,
-            extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles},
+            extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles, "input": analysis.input_stats},
         )

@@ -44,6 +44,7 @@ from gate_controller.hub.outbox import Outbox
 from gate_controller.hub.telemetry import Telemetry, TelemetrySnapshot
 from gate_controller.lane.machine import Lane
 from gate_controller.lane.modes import LaneModeStore
+from gate_controller.lifecycle.drift import DriftMonitor
 from gate_controller.lifecycle.fleet import ModelManager
 from gate_controller.lifecycle.modes import ReviewModes
 from gate_controller.plc.driver import PlcBusRegistry
@@ -115,6 +116,7 @@ class GateDaemon:
         """What the technician console shows; None while the console is off."""
         self.review_modes: ReviewModes | None = None
         self.models: ModelManager | None = None
+        self.drift: DriftMonitor | None = None
 
     # ------------------------------------------------------------------ run
 
@@ -149,6 +151,8 @@ class GateDaemon:
             store=store, trusted_keys=keys,
             reviewer=reviewer, emit=outbox.emit_event, samples_dir=config.storage.samples_dir,
             canary=config.inference.canary, fallback_model=fallback_model)
+        self.drift = DriftMonitor(config.inference.drift, emit=outbox.emit_event,
+                                  model_path=lambda: reviewer.model_path)
         self.review_modes = ReviewModes(config.storage.review_modes_path, _review_modes(config))
         await asyncio.to_thread(self.review_modes.load)
         decider = GateDecider(policy=policy, notices=notices, reviewer=reviewer, archive_scan=archive.store_scan,
@@ -278,6 +282,8 @@ class GateDaemon:
     def _on_review(self, lane: str, result: ReviewResult) -> None:
         if self.models is not None:
             self.models.observe(lane, result)
+        if self.drift is not None:
+            self.drift.observe(lane, result)
 
     async def _watch_models(self) -> None:
         assert self.models is not None
@@ -517,6 +523,10 @@ class GateDaemon:
         self.decider.policy = new.policy
         if self.review_modes is not None:
             self.review_modes.reconfigure(_review_modes(new))
+        if self.drift is not None:
+            self.drift.reconfigure(new.inference.drift)
+        if self.models is not None:
+            self.models.canary = new.inference.canary
         self.reviewer.suspect_threshold = new.policy.suspect_threshold
         self.reviewer.not_empty_threshold = new.policy.not_empty_threshold
         self.reviewer.timeout_s = new.inference.timeout_s
@@ -606,6 +616,7 @@ class GateDaemon:
                 "review_modes": self.review_modes.modes(self._lanes) if self.review_modes is not None else {},
                 "model_path": str(self.reviewer.model_path) if self.reviewer is not None else None,
                 "model_watch": self.models.watching if self.models is not None else None,
+                "review_lanes": self.drift.all_figures() if self.drift is not None else {},
             },
             "counters": dict(self.counters),
         }
