@@ -7,8 +7,12 @@
    policy, the fsynced journal write, the Modbus write and its read-back.
 2. Daemon RSS and CPU (with its review worker) idle, and with a truck every 10 s.
 3. Cold start: process start to the retained `online` birth at the broker.
+4. With ``--console-clients N``: the technician console on, and N clients connected the whole time,
+   each like a browser with the console open: the live feed (server-sent events, every preview
+   fetched as its row arrives) and the overview refreshed every second. Compare the latency and the
+   daemon's RSS with a run without the flag (console off).
 
-Run: .venv/bin/python benchmarks/bench_e2e.py [--trucks 200] [--load-s 60] [--idle-s 30]
+Run: .venv/bin/python benchmarks/bench_e2e.py [--trucks 200] [--load-s 60] [--idle-s 30] [--console-clients 5]
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(tmp: Path, mqtt_port: int) -> Path:
+def write_config(tmp: Path, mqtt_port: int, *, console: bool = False) -> Path:
     key = tmp / "command-key"
     key.write_text("bench-key\n")
     config = {
@@ -64,6 +68,8 @@ def write_config(tmp: Path, mqtt_port: int) -> Path:
         "logging": {"level": "WARNING", "format": "text"},
         "control": {"socket_path": str(tmp / "state" / "control.sock")},
     }
+    if console:
+        config["console"] = {"listen": f"127.0.0.1:{free_port()}"}
     path = tmp / "bench.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -91,6 +97,56 @@ def proc_figures(pid: int) -> tuple[float, float]:
     return cpu, rss
 
 
+def process_rss_mb(pid: int) -> float:
+    """RSS of one process alone (the daemon without its review worker)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class ConsoleClient:
+    """One browser with the console open: the live feed and a 1 Hz overview refresh."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.transactions = 0
+        self.previews = 0
+        self.overviews = 0
+        self.errors = 0
+
+    async def run(self) -> None:
+        import re
+
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            poll = asyncio.create_task(self._overview(http))
+            try:
+                async with http.get(f"{self.base}/feed/stream", timeout=aiohttp.ClientTimeout(total=None)) as stream:
+                    while True:
+                        message = (await stream.content.readuntil(b"\n\n")).decode()
+                        if not message.startswith("event: transaction"):
+                            continue
+                        self.transactions += 1
+                        for src in re.findall(r'src="(/previews/[^"]+)"', message):
+                            async with http.get(self.base + src) as response:
+                                await response.read()
+                                self.previews += response.status == 200
+            finally:
+                poll.cancel()
+
+    async def _overview(self, http: Any) -> None:
+        while True:
+            try:
+                async with http.get(f"{self.base}/fragments/overview") as response:
+                    await response.read()
+                    self.overviews += 1
+            except OSError:
+                self.errors += 1
+            await asyncio.sleep(1.0)
+
+
 async def wait_birth(hub: HubClient, root: str, boot_id: int, timeout_s: float) -> float:
     """When the first `online` birth of boot ``boot_id`` reached the broker (and us)."""
     deadline = time.monotonic() + timeout_s
@@ -108,7 +164,7 @@ async def main(args: argparse.Namespace) -> None:
     mqtt_port = free_port()
     broker = LocalBroker("127.0.0.1", mqtt_port, tmp)
     await broker.start()
-    path = write_config(tmp, mqtt_port)
+    path = write_config(tmp, mqtt_port, console=args.console_clients > 0)
     config = load_config(path)
     gate = SimulatedGate(config, path, trucks=None, mqtt_url=config.mqtt.url, headless=True, speed=1.0, seed=5,
                          out=io.StringIO(), plc_travel_s=(0.3, 0.3), plc_move_s=0.2)
@@ -145,6 +201,16 @@ async def main(args: argparse.Namespace) -> None:
         figures["idle_cpu_percent"] = round((c1 - c0) / args.idle_s * 100, 2)
         figures["idle_rss_mb"] = round(rss_idle, 1)
 
+    clients: list[ConsoleClient] = []
+    client_tasks: list[asyncio.Task[None]] = []
+    if args.console_clients > 0:
+        assert config.console.url is not None
+        clients = [ConsoleClient(config.console.url.rstrip("/")) for _ in range(args.console_clients)]
+        client_tasks = [asyncio.create_task(c.run()) for c in clients]
+        await asyncio.sleep(2.0)
+    figures["console_clients"] = args.console_clients
+    figures["daemon_rss_before_trucks_mb"] = round(process_rss_mb(pid), 1)
+
     # --- latency over N released trucks
     plan = [t for t in plan_trucks(args.trucks * 4, ["L1"], seed=9)
             if t.story.startswith("released") or t.story.startswith("2 x 20")]
@@ -174,6 +240,14 @@ async def main(args: argparse.Namespace) -> None:
             latencies.append((raises[0].at + offset) * 1000 - record.ended_ms)
         await asyncio.sleep(0.6)
     latencies.sort()
+    figures["daemon_rss_after_trucks_mb"] = round(process_rss_mb(pid), 1)
+    if clients:
+        figures["console_client_figures"] = [
+            {"transactions": c.transactions, "previews": c.previews, "overviews": c.overviews, "errors": c.errors}
+            for c in clients]
+    for task in client_tasks:
+        task.cancel()
+    await asyncio.gather(*client_tasks, return_exceptions=True)
     figures["trucks"] = len(plan)
     figures["released_and_measured"] = len(latencies)
     figures["not_released_within_10s"] = missing
@@ -238,4 +312,6 @@ if __name__ == "__main__":
     parser.add_argument("--idle-s", type=int, default=30)
     parser.add_argument("--load-s", type=int, default=60)
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--console-clients", type=int, default=0, metavar="N",
+                        help="turn the technician console on and keep N browser-like clients connected")
     asyncio.run(main(parser.parse_args()))

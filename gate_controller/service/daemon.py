@@ -23,15 +23,13 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from firmware_bridge.events import FaultEvent, LinkStateEvent, OcrEvent, ScanEvent
 from firmware_bridge.link import GfpLink
 from firmware_bridge.settings import LinkSettings
 from gate_controller import __version__
 from gate_controller.config import GateConfig, LinkConfig, load_config, read_secret, resolve_secret_path
-from gate_controller.console.app import ConsoleServer, ConsoleSources
-from gate_controller.console.auth import check_hash
 from gate_controller.console.watch import GateWatch, WatchedDecider
 from gate_controller.core.errors import ConfigError
 from gate_controller.core.ports import CommandRefused, OcrObservation, ScanObservation
@@ -55,6 +53,9 @@ from inference.package import PackageStore
 from inference.preview import render_image_png
 from inference.result import ReviewResult
 from inference.worker import ReviewWorker
+
+if TYPE_CHECKING:
+    from gate_controller.console.app import ConsoleServer
 
 __all__ = ["EX_CONFIG", "GateDaemon", "link_settings", "run_daemon"]
 
@@ -305,6 +306,8 @@ class GateDaemon:
         config = self.config.console
         if self.watch is None:
             return None
+        # Imported only when the console is on: a gate without it does not carry the web stack.
+        from gate_controller.console.app import ConsoleServer, ConsoleSources
 
         async def command(name: str, args: Mapping[str, Any], issued_by: str, source: str) -> LocalResult:
             return await dispatcher.handle_local(name, args, issued_by=issued_by, source=source)
@@ -663,6 +666,8 @@ def run_daemon(config_path: Path) -> int:
         if config.mqtt.password_file is not None:
             read_secret(config.mqtt.password_file, base_dir=config_path.resolve().parent)
         if config.console.auth is not None:
+            from gate_controller.console.auth import check_hash
+
             hash_file = config.console.auth.password_hash_file
             check_hash(read_secret(hash_file, base_dir=config_path.resolve().parent), where=str(hash_file))
     except ConfigError as err:
