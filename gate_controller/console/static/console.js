@@ -21,7 +21,14 @@ function followFeed(body) {
   const events = document.getElementById("feed-events");
   const source = new EventSource(body.dataset.stream);
   source.onopen = () => { state.textContent = "live"; state.className = "ok"; };
-  source.onerror = () => { state.textContent = "reconnecting…"; state.className = "bad"; };
+  source.onerror = () => {
+    state.textContent = "reconnecting…";
+    state.className = "bad";
+    if (source.readyState === EventSource.CLOSED) {
+      // Refused (the session ended with a daemon restart): reload, which leads to the login.
+      setTimeout(() => window.location.reload(), 3000);
+    }
+  };
   source.addEventListener("transaction", (message) => {
     const holder = document.createElement("tbody");
     holder.innerHTML = message.data;
