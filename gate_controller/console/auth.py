@@ -42,7 +42,8 @@ def check_hash(encoded: bytes, *, where: str) -> str:
     try:
         PasswordHasher().check_needs_rehash(text)
     except (InvalidHashError, ValueError) as err:
-        raise ConfigError(f"console password hash file {where} holds a malformed argon2 hash: {err}") from err
+        raise ConfigError(f"console password hash file {where} holds a malformed argon2 hash "
+                          "(make a new one with: smartgate console hash-password)") from err
     return text
 
 

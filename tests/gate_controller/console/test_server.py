@@ -161,14 +161,19 @@ async def test_listens_only_on_the_configured_address(tmp_path: Path) -> None:
                     sock.connect((host, port))
 
 
-@sync
-async def test_a_bad_password_hash_file_is_a_config_error(tmp_path: Path) -> None:
+def test_a_bad_password_hash_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "console-password").write_text("not a hash\n")
     config = ConsoleConfig.model_validate({"listen": "127.0.0.1:1", "auth": {
         "password_hash_file": "console-password"}}, strict=False)
     sources = ConsoleSources(status=status, model=lambda: None, frames=dict, doctor=doctor,
                              identity_settings=IdentitySettings)
     with pytest.raises(ConfigError, match="does not hold an argon2 hash"):
+        ConsoleServer(config, sources=sources, watch=GateWatch(), site=SITE, gate=GATE, config_dir=tmp_path)
+    (tmp_path / "console-password").write_text("$argon2id$v=19$m=65536,t=3,p=4$truncated\n")
+    with pytest.raises(ConfigError, match="malformed argon2 hash"):
+        ConsoleServer(config, sources=sources, watch=GateWatch(), site=SITE, gate=GATE, config_dir=tmp_path)
+    (tmp_path / "console-password").unlink()
+    with pytest.raises(ConfigError, match="cannot read secret file"):
         ConsoleServer(config, sources=sources, watch=GateWatch(), site=SITE, gate=GATE, config_dir=tmp_path)
 
 
