@@ -50,8 +50,7 @@ def console_section(tmp_path: Path) -> dict[str, Any]:
 
 
 async def shot(page: Any, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+    if SHOTS:  # playwright creates the directory
         await page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"), full_page=False)
 
 
