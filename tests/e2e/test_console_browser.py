@@ -78,6 +78,15 @@ async def log_in(page: Any, base: str) -> None:
     await page.wait_for_url(base)
 
 
+async def until(page: Any, condition: str, timeout_s: float = 15.0) -> None:
+    """Poll the alarms page (fetched by the browser, with its session) until ``condition`` on its text ``t``."""
+    deadline = time.monotonic() + timeout_s
+    while not await page.evaluate(f"fetch('/alarms').then(r => r.text()).then(t => {condition})"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"alarms page: {condition} did not become true")
+        await asyncio.sleep(0.3)
+
+
 async def lane_status(gate: SimulatedGate, lane: str) -> dict[str, Any]:
     return await gate._lane_status(lane)
 
@@ -136,8 +145,17 @@ async def _overview_live_feed_and_preview(tmp_path: Path, broker: MosquittoBroke
             " return !i || (i.complete && i.naturalWidth > 100); })()", timeout=10_000)
         await shot(page, "transaction")
 
+        # Alarms: an estop is active while pressed, then listed as cleared.
+        plc = gate.rigs["L1"].plc
+        plc.press_estop(True)
+        try:
+            await until(page, "t.split('alarms-cleared')[0].includes('ESTOP')")
+        finally:
+            plc.press_estop(False)
+        await until(page, "t.split('alarms-cleared')[1].split('Recent events')[0].includes('ESTOP')")
         await page.goto(f"{base}alarms")
-        await page.wait_for_selector("#alarms-active")
+        assert "ESTOP" in await page.inner_text("#alarms-cleared")
+        assert "ESTOP" not in await page.inner_text("#alarms-active")
         await shot(page, "alarms")
         await page.goto(f"{base}diagnostics?doctor=1")
         await page.wait_for_selector("#doctor")
