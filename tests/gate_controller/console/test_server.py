@@ -101,8 +101,8 @@ async def console(tmp_path: Path, *, auth: bool = True, allow_commands: bool = T
         return await dispatcher.handle_local(name, args, issued_by=issued_by, source=source)
 
     sources = ConsoleSources(
-        status=status, model=lambda: {"name": "m", "version": "1.0", "sha256": "ab" * 32, "mode": "active",
-                                      "drift": None},
+        status=status, model=lambda: {"name": "m", "version": "1.0", "sha256": "ab" * 32,
+                                      "modes": {"L1": "live", "L2": "shadow"}, "watch": None, "drift": None},
         frames=lambda: {"combo-1": [FrameNote(1.7e9, "rx", "HELLO", 0, 40)]}, doctor=doctor,
         identity_settings=IdentitySettings, command=command if allow_commands else None,
     )
@@ -193,7 +193,9 @@ async def test_pages_need_a_login_when_auth_is_configured(tmp_path: Path) -> Non
         assert await login(http, c.base) == 303
         async with http.get(f"{c.base}/") as response:
             assert response.status == 200
-            assert "Lane L2" in await response.text()
+            page = await response.text()
+        assert "Lane L2" in page
+        assert 'L2 <b class="mode-shadow">shadow</b>' in page
 
 
 @sync
