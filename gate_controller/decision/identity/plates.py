@@ -1,5 +1,4 @@
-"""Licence plate fusion: no check digit, so the best supported text with a cautious confidence.
-"""
+"""Licence plate fusion: no check digit, so the best supported text with a cautious confidence."""
 
 from __future__ import annotations
 
