@@ -14,6 +14,7 @@ import importlib.resources
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from aiohttp import web
 from gate_controller import __version__
 from gate_controller.console.auth import COOKIE, Session, same_token
 from gate_controller.console.views import explain_decision, frame_rows, lane_points, row_of
+from gate_controller.console.watch import FeedItem
 
 if TYPE_CHECKING:
     from gate_controller.console.app import ConsoleServer
@@ -37,9 +39,13 @@ SERVER_KEY: web.AppKey[ConsoleServer] = web.AppKey("console")
 _STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams")
 _DOCTOR_LOCK: web.AppKey[asyncio.Lock] = web.AppKey("doctor_lock")
 _TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates")
+_RENDERED: web.AppKey[OrderedDict[int, bytes]] = web.AppKey("rendered")
+"""Feed messages already rendered, by their number in the feed: each is rendered once, however many
+browsers follow the feed."""
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _KEEPALIVE_S = 15.0
 _POLL_S = 1.0
+_QUEUE_RENDERED = 256
 """How often an idle feed checks that its browser is still connected."""
 _HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
@@ -76,6 +82,7 @@ def build_app(server: ConsoleServer) -> web.Application:
     app[SERVER_KEY] = server
     app[_STREAMS] = set()
     app[_DOCTOR_LOCK] = asyncio.Lock()
+    app[_RENDERED] = OrderedDict()
     app[_TEMPLATES] = _templates()
     app.router.add_get("/", overview)
     app.router.add_get("/fragments/overview", overview_fragment)
@@ -225,18 +232,29 @@ async def feed_stream(request: web.Request) -> web.StreamResponse:
                     await response.write(b": keepalive\n\n")
                 continue
             idle = 0.0
-            if item.kind == "transaction":
-                html = _fragment(request, "feed_row.html", row=row_of(item.body, server.watch))
-            else:
-                html = _fragment(request, "event_line.html", event=item.body)
-            data = "".join(f"data: {line}\n" for line in html.strip().splitlines())
-            await response.write(f"event: {item.kind}\n{data}\n".encode())
+            await response.write(_feed_message(request, item))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
         server.watch.unsubscribe(sub)
         request.app[_STREAMS].discard(task)
     return response
+
+
+def _feed_message(request: web.Request, item: FeedItem) -> bytes:
+    rendered = request.app[_RENDERED]
+    message = rendered.get(item.number)
+    if message is None:
+        if item.kind == "transaction":
+            html = _fragment(request, "feed_row.html", row=row_of(item.body, _server(request).watch))
+        else:
+            html = _fragment(request, "event_line.html", event=item.body)
+        data = "".join(f"data: {line}\n" for line in html.strip().splitlines())
+        message = f"event: {item.kind}\n{data}\n".encode()
+        rendered[item.number] = message
+        while len(rendered) > _QUEUE_RENDERED:
+            rendered.popitem(last=False)
+    return message
 
 
 async def _close_streams(app: web.Application) -> None:

@@ -32,6 +32,8 @@ class FeedItem:
 
     kind: str
     body: Mapping[str, Any]
+    number: int = 0
+    """Position in the feed since the daemon started (renders are shared by it)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class GateWatch:
         self._cleared: deque[Alarm] = deque(maxlen=size)
         self._subscribers: set[Subscription] = set()
         self.counters = {"transactions": 0, "events": 0, "previews": 0, "feed_dropped": 0}
+        self._pushed = 0
 
     # ------------------------------------------------------------------ fed by the daemon (loop)
 
@@ -108,14 +111,14 @@ class GateWatch:
         transaction_id = str(record.get("transaction_id"))
         _bounded_put(self._transactions, transaction_id, dict(record), self.size)
         self.counters["transactions"] += 1
-        self._push(FeedItem("transaction", record))
+        self._push("transaction", record)
 
     def on_event(self, body: Mapping[str, Any]) -> None:
         self._events.append(dict(body))
         self.counters["events"] += 1
         if body.get("type") == "alarm":
             self._track_alarm(body)
-        self._push(FeedItem("event", body))
+        self._push("event", body)
 
     def on_decision(self, evidence: PassageEvidence, outcome: DecisionOutcome) -> None:
         decision = Decision(
@@ -169,7 +172,9 @@ class GateWatch:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def _push(self, item: FeedItem) -> None:
+    def _push(self, kind: str, body: Mapping[str, Any]) -> None:
+        self._pushed += 1
+        item = FeedItem(kind, body, self._pushed)
         for sub in self._subscribers:
             if sub.lagged:
                 continue

@@ -340,14 +340,17 @@ async def test_every_command_is_audited_as_an_event(tmp_path: Path) -> None:
 @sync
 async def test_feed_pushes_new_transactions_and_serves_previews(tmp_path: Path) -> None:
     async with console(tmp_path, auth=False, allow_commands=False) as c, aiohttp.ClientSession() as http:
-        async with http.get(f"{c.base}/feed/stream") as stream:
+        async with http.get(f"{c.base}/feed/stream") as stream, http.get(f"{c.base}/feed/stream") as other:
             assert stream.headers["Content-Type"] == "text/event-stream"
             await stream.content.readuntil(b"\n\n")  # the greeting
+            await other.content.readuntil(b"\n\n")
             record = transaction_record(7, scan_id="SCAN-7")
             c.watch.on_preview("SCAN-7", b"\xff\xd8jpeg bytes\xff\xd9")
             await c.outbox.commit_transaction(record)
             async with asyncio.timeout(5):
                 message = (await stream.content.readuntil(b"\n\n")).decode()
+                # Every browser gets the same row (rendered once for all of them).
+                assert (await other.content.readuntil(b"\n\n")).decode() == message
         assert message.startswith("event: transaction\n")
         assert f'id="tx-{record["transaction_id"]}"' in message
         assert 'src="/previews/SCAN-7.jpg"' in message
