@@ -6,8 +6,9 @@ May import ``core`` and the policy settings of ``decision``; nothing else of ``g
 
 from gate_controller.config.console import ConsoleAuthConfig, ConsoleConfig, ConsoleTlsConfig
 from gate_controller.config.loading import load_config, parse_config
+from gate_controller.config.mqtt import BacklogConfig, MqttConfig, TlsConfig
+from gate_controller.config.plc import PlcConfig, PointConfig, PointMap
 from gate_controller.config.schema import (
-    BacklogConfig,
     ControlConfig,
     GateConfig,
     InferenceConfig,
@@ -15,13 +16,8 @@ from gate_controller.config.schema import (
     LaneTimeouts,
     LinkConfig,
     LoggingConfig,
-    MqttConfig,
-    PlcConfig,
-    PointConfig,
-    PointMap,
     StorageConfig,
     TelemetryConfig,
-    TlsConfig,
 )
 from gate_controller.config.secrets import read_secret, redacted_dump, resolve_secret_path
 from gate_controller.core.errors import ConfigError, ConfigIssue

@@ -8,19 +8,14 @@ without a password), and commands always need a logged-in user.
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from gate_controller.config.sections import FilePath, Section
+
 __all__ = ["ConsoleAuthConfig", "ConsoleConfig", "ConsoleTlsConfig", "split_listen"]
-
-FilePath = Annotated[Path, Field(strict=False)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -46,7 +41,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class ConsoleAuthConfig(_Section):
+class ConsoleAuthConfig(Section):
     """The one console account: a user name and an argon2 password hash kept in a file."""
 
     username: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "technician"
@@ -61,7 +56,7 @@ class ConsoleAuthConfig(_Section):
     """Window of the login rate limit."""
 
 
-class ConsoleTlsConfig(_Section):
+class ConsoleTlsConfig(Section):
     """HTTPS for the console (session cookies are then also Secure)."""
 
     cert_file: FilePath
@@ -70,7 +65,7 @@ class ConsoleTlsConfig(_Section):
     """Server private key (a secret: relative paths resolve in $CREDENTIALS_DIRECTORY)."""
 
 
-class ConsoleConfig(_Section):
+class ConsoleConfig(Section):
     """The technician console: a local web page of the gate (overview, feed, alarms, diagnostics)."""
 
     listen: Annotated[str, Field(min_length=3, max_length=300)] | None = None

@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from gate_controller.config.schema import GateConfig, did_you_mean
+from gate_controller.config.schema import GateConfig
+from gate_controller.config.sections import did_you_mean
 from gate_controller.core.errors import ConfigError, ConfigIssue
 
 __all__ = ["load_config", "parse_config"]

@@ -17,9 +17,10 @@ stops answering costs each request ``timeout_s`` while it holds that lock, so a 
 is down only probes at its reconnect backoff (at most about once per ``reconnect_max_s``) and the
 other lanes on the bus keep most of its time. Lanes on different buses never wait for each other.
 
-The point map and read plan (`points`), the image and events (`image`), the buses (`bus`) and the
-owner-task helpers (`gate_controller.core.tasks`) live in modules of their own; their names are
-re-exported here, so a lane imports the PLC from this one module.
+The signal names (`gate_controller.config.plc`), the point map and read plan (`points`), the image
+and events (`image`), the buses (`bus`) and the owner-task helpers (`gate_controller.core.tasks`)
+live in modules of their own; their names are re-exported here, so a lane imports the PLC from
+this one module.
 """
 
 from __future__ import annotations
@@ -33,22 +34,12 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from gate_controller.config import PlcConfig
+from gate_controller.config.plc import COILS, HOLDING_REGISTERS, INPUT_BITS, INPUT_REGISTERS
 from gate_controller.core.errors import PlcError, PlcInterlockError, PlcVerificationError
 from gate_controller.core.tasks import raise_if_cancelling, stop_task
 from gate_controller.plc.bus import BusKey, PlcBus, PlcBusRegistry, default_bus_registry
 from gate_controller.plc.image import PlcEvent, PlcImage, PlcInputsChanged, PlcLinkDown, PlcLinkUp
-from gate_controller.plc.points import (
-    COILS,
-    EXIT_LOOP,
-    HOLDING_REGISTERS,
-    INPUT_BITS,
-    INPUT_REGISTERS,
-    DisplayMessage,
-    LaneStateCode,
-    ReadBlock,
-    point_map,
-    read_blocks,
-)
+from gate_controller.plc.points import EXIT_LOOP, DisplayMessage, LaneStateCode, ReadBlock, point_map, read_blocks
 
 __all__ = [
     "COILS",

@@ -1,7 +1,8 @@
 """The lane PLC's point map: the logical signals, the values of its registers, and the read plan.
 
-docs/plc-points.md is the reference; the site file (``plc.points``) places each signal on a Modbus
-table and address. The read plan groups the mapped points into as few requests as the PLC allows.
+docs/plc-points.md is the reference; the site file (``plc.points``, `gate_controller.config.plc`,
+which also names the signals by kind) places each signal on a Modbus table and address. The read
+plan groups the mapped points into as few requests as the PLC allows.
 """
 
 from __future__ import annotations
@@ -9,22 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal
 
 from gate_controller.config import PlcConfig, PointConfig
+from gate_controller.config.plc import PointTable
 
-INPUT_BITS = ("loop_entry", "loop_stop", "loop_safety", "barrier_up", "barrier_down", "estop", "local_manual")
-"""Bits the PLC reports (discrete inputs by default)."""
-COILS = ("barrier_raise", "light_green", "light_red", "sign_inspection", "alarm", "scan_permit")
-"""Bits the daemon writes."""
-HOLDING_REGISTERS = ("host_heartbeat", "lane_state", "display_message")
-"""Registers the daemon writes."""
-INPUT_REGISTERS = ("plc_version", "plc_watchdog", "barrier_cycles")
-"""Registers the PLC reports."""
 EXIT_LOOP = "exit_loop"
 """Name of the optional exit detector input (``PlcConfig.exit_loop``)."""
 
-Table = Literal["coil", "discrete_input", "holding_register", "input_register"]
+Table = PointTable
 
 
 class LaneStateCode(IntEnum):
@@ -74,7 +67,7 @@ def read_blocks(points: Mapping[str, PointConfig], names: Iterable[str]) -> tupl
     Only exactly adjacent addresses are merged: reading an unmapped address in between is an
     ILLEGAL ADDRESS exception on many PLCs, which would cost the whole read.
     """
-    by_table: dict[str, list[tuple[int, str]]] = {}
+    by_table: dict[Table, list[tuple[int, str]]] = {}
     for name in names:
         point = points[name]
         by_table.setdefault(point.table, []).append((point.address, name))
@@ -84,21 +77,9 @@ def read_blocks(points: Mapping[str, PointConfig], names: Iterable[str]) -> tupl
         run: list[tuple[int, str]] = []
         for address, name in entries:
             if run and address != run[-1][0] + 1:
-                out.append(ReadBlock(_table(table), run[0][0], tuple(n for _, n in run)))
+                out.append(ReadBlock(table, run[0][0], tuple(n for _, n in run)))
                 run = []
             run.append((address, name))
         if run:
-            out.append(ReadBlock(_table(table), run[0][0], tuple(n for _, n in run)))
+            out.append(ReadBlock(table, run[0][0], tuple(n for _, n in run)))
     return tuple(out)
-
-
-def _table(name: str) -> Table:
-    if name == "coil":
-        return "coil"
-    if name == "discrete_input":
-        return "discrete_input"
-    if name == "holding_register":
-        return "holding_register"
-    if name == "input_register":
-        return "input_register"
-    raise ValueError(f"unknown Modbus table {name!r}")

@@ -28,6 +28,7 @@ from enum import Enum
 from pymodbus.constants import ExcCodes
 
 from gate_controller.config import PointConfig, PointMap
+from gate_controller.config.plc import COILS
 
 __all__ = [
     "Spot",
@@ -38,8 +39,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_INPUT_BITS = ("loop_entry", "loop_stop", "loop_safety", "barrier_up", "barrier_down", "estop", "local_manual")
-_COILS = ("barrier_raise", "light_green", "light_red", "sign_inspection", "alarm", "scan_permit")
 _HOLDING = ("host_heartbeat", "lane_state", "display_message")
 _INPUT_REGS = ("plc_version", "plc_watchdog", "barrier_cycles")
 EXIT_LOOP = "exit_loop"
@@ -126,7 +125,7 @@ class VirtualLanePlc:
         self._clock = clock
         self._rng = random.Random(seed)
         now = clock()
-        self.coils: dict[str, bool] = dict.fromkeys(_COILS, False)
+        self.coils: dict[str, bool] = dict.fromkeys(COILS, False)
         self.holding: dict[str, int] = dict.fromkeys(_HOLDING, 0)
         self.version = version
         self.barrier_cycles = 0
@@ -293,7 +292,7 @@ class VirtualLanePlc:
         names = [self._by_slot.get((table, a)) for a in range(address, address + len(values))]
         if any(n is None for n in names):
             return ExcCodes.ILLEGAL_ADDRESS
-        if table == "coil" and any(n not in _COILS for n in names):
+        if table == "coil" and any(n not in COILS for n in names):
             return ExcCodes.ILLEGAL_ADDRESS
         if table == "holding_register" and any(n not in _HOLDING for n in names):
             return ExcCodes.ILLEGAL_ADDRESS
@@ -338,7 +337,7 @@ class VirtualLanePlc:
         self.holding[name] = value
 
     def _bit(self, name: str) -> bool:
-        if name in _COILS:
+        if name in COILS:
             return self.coils[name]
         return self._last_inputs[name]
 
@@ -376,7 +375,7 @@ class VirtualLanePlc:
 
     def freeze_coil(self, name: str, frozen: bool = True) -> None:
         """Make a coil acknowledge writes without changing (a welded relay, a forced output)."""
-        if name not in _COILS:
+        if name not in COILS:
             raise ValueError(f"{name!r} is not a coil")
         if frozen:
             self.frozen_coils.add(name)
