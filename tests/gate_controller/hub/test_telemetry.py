@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -136,6 +137,42 @@ def test_prometheus_endpoint_serves_the_same_figures(tmp_path: Path) -> None:
         assert "# TYPE smartgate_events_total counter" in text
 
     asyncio.run(main())
+
+
+def test_prometheus_endpoint_answers_head_and_refuses_other_methods(tmp_path: Path) -> None:
+    async def main() -> tuple[int, bytes, int]:
+        outbox = Outbox.open(tmp_path / "o.db", root_topic=ROOT, site=SITE, gate=GATE)
+        telemetry = Telemetry(snapshot=snapshot, outbox=outbox, publish=outbox.enqueue_telemetry,
+                              interval_s=3600, disk_path=tmp_path, prometheus_port=0)
+        try:
+            await telemetry.start_server()
+            port = telemetry.prometheus_port
+            assert port is not None
+
+            def request(method: str) -> tuple[int, bytes]:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method=method)
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as response:
+                        return response.status, response.read()
+                except urllib.error.HTTPError as err:
+                    err.close()
+                    return err.code, b""
+
+            head_status, head_body = await asyncio.to_thread(request, "HEAD")
+            post_status, _ = await asyncio.to_thread(request, "POST")
+            # stop() closes the endpoint even though run() never started.
+            telemetry.stop()
+            await asyncio.sleep(0.2)
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return head_status, head_body, post_status
+        finally:
+            telemetry.stop()
+            outbox.close()
+
+    head_status, head_body, post_status = asyncio.run(main())
+    assert (head_status, head_body) == (200, b"")
+    assert post_status == 405
 
 
 def test_prometheus_text_escapes_labels() -> None:
