@@ -25,11 +25,12 @@ $(VENV)/.installed-demo: $(VENV)/bin/python setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests talk to as real peers (a mosquitto broker, an independent Modbus master,
-# the headless chromium that the console's browser tests drive through playwright).
+# Debian packages the tests talk to as real peers (a mosquitto broker and an independent subscriber,
+# an independent Modbus master, the headless chromium that the console's browser tests drive through playwright).
 deb-test:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	command -v mbpoll >/dev/null 2>&1 || missing="$$missing mbpoll"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \

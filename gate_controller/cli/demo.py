@@ -21,6 +21,10 @@ one virtual lane PLC per lane and one virtual firmware device per link from the 
 inspection orders, some containers never released) while trucks with clean and suspicious cargo
 drive through.
 
+The daemon and the broker the demo starts die with it, also when it is killed. With --mqtt the
+daemon uses that broker too. A daemon already running on the demo's state directory (the lock
+<state_dir>/smartgate.lock) stops the demo before it starts anything: exit status 75.
+
 exit status with --trucks: 0 when every truck produced exactly one transaction at the broker, the
 sequence numbers have no gap and no barrier moved unsafely; 1 otherwise.
 """

@@ -15,7 +15,10 @@ examples:
 
 signals: SIGTERM stops safely (lanes to a safe state, clean offline birth, flush);
          SIGHUP reloads the configuration (invalid files are refused, the running config stays).
-exit status: 0 stopped cleanly, 78 invalid configuration (nothing was started), 70 internal failure
+one daemon per state directory: the daemon holds an exclusive lock on <state_dir>/smartgate.lock for
+its whole life; a second one started on the same state directory exits at once.
+exit status: 0 stopped cleanly, 78 invalid configuration (nothing was started), 75 another daemon
+             holds the state directory (the message names the lock file and its PID), 70 internal failure
 """
 
 
@@ -29,10 +32,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("-c", "--config", metavar="FILE", default="/etc/smartgate/smartgate.yaml",
                         help="configuration file (default: %(default)s)")
+    parser.add_argument("--mqtt-url", metavar="URL",
+                        help="use this broker instead of the config's mqtt.url, also on reload "
+                             "(what `smartgate demo --mqtt URL` passes)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from gate_controller.service.daemon import run_daemon
 
-    return run_daemon(Path(args.config))
+    return run_daemon(Path(args.config), mqtt_url=args.mqtt_url)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from gate_controller.demo.child import orphan_proof
 
 __all__ = ["LocalBroker", "mosquitto_path", "wait_port"]
 
@@ -26,11 +29,15 @@ class LocalBroker:
         if exe:
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(
+                # Run as whoever runs the demo: a broker started as root would switch to the
+                # mosquitto user, which also drops the signal that ties it to the demo.
+                f"user {getpass.getuser()}\n"
                 f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
                 "max_queued_messages 100000\nmax_inflight_messages 0\nlog_type error\n"
             )
             self._proc = await asyncio.create_subprocess_exec(
-                exe, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                *orphan_proof([exe, "-c", str(conf)]), stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
             self.kind = f"mosquitto ({exe})"
         else:
             try:

@@ -36,16 +36,20 @@ from firmware_bridge.simulator.firmware import FirmwareSimulator
 from gate_controller.config import GateConfig, LaneConfig, read_secret
 from gate_controller.core.errors import HubError
 from gate_controller.demo.broker import LocalBroker
+from gate_controller.demo.child import orphan_proof
 from gate_controller.demo.traffic import DemoResult, DemoTruck, plan_trucks
 from gate_controller.demo.view import format_row, render, summarize
 from gate_controller.hub.hub_side import HubClient
 from gate_controller.plc.sim.lane_plc import VirtualLanePlc
 from gate_controller.plc.sim.modbus_server import VirtualPlcServer
 from gate_controller.service.control import read_status
+from gate_controller.service.instance import lock_holder
 
 __all__ = ["DemoResult", "DemoTruck", "SimulatedGate", "plan_trucks", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+EX_TEMPFAIL = 75
 
 
 # --------------------------------------------------------------------------- the show
@@ -133,9 +137,13 @@ class SimulatedGate:
         log_file = self.log_path.open("ab")
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
+        argv = [sys.executable, "-m", "gate_controller", "run", "-c", str(self.config_path)]
+        if self.mqtt_url != self.config.mqtt.url:
+            argv += ["--mqtt-url", self.mqtt_url]
+        # SIGKILL when the demo dies: its PLCs, firmware and hub died with it, and the journal is
+        # built to survive a crash.
         self.daemon = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gate_controller", "run", "-c", str(self.config_path),
-            stdout=log_file, stderr=log_file, env=env)
+            *orphan_proof(argv, signal.SIGKILL), stdout=log_file, stderr=log_file, env=env)
         log_file.close()
 
     async def stop_daemon(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
@@ -307,6 +315,12 @@ async def run_demo(config: GateConfig, config_path: Path, *, trucks: int | None,
     """Run the demo; with ``trucks`` return 0 only when nothing was lost and nothing unsafe happened."""
     stream = out or sys.stdout
     state_dir = config.storage.state_dir
+    running = lock_holder(state_dir)
+    if running is not None:
+        # Its outbox and PLC ports are in use: a second daemon would drive the same lanes.
+        stream.write(f"smartgate demo: {running}\n")
+        stream.flush()
+        return EX_TEMPFAIL
     for name in ("outbox.sqlite3", "notices.sqlite3", "replay.sqlite3"):
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):

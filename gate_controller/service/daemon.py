@@ -48,6 +48,7 @@ from gate_controller.lifecycle.modes import ReviewModes
 from gate_controller.plc.driver import PlcBusRegistry
 from gate_controller.service import sdnotify
 from gate_controller.service.control import ControlServer
+from gate_controller.service.instance import InstanceLock, InstanceRunning
 from gate_controller.service.logs import bind, configure_logging
 from inference.package import PackageStore
 from inference.preview import render_image_png
@@ -57,12 +58,13 @@ from inference.worker import ReviewWorker
 if TYPE_CHECKING:
     from gate_controller.console.app import ConsoleServer
 
-__all__ = ["EX_CONFIG", "GateDaemon", "link_settings", "run_daemon"]
+__all__ = ["EX_CONFIG", "EX_TEMPFAIL", "GateDaemon", "link_settings", "load_gate_config", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
 EX_CONFIG = 78
 EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
 _TICK_S = 0.25
 _LOOP_STALL_S = 2.0
 """The loop is wedged when the ticker has not run for this long (heartbeat and watchdog stop)."""
@@ -89,9 +91,11 @@ _RESTART_KEYS = ("site", "gate", "links", "mqtt", "storage", "control", "telemet
 
 
 class GateDaemon:
-    def __init__(self, config: GateConfig, config_path: Path) -> None:
+    def __init__(self, config: GateConfig, config_path: Path, *, mqtt_url: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self._mqtt_url = mqtt_url
+        """Replaces the file's ``mqtt.url``, also on reload (`smartgate run --mqtt-url`)."""
         self.config_dir = config_path.resolve().parent
         self._clock = time.monotonic
         self._started = self._clock()
@@ -499,7 +503,7 @@ class GateDaemon:
     async def _reload(self) -> None:
         assert self.outbox is not None
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(load_gate_config, self.config_path, self._mqtt_url)
         except ConfigError as err:
             await self._reload_failed(str(err))
             raise CommandRefused(f"invalid configuration, keeping the running one: {err}") from err
@@ -654,10 +658,24 @@ def _close_all(*closables: Any) -> None:
             log.warning("closing %s failed: %s", type(item).__name__, err)
 
 
-def run_daemon(config_path: Path) -> int:
-    """Load the config (exit 78 and start nothing when invalid), then run until stopped."""
+def load_gate_config(config_path: Path, mqtt_url: str | None = None) -> GateConfig:
+    """The config file, with ``mqtt.url`` replaced by ``mqtt_url`` when given (validated like the file)."""
+    config = load_config(config_path)
+    if mqtt_url is None:
+        return config
+    data = config.model_dump()
+    data["mqtt"]["url"] = mqtt_url
     try:
-        config = load_config(config_path)
+        return GateConfig.model_validate(data)
+    except ValueError as err:
+        raise ConfigError(f"--mqtt-url {mqtt_url!r}: {err}") from err
+
+
+def run_daemon(config_path: Path, *, mqtt_url: str | None = None) -> int:
+    """Load the config (exit 78 and start nothing when invalid), lock the state directory (exit 75
+    when another daemon holds it), then run until stopped."""
+    try:
+        config = load_gate_config(config_path, mqtt_url)
     except ConfigError as err:
         configure_logging("INFO", "journald" if os.environ.get("JOURNAL_STREAM") else "text")
         for line in str(err).splitlines():
@@ -677,5 +695,18 @@ def run_daemon(config_path: Path) -> int:
     except ConfigError as err:
         log.error("%s", err)  # noqa: TRY400
         return EX_CONFIG
-    daemon = GateDaemon(config, config_path)
-    return asyncio.run(daemon.run())
+    # One daemon per state directory: locked before anything is opened, held until the process exits.
+    instance = InstanceLock(config.storage.state_dir)
+    try:
+        instance.acquire()
+    except InstanceRunning as err:
+        log.error("%s", err)  # noqa: TRY400
+        return EX_TEMPFAIL
+    except OSError as err:
+        log.error("cannot lock the state directory %s: %s", config.storage.state_dir, err)  # noqa: TRY400
+        return EX_CONFIG
+    try:
+        daemon = GateDaemon(config, config_path, mqtt_url=mqtt_url)
+        return asyncio.run(daemon.run())
+    finally:
+        instance.release()

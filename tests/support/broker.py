@@ -115,12 +115,15 @@ class MosquittoBroker:
         require_client_cert: bool = False,
         users: Mapping[str, str] | None = None,
         port: int | None = None,
+        anonymous: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.tls_enabled = tls
         self.require_client_cert = require_client_cert
+        self.anonymous = anonymous
+        """Also accept clients without credentials (what `smartgate demo --mqtt URL`'s simulated hub is)."""
         self.users = dict(users) if users is not None else dict([GATE_USER, HUB_USER])
         self.tls: TlsMaterial | None = make_tls_material(self.workdir / "tls") if tls else None
         self.log_file = self.workdir / "mosquitto.log"
@@ -152,7 +155,7 @@ class MosquittoBroker:
         lines = [
             f"user {getpass.getuser()}",
             f"listener {self.port} {self.host}",
-            "allow_anonymous false",
+            f"allow_anonymous {'true' if self.anonymous else 'false'}",
             f"password_file {self.password_db}",
             "persistence true",
             f"persistence_location {persistence}/",
