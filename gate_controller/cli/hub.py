@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ examples:
       --tls-ca hub-ca.pem --username ops --password-file ops.pw
   smartgate hub watch mqtt://127.0.0.1:47883 --site DEMO --gate G01 --all    # plus telemetry, previews
   smartgate hub watch mqtt://127.0.0.1:47883 --site DEMO --json --count 10   # JSON lines, then exit
+  # watch keeps a persistent session (QoS 1): restarted, it gets what was published meanwhile
 
   # publish a signed, retained release notice (or delete it)
   smartgate hub notice mqtt://127.0.0.1:47883 --site DEMO --key-file config/demo-secrets/command-key \\
@@ -71,6 +74,12 @@ def register(subparsers: Any) -> None:
                        help="check every message against the contract's JSON Schemas (needs jsonschema)")
     watch.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                        help="exit after this long without a message")
+    watch.add_argument("--client-id", metavar="ID",
+                       help="MQTT client id of the watcher's persistent session (default: "
+                            "smartgate-hub-watch-USER@HOST-SITE, so a restarted watch resumes where it stopped; "
+                            "give each concurrent watcher its own)")
+    watch.add_argument("--clean-session", action="store_true",
+                       help="a throw-away session: what is published while the watcher is away is lost")
     watch.set_defaults(func=_watch)
 
     notice = sub.add_parser("notice", help="publish a signed retained release notice",
@@ -130,7 +139,10 @@ _QUIET_KINDS = ("telemetry", "preview", "image", "cmd")
 def _watch(args: argparse.Namespace) -> int:
     from gate_controller.hub.hub_side import describe
 
-    client = _connect(args, reconnect=True)
+    # A persistent session with a stable id: the broker queues what the gates publish while the
+    # watcher reconnects (or restarts), also across a broker restart where the broker persists.
+    client_id = args.client_id or f"smartgate-hub-watch-{getpass.getuser()}@{socket.gethostname()}-{args.site}"
+    client = _connect(args, reconnect=True, client_id=client_id[:128], clean_session=args.clean_session)
     if isinstance(client, int):
         return client
     shown = 0
@@ -180,7 +192,7 @@ def _notice(args: argparse.Namespace) -> int:
         except ConfigError as err:
             print(f"smartgate hub notice: {err}", file=sys.stderr)
             return EX_CONFIG
-    client = _connect(args)
+    client = _connect(args, clean_session=True)  # one publish: nothing to keep a session for
     if isinstance(client, int):
         return client
     try:
@@ -223,7 +235,7 @@ def _command(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as err:
         print(f"smartgate hub command: {err}", file=sys.stderr)
         return EX_CONFIG
-    client = _connect(args)
+    client = _connect(args, clean_session=True)  # one command and its reply
     if isinstance(client, int):
         return client
     try:

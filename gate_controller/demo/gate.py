@@ -162,8 +162,13 @@ class SimulatedGate:
         return proc.returncode
 
     def connect_hub(self) -> HubClient:
-        hub = HubClient(self.mqtt_url, client_id=f"smartgate-demo-hub-{os.getpid()}", reconnect=True,
-                        topic_prefix=self.config.mqtt.topic_prefix, **self.hub_options)
+        # A persistent session (the default) with an id of its own: across a broker restart the broker
+        # keeps what the gate publishes for the hub, as it does for the real hub. What a previous
+        # demo left queued under that id is discarded first.
+        options = {"client_id": f"smartgate-demo-hub-{self.config.site}-{self.config.gate}", **self.hub_options}
+        hub = HubClient(self.mqtt_url, reconnect=True, topic_prefix=self.config.mqtt.topic_prefix, **options)
+        if not hub.clean_session:
+            hub.discard_session(timeout=15.0)
         hub.connect(timeout=15.0)
         hub.subscribe(f"{self.config.root_topic}/#")
         return hub
@@ -380,7 +385,7 @@ async def run_demo(config: GateConfig, config_path: Path, *, trucks: int | None,
         await asyncio.gather(*tasks, return_exceptions=True)
         code = await demo.stop_daemon()
         if demo.hub is not None:
-            await asyncio.to_thread(demo.hub.close)
+            await asyncio.to_thread(demo.hub.close, discard_session=True)
         for rig in demo.rigs.values():
             for sim in {id(s): s for s in (rig.scanner, rig.ocr) if s is not None}.values():
                 await sim.close()

@@ -9,6 +9,7 @@ about canonical JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import ssl
@@ -122,7 +123,15 @@ class ReceivedMessage:
 
 
 class HubClient:
-    """A hub-side MQTT connection. Use as a context manager; every method blocks at most ``timeout``."""
+    """A hub-side MQTT connection. Use as a context manager; every method blocks at most ``timeout``.
+
+    By default the session is persistent (``clean_session=False``) and subscriptions are QoS 1, so
+    the broker keeps every message for the client while it reconnects, also across a broker restart
+    when the broker persists its sessions: a watcher misses nothing the gate published. Give a
+    stable ``client_id`` to resume the same session from the next run of a tool; without one the
+    client gets a fresh id whose session it discards again on `close` (nobody could resume it).
+    ``clean_session=True`` gives a throw-away session (messages published while away are lost).
+    """
 
     def __init__(
         self,
@@ -134,7 +143,7 @@ class HubClient:
         cert_file: str | None = None,
         key_file: str | None = None,
         client_id: str | None = None,
-        clean_session: bool = True,
+        clean_session: bool = False,
         topic_prefix: str = "smartgate/v1",
         reconnect: bool = False,
     ) -> None:
@@ -145,21 +154,16 @@ class HubClient:
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.prefix = topic_prefix
         self.messages: queue.Queue[ReceivedMessage] = queue.Queue()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id or f"smartgate-hub-tool-{ULID()}",
-            clean_session=clean_session, protocol=MQTTProtocolVersion.MQTTv311, reconnect_on_failure=reconnect,
-        )
-        self._client.max_inflight_messages_set(0)
-        # paho computes with float seconds although it annotates int; sub-second retries keep a
-        # watcher close behind a restarting broker.
-        self._client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)  # type: ignore[arg-type]
+        self.client_id = client_id or f"smartgate-hub-tool-{ULID()}"
+        self.clean_session = clean_session
+        self._own_id = client_id is None
+        self._tls: ssl.SSLContext | None = None
         if parts.scheme == "mqtts":
-            ctx = ssl.create_default_context(cafile=ca_file)
+            self._tls = ssl.create_default_context(cafile=ca_file)
             if cert_file is not None:
-                ctx.load_cert_chain(cert_file, key_file)
-            self._client.tls_set_context(ctx)
-        if username is not None:
-            self._client.username_pw_set(username, password)
+                self._tls.load_cert_chain(cert_file, key_file)
+        self._credentials = (username, password)
+        self._client = self._new_client(clean_session, reconnect=reconnect)
         self._cond = threading.Condition()
         self._acked: set[int] = set()
         self._subacked: set[int] = set()
@@ -171,6 +175,21 @@ class HubClient:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+
+    def _new_client(self, clean_session: bool, *, reconnect: bool) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=clean_session,
+            protocol=MQTTProtocolVersion.MQTTv311, reconnect_on_failure=reconnect,
+        )
+        client.max_inflight_messages_set(0)
+        # paho computes with float seconds although it annotates int; sub-second retries keep a
+        # watcher close behind a restarting broker.
+        client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)  # type: ignore[arg-type]
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+        if self._credentials[0] is not None:
+            client.username_pw_set(*self._credentials)
+        return client
 
     # ------------------------------------------------------------------ paho thread
 
@@ -220,9 +239,43 @@ class HubClient:
                 raise HubConnectError(f"broker refused the connection: {reason}")
         return self
 
-    def close(self) -> None:
+    def close(self, *, discard_session: bool | None = None) -> None:
+        """Disconnect; ``discard_session`` (default: when the id was generated) also ends the
+        persistent session at the broker, so it stops queueing messages for this client."""
         self._client.disconnect()
         self._client.loop_stop()
+        if discard_session if discard_session is not None else (self._own_id and not self.clean_session):
+            with contextlib.suppress(HubError):  # the broker is away; it expires the session by its own rules
+                self.discard_session(timeout=2.0)
+
+    def discard_session(self, timeout: float = 10.0) -> None:
+        """End this client id's session at the broker (a clean connect and disconnect).
+
+        Call it before `connect` to start without what a previous run left queued, or after
+        `close` (which does it by itself for a generated id).
+        """
+        client = self._new_client(True, reconnect=False)
+        done = threading.Event()
+        outcome: list[str] = []
+
+        def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            outcome.append("" if not reason.is_failure else str(reason))
+            done.set()
+
+        client.on_connect = on_connect
+        try:
+            client.connect_async(self.host, self.port, keepalive=30)  # bounded by the wait below
+        except (OSError, ValueError) as err:
+            raise HubConnectError(f"cannot connect to {self.host}:{self.port}: {err}") from err
+        client.loop_start()
+        try:
+            if not done.wait(timeout):
+                raise HubConnectError(f"no CONNACK from {self.host}:{self.port} within {timeout:g} s")
+            if outcome[0]:
+                raise HubConnectError(f"broker refused the connection: {outcome[0]}")
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def __enter__(self) -> HubClient:
         return self.connect()

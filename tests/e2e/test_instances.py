@@ -208,7 +208,7 @@ def test_demo_with_mqtt_url_runs_the_daemon_on_that_broker(tmp_path: Path, broke
             deadline = time.monotonic() + 10.0
             while True:
                 transactions, births = _read_sub(received)
-                if len(transactions) >= trucks and births or time.monotonic() > deadline:
+                if (len(transactions) >= trucks and births) or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
         finally:

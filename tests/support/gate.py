@@ -67,9 +67,8 @@ async def simulated_gate(tmp: Path, broker: MosquittoBroker, *, lanes: int = 2, 
     assert broker.tls is not None
     gate = SimulatedGate(
         config, path, trucks=None, mqtt_url=broker.url, headless=True, speed=speed, seed=seed, out=io.StringIO(),
-        # A persistent session: the broker keeps QoS 1 messages for the hub while it reconnects.
-        hub_options={"username": HUB_USER[0], "password": HUB_USER[1], "ca_file": str(broker.tls.ca_file),
-                     "clean_session": False},
+        # The hub's default persistent session: the broker keeps QoS 1 messages for it while it reconnects.
+        hub_options={"username": HUB_USER[0], "password": HUB_USER[1], "ca_file": str(broker.tls.ca_file)},
     )
     tasks: list[asyncio.Task[Any]] = []
     try:
@@ -84,7 +83,7 @@ async def simulated_gate(tmp: Path, broker: MosquittoBroker, *, lanes: int = 2, 
         await asyncio.gather(*tasks, return_exceptions=True)
         await gate.stop_daemon()
         if gate.hub is not None:
-            await asyncio.to_thread(gate.hub.close)
+            await asyncio.to_thread(gate.hub.close, discard_session=True)
         for rig in gate.rigs.values():
             for sim in {id(s): s for s in (rig.scanner, rig.ocr) if s is not None}.values():
                 await sim.close()
