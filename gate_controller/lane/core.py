@@ -25,6 +25,7 @@ from gate_controller.core.ports import (
 )
 from gate_controller.core.timestamps import WallClock, utc_now
 from gate_controller.lane.passage import (
+    Decided,
     HubMode,
     Mode,
     Passage,
@@ -225,7 +226,21 @@ class LaneCore:
             nxt.at_stop = nxt.at_stop or now
             if nxt.ambiguous:
                 return  # published as cancelled by the next timer check
-            self._to_phase(nxt, Phase.COLLECTING)
+            self._reached_stop_line(nxt)
+
+    def _reached_stop_line(self, passage: Passage) -> None:
+        """The current passage's vehicle is at the stop line: collect, wait for, or carry out its decision."""
+        if passage.early is not None and passage.decision_epoch != self._mode_epoch:
+            # The lane left automatic mode after that decision started: decide again, now.
+            log.info("lane %s: %s decided before a mode change: deciding again", self.id, passage.id)
+            passage.early = passage.early_at = passage.decision_started = None
+        if passage.early is not None:
+            self._to_phase(passage, Phase.DECIDING)
+            self._queue.put_nowait(Decided(passage, passage.early))  # handled before the next timer step
+        elif passage.decision_started is not None:
+            self._to_phase(passage, Phase.DECIDING)  # the decider is still at work
+        else:
+            self._to_phase(passage, Phase.COLLECTING)
 
     async def _event(self, type_: EventType, code: str, severity: EventSeverity, active: bool,
                      detail: Mapping[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -104,6 +105,10 @@ class Passage:
     decision_started: float | None = None
     decision_epoch: int = 0
     outcome: DecisionOutcome | None = None
+    early: DecisionOutcome | None = None
+    """A decision that came before the vehicle reached the stop line: carried out on arrival."""
+    early_at: tuple[datetime, float] | None = None
+    """When that decision came (wall clock, monotonic)."""
     authorized_up: bool = False
     aborted: bool = False
     released_at: float | None = None

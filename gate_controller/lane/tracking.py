@@ -91,7 +91,7 @@ class PassageTracking(LaneCore):
             return
         passage.at_stop = now
         self._current = passage
-        self._to_phase(passage, Phase.COLLECTING)
+        self._reached_stop_line(passage)
 
     async def _vehicle_without_arrival(self, now: float) -> None:
         """A vehicle at the stop line that never crossed the entry loop: its evidence is unknown."""
@@ -121,7 +121,8 @@ class PassageTracking(LaneCore):
 
     def _attach(self, obs: OcrObservation | ScanObservation) -> None:
         accepting = [p for p in (self._current, self._arriving)
-                     if p is not None and p.phase in (Phase.ARRIVING, Phase.COLLECTING)]
+                     if p is not None and p.phase in (Phase.ARRIVING, Phase.COLLECTING)
+                     and p.decision_started is None]
         if isinstance(obs, ScanObservation):
             # The scanner sits between the entry loop and the stop line, so a scan can only belong
             # to a vehicle that had arrived before the scan ended.
@@ -158,16 +159,31 @@ class PassageTracking(LaneCore):
         passage.last_read = max(passage.last_read or obs.received, obs.received)
 
     def _evidence_complete(self, passage: Passage, now: float) -> bool:
-        assert passage.at_stop is not None
+        """Scan in (scanner lanes) and the OCR reads quiet for ``ocr_settle_s``.
+
+        On a scanner lane the OCR portal and the scanner sit before the stop line: with the scan
+        in, the vehicle is past both, so the quiet time counts from its last read (or its arrival)
+        and the evidence is usually complete while it still drives to the stop line. A lane
+        without a scanner has no sign that the vehicle passed the portal but the stop line, so
+        the quiet time counts from there at the earliest.
+        """
         if self._config.scanner and passage.scan is None:
             return False
         if passage.ocr_closed:
             return True
-        quiet_since = max(passage.at_stop, passage.last_read or passage.at_stop)
+        if self._config.scanner:
+            base = passage.arrived
+        elif passage.at_stop is None:
+            return False
+        else:
+            base = passage.at_stop
+        quiet_since = max(base, passage.last_read or base)
         return now - quiet_since >= self._config.timeouts.ocr_settle_s
 
     def _start_decision(self, passage: Passage) -> None:
-        self._to_phase(passage, Phase.DECIDING)
+        """Ask the decider; a vehicle not yet at the stop line stays ``arriving`` meanwhile."""
+        if passage is self._current:
+            self._to_phase(passage, Phase.DECIDING)
         passage.ocr_closed = True
         passage.decision_started = self._clock()
         passage.decision_epoch = self._mode_epoch
@@ -202,9 +218,18 @@ class PassageTracking(LaneCore):
         self._queue.put_nowait(Decided(passage, outcome))
 
     async def _on_decided(self, passage: Passage, outcome: DecisionOutcome) -> None:
+        if passage is self._arriving and passage.phase is Phase.ARRIVING and passage.decider is not None:
+            # Decided before the stop line: kept until the vehicle gets there. Every condition of
+            # a release (mode, scan, journal) is checked then, as for a decision taken there.
+            passage.decider = None
+            passage.early = outcome
+            passage.early_at = (self._wall(), self._clock())
+            log.info("lane %s: %s decided before the stop line (%s)", self.id, passage.id, outcome.action)
+            return
         if passage is not self._current or passage.phase is not Phase.DECIDING:
             return  # cancelled while the decider worked
         passage.decider = None
+        passage.early = None
         passage.outcome = outcome
         action: Action = outcome.action
         reasons = list(outcome.reasons)
@@ -221,8 +246,9 @@ class PassageTracking(LaneCore):
                 action = "manual"
                 reasons.append(forced)
         now = self._clock()
+        decided_wall, decided_mono = passage.early_at or (self._wall(), now)
         scan_end = passage.scan.scan_end if passage.scan is not None else None
-        passage.record.decide(action=action, reasons=reasons, now=self._wall(), now_mono=now,
+        passage.record.decide(action=action, reasons=reasons, now=decided_wall, now_mono=decided_mono,
                               containers=outcome.containers, plate=outcome.plate, scan=outcome.scan,
                               scan_end_mono=scan_end)
         committed = await self._open(passage)
@@ -247,6 +273,10 @@ class PassageTracking(LaneCore):
         if arriving is not None and now - arriving.arrival_base >= t.arrival_s and not arriving.stop_pending:
             log.info("lane %s: %s never reached the stop line: cancelled", self.id, arriving.id)
             await self._finish(arriving, cancelled=True)
+        arriving = self._arriving
+        if (arriving is not None and self._config.scanner and not arriving.ambiguous and self._mode is Mode.AUTOMATIC
+                and arriving.decision_started is None and self._evidence_complete(arriving, now)):
+            self._start_decision(arriving)  # carried out when the vehicle reaches the stop line
         cur = self._current
         if cur is None:
             return
