@@ -12,11 +12,14 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from firmware_bridge.errors import PayloadError
 from firmware_bridge.frame import MAX_PAYLOAD, Frame, FrameType
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "COLUMN_HEADER_SIZE",
@@ -175,11 +178,22 @@ def _json(obj: dict[str, Any]) -> bytes:
                       ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
+class _JsonMessage:
+    """A JSON payload whose keys are its dataclass fields."""
+
+    __slots__ = ()
+
+    def to_payload(self) -> bytes:
+        """The canonical payload: every field in declaration order, absent (None) ones left out."""
+        message = cast("DataclassInstance", self)
+        return _json({f.name: getattr(message, f.name) for f in fields(message)})
+
+
 # --------------------------------------------------------------------------- firmware -> daemon
 
 
 @dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.HELLO
     device: str
     fw_version: str
@@ -206,14 +220,9 @@ class Hello:
             raise PayloadError(cls.frame_type, "value:bits", repr(hello.bits))
         return hello
 
-    def to_payload(self) -> bytes:
-        return _json({"device": self.device, "fw_version": self.fw_version, "serial_no": self.serial_no,
-                      "protocol": self.protocol, "rows": self.rows, "channels": self.channels,
-                      "bits": self.bits})
-
 
 @dataclass(frozen=True, slots=True)
-class FirmwareHeartbeat:
+class FirmwareHeartbeat(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.HEARTBEAT
     uptime_ms: int
     state: str
@@ -223,12 +232,9 @@ class FirmwareHeartbeat:
         f = _Fields(cls.frame_type, payload)
         return cls(uptime_ms=f.integer("uptime_ms"), state=f.text("state", choices=FIRMWARE_STATES))
 
-    def to_payload(self) -> bytes:
-        return _json({"uptime_ms": self.uptime_ms, "state": self.state})
-
 
 @dataclass(frozen=True, slots=True)
-class ScanBegin:
+class ScanBegin(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.SCAN_BEGIN
     scan_no: int
     scan_id: str
@@ -260,11 +266,6 @@ class ScanBegin:
             raise PayloadError(cls.frame_type, "value:bits", repr(begin.bits))
         return begin
 
-    def to_payload(self) -> bytes:
-        return _json({"scan_no": self.scan_no, "scan_id": self.scan_id, "rows": self.rows,
-                      "channels": self.channels, "bits": self.bits, "pixel_mm": self.pixel_mm,
-                      "started_ms": self.started_ms, "expected_columns": self.expected_columns})
-
 
 @dataclass(frozen=True, slots=True)
 class ScanLines:
@@ -290,7 +291,7 @@ class ScanLines:
 
 
 @dataclass(frozen=True, slots=True)
-class ScanEnd:
+class ScanEnd(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.SCAN_END
     scan_no: int
     scan_id: str
@@ -311,13 +312,9 @@ class ScanEnd:
             speed_kmh=f.number_opt("speed_kmh"),
         )
 
-    def to_payload(self) -> bytes:
-        return _json({"scan_no": self.scan_no, "scan_id": self.scan_id, "columns": self.columns,
-                      "data_crc32": self.data_crc32, "ended_ms": self.ended_ms, "speed_kmh": self.speed_kmh})
-
 
 @dataclass(frozen=True, slots=True)
-class ScanAbort:
+class ScanAbort(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.SCAN_ABORT
     scan_no: int
     reason: str
@@ -327,12 +324,9 @@ class ScanAbort:
         f = _Fields(cls.frame_type, payload)
         return cls(scan_no=f.integer("scan_no", lo=0, hi=UINT32_MAX), reason=f.text("reason"))
 
-    def to_payload(self) -> bytes:
-        return _json({"scan_no": self.scan_no, "reason": self.reason})
-
 
 @dataclass(frozen=True, slots=True)
-class OcrRead:
+class OcrRead(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.OCR_READ
     kind: str
     camera: str
@@ -359,15 +353,9 @@ class OcrRead:
                                f"{len(read.char_confidence)} values for {len(read.text)} characters")
         return read
 
-    def to_payload(self) -> bytes:
-        return _json({"kind": self.kind, "camera": self.camera, "text": self.text,
-                      "confidence": self.confidence,
-                      "char_confidence": list(self.char_confidence) if self.char_confidence is not None else None,
-                      "iso_type": self.iso_type, "read_ms": self.read_ms})
-
 
 @dataclass(frozen=True, slots=True)
-class Fault:
+class Fault(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.FAULT
     code: str
     severity: str
@@ -379,10 +367,6 @@ class Fault:
         f = _Fields(cls.frame_type, payload)
         return cls(code=f.text("code"), severity=f.text("severity", choices=SEVERITIES),
                    active=f.flag("active"), message=f.text("message"))
-
-    def to_payload(self) -> bytes:
-        return _json({"code": self.code, "severity": self.severity, "active": self.active,
-                      "message": self.message})
 
 
 FirmwareMessage = Hello | FirmwareHeartbeat | ScanBegin | ScanLines | ScanEnd | ScanAbort | OcrRead | Fault
@@ -399,12 +383,16 @@ _FIRMWARE_DECODERS: dict[int, Any] = {
 }
 
 
-def decode_firmware_message(frame: Frame) -> FirmwareMessage:
-    """Decode a frame received by the daemon; `PayloadError` if section 3 rejects it."""
-    decoder = _FIRMWARE_DECODERS.get(frame.type)
+def _decode(decoders: dict[int, Any], frame: Frame) -> Any:
+    decoder = decoders.get(frame.type)
     if decoder is None:
         raise PayloadError(frame.type, "unknown_type")
-    message: FirmwareMessage = decoder(frame.payload)
+    return decoder(frame.payload)
+
+
+def decode_firmware_message(frame: Frame) -> FirmwareMessage:
+    """Decode a frame received by the daemon; `PayloadError` if section 3 rejects it."""
+    message: FirmwareMessage = _decode(_FIRMWARE_DECODERS, frame)
     return message
 
 
@@ -412,7 +400,7 @@ def decode_firmware_message(frame: Frame) -> FirmwareMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class DaemonHeartbeat:
+class DaemonHeartbeat(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.HEARTBEAT
     uptime_ms: int
     state: str
@@ -422,12 +410,9 @@ class DaemonHeartbeat:
         f = _Fields(cls.frame_type, payload)
         return cls(uptime_ms=f.integer("uptime_ms"), state=f.text("state", choices=DAEMON_STATES))
 
-    def to_payload(self) -> bytes:
-        return _json({"uptime_ms": self.uptime_ms, "state": self.state})
-
 
 @dataclass(frozen=True, slots=True)
-class ScanAck:
+class ScanAck(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.SCAN_ACK
     scan_no: int
     status: str
@@ -439,12 +424,9 @@ class ScanAck:
         return cls(scan_no=f.integer("scan_no", lo=0, hi=UINT32_MAX), status=f.text("status", choices=ACK_STATUSES),
                    reason=f.text_opt("reason"))
 
-    def to_payload(self) -> bytes:
-        return _json({"scan_no": self.scan_no, "status": self.status, "reason": self.reason})
-
 
 @dataclass(frozen=True, slots=True)
-class Resend:
+class Resend(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.RESEND
     scan_no: int
     from_column: int
@@ -456,12 +438,9 @@ class Resend:
         return cls(scan_no=f.integer("scan_no", lo=0, hi=UINT32_MAX), from_column=f.integer("from_column", lo=0),
                    count=f.integer("count", lo=1))
 
-    def to_payload(self) -> bytes:
-        return _json({"scan_no": self.scan_no, "from_column": self.from_column, "count": self.count})
-
 
 @dataclass(frozen=True, slots=True)
-class Control:
+class Control(_JsonMessage):
     frame_type: ClassVar[int] = FrameType.CONTROL
     command: str
     now_ms: int | None = None
@@ -471,9 +450,6 @@ class Control:
         f = _Fields(cls.frame_type, payload)
         command = f.text("command", choices=COMMANDS)
         return cls(command=command, now_ms=f.integer_opt("now_ms", required=command == "time_sync"))
-
-    def to_payload(self) -> bytes:
-        return _json({"command": self.command, "now_ms": self.now_ms})
 
 
 DaemonMessage = DaemonHeartbeat | ScanAck | Resend | Control
@@ -488,8 +464,5 @@ _DAEMON_DECODERS: dict[int, Any] = {
 
 def decode_daemon_message(frame: Frame) -> DaemonMessage:
     """Decode a frame received by the firmware side (the simulator); `PayloadError` if rejected."""
-    decoder = _DAEMON_DECODERS.get(frame.type)
-    if decoder is None:
-        raise PayloadError(frame.type, "unknown_type")
-    message: DaemonMessage = decoder(frame.payload)
+    message: DaemonMessage = _decode(_DAEMON_DECODERS, frame)
     return message
