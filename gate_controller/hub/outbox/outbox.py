@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar, cast, get_args
 
 from ulid import ULID
 
@@ -41,8 +41,8 @@ from gate_controller.hub.outbox.rows import (
 )
 from gate_controller.hub.outbox.store import ROW_COLUMNS, Store, disk_free_bytes
 
-_EVENT_TYPES: Final = frozenset({"alarm", "state"})
-_SEVERITIES: Final = frozenset({"info", "warning", "error", "critical"})
+_EVENT_TYPES: Final = frozenset(get_args(EventType))
+_SEVERITIES: Final = frozenset(get_args(EventSeverity))
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +298,7 @@ class Outbox:
         if self._observers:
             self._observe("event", {**body, "msg_id": committed.msg_id, "seq": committed.seq, "boot_id": self.boot_id})
         return committed
+
 
     # ------------------------------------------------------------------ other kinds
 

@@ -235,22 +235,24 @@ class Store:
         self.conn.execute("DELETE FROM open_transactions WHERE transaction_id = ?", (transaction_id,))
 
     def delete(self, ids: Sequence[int]) -> int:
-        removed = 0
+        return len(self._delete_rows(ids))
+
+    def _delete_rows(self, ids: Sequence[int]) -> list[str]:
+        """Delete rows by id (in chunks of 500 bound parameters) and keep the counters; returns the
+        kinds of the rows that still existed."""
+        kinds: list[str] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for cls, kind, size in self.conn.execute(
                 f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING class, kind, size", chunk  # noqa: S608
             ).fetchall():
-                self._forget(cls, kind, size)
-                removed += 1
-        return removed
-
-    def _forget(self, cls: int, kind: str, size: int) -> None:
-        self.count[cls] -= 1
-        self.bytes[cls] -= size
-        if kind in SEQUENCED:
-            self.sequenced -= 1
+                self.count[cls] -= 1
+                self.bytes[cls] -= size
+                if kind in SEQUENCED:
+                    self.sequenced -= 1
+                kinds.append(kind)
+        return kinds
 
     def _drop_oldest(self, cls: int, *, rows: int = 0, nbytes: int = 0) -> int:
         """Delete the oldest rows of a droppable class: at least ``rows`` rows, or until at least
@@ -265,14 +267,8 @@ class Store:
             freed += size
         if not victims:
             return 0
-        for start in range(0, len(victims), 500):
-            chunk = victims[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for c, kind, size in self.conn.execute(
-                f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING class, kind, size", chunk  # noqa: S608
-            ).fetchall():
-                self._forget(c, kind, size)
-                self.dropped[kind] = self.dropped.get(kind, 0) + 1
+        for kind in self._delete_rows(victims):
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
         logger.warning("outbox: dropped %d %s rows (%d bytes) to stay within backlog limits",
                        len(victims), "telemetry" if cls == TELEMETRY else "preview/image", freed)
         return freed
