@@ -19,14 +19,13 @@ from aiohttp import web
 from argon2 import PasswordHasher
 
 from gate_controller.demo.gate import SimulatedGate, plan_trucks
-from tests.support.broker import MosquittoBroker, free_port, mosquitto_available
+from tests.support.broker import BROKER_MARKS, MosquittoBroker, free_port, running_broker
 from tests.support.browser import chromium, chromium_available
 from tests.support.gate import daemon_log, simulated_gate
 
 pytestmark = [
-    pytest.mark.broker,
+    *BROKER_MARKS,
     pytest.mark.slow,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
     pytest.mark.skipif(not chromium_available(), reason="needs chromium (apt-get install chromium) and playwright"),
 ]
 
@@ -37,10 +36,8 @@ SHOTS = os.environ.get("SMARTGATE_SCREENSHOTS")
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
 
 
 def console_section(tmp_path: Path) -> dict[str, Any]:

@@ -21,24 +21,19 @@ from argon2 import PasswordHasher
 from gate_controller.demo.gate import SimulatedGate
 from gate_controller.plc.sim.lane_plc import Spot
 from gate_controller.service.control import read_status
-from tests.support.broker import MosquittoBroker, free_port, mosquitto_available
+from tests.support.broker import BROKER_MARKS, MosquittoBroker, free_port, running_broker
 from tests.support.configs import ROOT
 from tests.support.gate import daemon_log, gate_config, simulated_gate
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = BROKER_MARKS
 
 PASSWORD = "lane-booth-2026"
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
 
 
 def console_section(tmp_path: Path, port: int | None = None) -> dict[str, Any]:

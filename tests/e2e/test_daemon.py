@@ -18,14 +18,11 @@ from gate_controller.demo.gate import SimulatedGate
 from gate_controller.hub.hub_side import HubClient
 from gate_controller.service.control import read_status
 from gate_controller.service.doctor import run_checks
-from tests.support.broker import HUB_USER, MosquittoBroker, mosquitto_available
+from tests.support.broker import BROKER_MARKS, HUB_USER, MosquittoBroker, running_broker
 from tests.support.configs import ROOT
 from tests.support.gate import daemon_log, gate_config, simulated_gate
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = BROKER_MARKS
 
 
 def smartgate(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -35,10 +32,8 @@ def smartgate(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    b = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
 
 
 def test_invalid_config_exits_78_and_starts_nothing(tmp_path: Path, broker: MosquittoBroker) -> None:

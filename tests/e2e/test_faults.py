@@ -21,14 +21,10 @@ import pytest
 
 from gate_controller.demo.gate import DemoTruck, SimulatedGate, check_plc_safety, plan_trucks
 from gate_controller.service.control import read_status
-from tests.support.broker import MosquittoBroker, mosquitto_available
+from tests.support.broker import BROKER_MARKS, MosquittoBroker
 from tests.support.gate import daemon_log, simulated_gate
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.broker,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = [*BROKER_MARKS, pytest.mark.slow]
 
 TALLY: list[tuple[str, int, int, int, str]] = []
 

@@ -18,22 +18,16 @@ from gate_controller.hub.hub_side import HubClient
 from gate_controller.service.control import read_status
 from inference.package import build_package, generate_key, load_private_key
 from inference.runtime import DEFAULT_MODEL_PATH
-from tests.support.broker import HUB_USER, MosquittoBroker, mosquitto_available
+from tests.support.broker import BROKER_MARKS, HUB_USER, MosquittoBroker, running_broker
 from tests.support.gate import daemon_log, simulated_gate
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.slow,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = [*BROKER_MARKS, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    b = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
 
 
 def smartgate(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
+
 __all__ = [
+    "BROKER_MARKS",
     "GATE_USER",
     "HUB_USER",
     "MOSQUITTO",
@@ -52,6 +55,13 @@ HUB_USER = ("hub", "hub-secret-pw")
 
 def mosquitto_available() -> bool:
     return os.access(MOSQUITTO, os.X_OK) and os.access(MOSQUITTO_PASSWD, os.X_OK)
+
+
+BROKER_MARKS = [
+    pytest.mark.broker,
+    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
+]
+"""``pytestmark`` of a module whose tests talk to a real broker."""
 
 
 def free_port() -> int:
@@ -293,6 +303,7 @@ class MosquittoBroker:
 
 @contextmanager
 def running_broker(workdir: Path, **kwargs: Any) -> Iterator[MosquittoBroker]:
+    """A started broker in ``workdir``, stopped on the way out (the body of the broker fixtures)."""
     broker = MosquittoBroker(workdir, **kwargs)
     broker.start()
     try:

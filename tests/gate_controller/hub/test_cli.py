@@ -14,21 +14,16 @@ from gate_controller.hub.commands import CommandDispatcher, ReplayCache
 from gate_controller.hub.hub_side import describe
 from gate_controller.hub.link import BirthInfo, HubLink
 from gate_controller.hub.outbox import Outbox
-from tests.support.broker import MosquittoBroker, free_port, mosquitto_available
+from tests.support.broker import BROKER_MARKS, MosquittoBroker, free_port, running_broker
 from tests.support.hub import COMMAND_KEY, GATE, ROOT, SITE, RecordingTarget, mqtt_config, transaction_record, write_key
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = BROKER_MARKS
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
 
 
 def connection(broker: MosquittoBroker) -> list[str]:

@@ -21,7 +21,7 @@ from gate_controller.hub.hub_side import HubClient, make_command
 from gate_controller.hub.link import BirthInfo, HubLink
 from gate_controller.hub.outbox import Outbox
 from inference.scan import Scan, load_scan
-from tests.support.broker import HUB_USER, MosquittoBroker, mosquitto_available
+from tests.support.broker import BROKER_MARKS, HUB_USER, MosquittoBroker, running_broker
 from tests.support.hub import (
     COMMAND_KEY,
     GATE,
@@ -34,18 +34,13 @@ from tests.support.hub import (
     write_key,
 )
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = BROKER_MARKS
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
 
 
 @dataclass

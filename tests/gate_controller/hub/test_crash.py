@@ -14,24 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import MosquittoBroker, mosquitto_available
+from tests.support.broker import BROKER_MARKS, MosquittoBroker, running_broker
 from tests.support.hub import Collector, mqtt_config, write_key
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.slow,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = [*BROKER_MARKS, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path / "broker") as b:
+        yield b
 
 
 class Child:

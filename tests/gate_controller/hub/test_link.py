@@ -19,7 +19,13 @@ from gate_controller.core.errors import ConfigError
 from gate_controller.hub.hub_side import HubClient
 from gate_controller.hub.link import BirthInfo, HubLink
 from gate_controller.hub.outbox import Outbox
-from tests.support.broker import HUB_USER, MosquittoBroker, make_tls_material, mosquitto_available
+from tests.support.broker import (
+    BROKER_MARKS,
+    HUB_USER,
+    MosquittoBroker,
+    make_tls_material,
+    running_broker,
+)
 from tests.support.hub import (
     COMMAND_KEY,
     GATE,
@@ -31,10 +37,7 @@ from tests.support.hub import (
     write_key,
 )
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = BROKER_MARKS
 
 
 def birth() -> BirthInfo:
@@ -44,19 +47,15 @@ def birth() -> BirthInfo:
 
 @pytest.fixture(scope="module")
 def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    broker = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    broker.start()
-    yield broker
-    broker.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as broker:
+        yield broker
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A broker of this test alone (it gets stopped, paused and restarted)."""
-    b = MosquittoBroker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path / "broker") as b:
+        yield b
 
 
 def open_outbox(tmp_path: Path, **kwargs: Any) -> Outbox:

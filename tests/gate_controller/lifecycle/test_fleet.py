@@ -29,22 +29,16 @@ from inference.runtime import DEFAULT_MODEL_PATH
 from inference.scan import Scan, save_scan
 from inference.synthetic import generate_scan
 from inference.worker import ReviewWorker
-from tests.support.broker import MosquittoBroker, mosquitto_available
+from tests.support.broker import BROKER_MARKS, MosquittoBroker, running_broker
 from tests.support.hub import GATE, ROOT, SITE, Collector, mqtt_config, write_key
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.slow,
-    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto and mosquitto_passwd"),
-]
+pytestmark = [*BROKER_MARKS, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
