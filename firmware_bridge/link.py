@@ -6,6 +6,11 @@ included; one session per open port) and the timer loop (our HEARTBEATs, the 5 s
 scan assembler's RESEND and timeout deadlines, which keep running while the port is down so a scan
 still ends on time). Port I/O runs in the transport's threads; the reader thread parses frames
 itself and hands finished frames to the loop, so a busy link costs the loop one callback per read.
+
+`GfpLink` is one piece (about 460 lines): both loops and the frame handlers share the session, the
+scan assembler and the counters inside one owner task, and the spec's timing rules (HELLO,
+heartbeat, the 5 s link rule, RESEND) are only checkable where they all meet. Its diagnostics
+records (counters, recent frames) live in `diagnostics`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from firmware_bridge.diagnostics import RECENT_FRAMES, FrameNote, LinkCounters, frame_type_name
 from firmware_bridge.errors import LinkClosedError, LinkError, PayloadError, ProtocolError
 from firmware_bridge.events import (
     DeviceInfo,
@@ -31,7 +36,7 @@ from firmware_bridge.events import (
     OcrEvent,
     ScanEvent,
 )
-from firmware_bridge.frame import FIRMWARE_TO_DAEMON, Frame, FrameType, encode_frame
+from firmware_bridge.frame import FIRMWARE_TO_DAEMON, Frame, encode_frame
 from firmware_bridge.messages import (
     COMMANDS,
     Control,
@@ -55,10 +60,7 @@ from firmware_bridge.transport import SerialTransport
 from inference.errors import ScanFormatError
 from inference.scan import Scan
 
-__all__ = ["FrameNote", "GfpLink", "LinkCounters"]
-
-RECENT_FRAMES = 32
-"""Frames of each direction a link remembers for diagnostics (type, sequence, length; no payload)."""
+__all__ = ["RECENT_FRAMES", "FrameNote", "GfpLink", "LinkCounters"]
 
 log = logging.getLogger(__name__)
 
@@ -72,72 +74,6 @@ _MAX_IDLE_WAIT_S = 0.5
 _CLOSED_BY_OWNER = "link closed"
 
 OutgoingMessage = Control | DaemonHeartbeat | ScanAck | Resend
-
-
-@dataclass(frozen=True)
-class LinkCounters:
-    """A snapshot of one link's counters since the link object was made."""
-
-    connects: int
-    connect_failures: int
-    disconnects: int
-    link_downs: int
-    bytes_rx: int
-    frames_rx: int
-    garbage_bytes: int
-    header_errors: int
-    oversize_headers: int
-    crc_errors: int
-    unknown_types: int
-    partial_frames: int
-    lost_frames: int
-    sequence_resyncs: int
-    rejected_payloads: int
-    frames_tx: int
-    bytes_tx: int
-    tx_dropped: int
-    hellos: int
-    heartbeats_rx: int
-    ocr_reads: int
-    faults: int
-    scans_begun: int
-    scans_complete: int
-    scans_incomplete: int
-    scans_superseded: int
-    scans_aborted: int
-    scans_timed_out: int
-    scans_crc_mismatch: int
-    unknown_scan_frames: int
-    duplicate_columns: int
-    discarded_columns: int
-    duplicate_ends: int
-    resend_rounds: int
-    resend_requests: int
-    resent_columns: int
-    events_dropped: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class FrameNote:
-    """One frame that crossed the link, as diagnostics show it: never the payload itself."""
-
-    at: float
-    """Wall-clock time (seconds since the epoch) it was received or queued for sending."""
-    direction: str
-    """``rx`` (from the firmware) or ``tx`` (to the firmware)."""
-    type: str
-    seq: int
-    length: int
-
-
-def _type_name(value: int) -> str:
-    try:
-        return FrameType(value).name
-    except ValueError:
-        return f"0x{value:02X}"
 
 
 class GfpLink:
@@ -424,7 +360,7 @@ class GfpLink:
         self._wake.set()
 
     def _handle_frame(self, frame: Frame) -> None:
-        self._recent.append(FrameNote(self._wall_clock(), "rx", _type_name(frame.type), frame.seq,
+        self._recent.append(FrameNote(self._wall_clock(), "rx", frame_type_name(frame.type), frame.seq,
                                       len(frame.payload)))
         try:
             msg = decode_firmware_message(frame)
@@ -526,7 +462,7 @@ class GfpLink:
     def _encode(self, msg: OutgoingMessage) -> bytes:
         payload = msg.to_payload()
         data = encode_frame(msg.frame_type, self._tx_seq, payload)
-        self._recent.append(FrameNote(self._wall_clock(), "tx", _type_name(msg.frame_type), self._tx_seq,
+        self._recent.append(FrameNote(self._wall_clock(), "tx", frame_type_name(msg.frame_type), self._tx_seq,
                                       len(payload)))
         self._tx_seq = (self._tx_seq + 1) & 0xFFFF
         self._counts["frames_tx"] += 1
