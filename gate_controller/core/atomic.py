@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["copy_atomic", "write_atomic"]
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool) -> None:
@@ -27,3 +28,12 @@ def write_atomic(path: Path, data: bytes, *, durable: bool) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` via a temporary file beside it, fsynced before the rename."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(target)

@@ -21,13 +21,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from gate_controller.core.atomic import write_atomic
+from gate_controller.core.atomic import copy_atomic, write_atomic
 from gate_controller.core.errors import ArchiveError
 from gate_controller.core.timestamps import WallClock, utc_now, utc_timestamp
 from inference.errors import ScanFormatError
@@ -140,11 +139,7 @@ class ScanArchive:
         stem = _checked(transaction_id, "transaction id")
         declared = _declared(record)
         target = self.samples_dir / f"{stem}.npz"
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(source, tmp)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(target)
+        copy_atomic(source, target)
         sample: dict[str, Any] = {
             "format": SAMPLE_FORMAT,
             "transaction_id": transaction_id,
@@ -162,8 +157,7 @@ class ScanArchive:
         if common is not None:
             # Training reads one declaration per scan; absent, it falls back to the scan's own.
             sample["declared"] = common
-        meta_path = self.samples_dir / f"{stem}.json"
-        write_atomic(meta_path, json.dumps(sample, indent=1, ensure_ascii=False).encode("utf-8"), durable=True)
+        meta_path = self._write_sample(stem, sample)
         logger.info("labelled sample %s stored: %s %s", stem, finding, ",".join(labels))
         return meta_path
 
@@ -201,11 +195,7 @@ class ScanArchive:
             raise ArchiveError(f"scan {scan_id} is not in the archive (never stored, or pruned)")
         record = self.transaction_of_scan(scan_id)
         target = self.samples_dir / f"{stem}.npz"
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(source, tmp)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(target)
+        copy_atomic(source, target)
         sample: dict[str, Any] = {
             "format": SAMPLE_FORMAT,
             "transaction_id": record.get("transaction_id") if record else None,
@@ -224,9 +214,13 @@ class ScanArchive:
         common = _common(sample["declared_by_container"]) if record else None
         if common is not None:
             sample["declared"] = common
+        meta_path = self._write_sample(stem, sample)
+        logger.info("confirmed sample %s stored: %s %s", stem, finding, ",".join(labels))
+        return meta_path
+
+    def _write_sample(self, stem: str, sample: Mapping[str, Any]) -> Path:
         meta_path = self.samples_dir / f"{stem}.json"
         write_atomic(meta_path, json.dumps(sample, indent=1, ensure_ascii=False).encode("utf-8"), durable=True)
-        logger.info("confirmed sample %s stored: %s %s", stem, finding, ",".join(labels))
         return meta_path
 
     # ------------------------------------------------------------------ pruning

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from gate_controller.config import PlcConfig
 from gate_controller.config.plc import COILS, HOLDING_REGISTERS, INPUT_BITS, INPUT_REGISTERS
+from gate_controller.core.backoff import backoff_delay
 from gate_controller.core.errors import PlcError, PlcInterlockError, PlcVerificationError
 from gate_controller.core.tasks import raise_if_cancelling, stop_task
 from gate_controller.plc.bus import BusKey, PlcBus, PlcBusRegistry, default_bus_registry
@@ -199,10 +200,7 @@ class PlcDriver:
         self._emit(PlcLinkDown(reason))
 
     def _backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with "equal jitter": half fixed, half random."""
-        cap = self.config.reconnect_max_s
-        base = min(cap, 0.1 * 2.0 ** min(attempt, 16))
-        return base / 2 + self._rng.uniform(0.0, base / 2)
+        return backoff_delay(attempt, initial_s=0.1, max_s=self.config.reconnect_max_s, rng=self._rng)
 
     def _emit(self, event: PlcEvent) -> None:
         if self._listener is not None:

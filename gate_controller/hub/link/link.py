@@ -24,6 +24,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from gate_controller import __version__
 from gate_controller.config import GateConfig, MqttConfig, read_secret
+from gate_controller.core.backoff import backoff_delay
 from gate_controller.core.errors import HubConnectError, HubError, OutboxError
 from gate_controller.core.timestamps import WallClock, utc_now, utc_timestamp
 from gate_controller.hub.link.inbound import Inbound
@@ -239,10 +240,8 @@ class HubLink:
             await self._pause(self._backoff(1))
 
     def _backoff(self, failures: int) -> float:
-        """Capped exponential backoff with equal jitter (half fixed, half random)."""
-        growth = 2.0 ** min(failures - 1, 30)
-        base = min(self.config.reconnect_max_s, self.config.reconnect_initial_s * growth)
-        return base / 2 + self._rng.random() * base / 2
+        return backoff_delay(failures - 1, initial_s=self.config.reconnect_initial_s,
+                             max_s=self.config.reconnect_max_s, rng=self._rng)
 
     async def _pause(self, seconds: float) -> None:
         await wait_event(self._stopping, seconds)
