@@ -83,6 +83,9 @@ class Reviewer:
     override them (the config's knobs, None = metadata).
     """
 
+    preserve_all_tensors = False
+    """Subclasses that read intermediate feature maps set this (see `inference.adaptation`)."""
+
     def __init__(
         self,
         model_path: Path | None = None,
@@ -93,7 +96,7 @@ class Reviewer:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         _check_thresholds(suspect_threshold, not_empty_threshold)
-        self._model = TfliteModel(model_path, num_threads)
+        self._model = TfliteModel(model_path, num_threads, preserve_all_tensors=self.preserve_all_tensors)
         self.spec: ModelSpec = self._model.spec
         self._clock = clock
         self.set_thresholds(suspect_threshold, not_empty_threshold)

@@ -35,6 +35,7 @@ class _Interpreter(Protocol):
     def allocate_tensors(self) -> None: ...
     def get_input_details(self) -> list[dict[str, Any]]: ...
     def get_output_details(self) -> list[dict[str, Any]]: ...
+    def get_tensor_details(self) -> list[dict[str, Any]]: ...
     def set_tensor(self, index: int, value: npt.NDArray[Any]) -> None: ...
     def get_tensor(self, index: int) -> npt.NDArray[Any]: ...
     def invoke(self) -> None: ...
@@ -93,7 +94,8 @@ def _check_tensor(kind: str, detail: dict[str, Any], shape: tuple[int, ...], dty
 class TfliteModel:
     """One verified interpreter. Not thread-safe: one owner calls `run`."""
 
-    def __init__(self, model_path: Path | None = None, num_threads: int = 1) -> None:
+    def __init__(self, model_path: Path | None = None, num_threads: int = 1, *,
+                 preserve_all_tensors: bool = False) -> None:
         path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 (got {num_threads})")
@@ -106,7 +108,10 @@ class TfliteModel:
                              f"({spec.sha256[:16]}...): corrupt or mismatched model file")
         cls, backend = _interpreter_class()
         try:
-            interp: _Interpreter = cls(model_path=str(path), num_threads=num_threads)
+            # preserve_all_tensors keeps intermediate feature maps readable after invoke (site
+            # adaptation models normal traffic on them); it costs memory, so only when asked.
+            extra = {"experimental_preserve_all_tensors": True} if preserve_all_tensors else {}
+            interp: _Interpreter = cls(model_path=str(path), num_threads=num_threads, **extra)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ModelError(f"{path}: the TFLite runtime refused the model: {err}") from err
@@ -127,6 +132,17 @@ class TfliteModel:
         self._out_index = int(outputs[0]["index"])
         _log.info("loaded model %s %s (%s, %d thread(s), %s)", spec.name, spec.version, path.name,
                   num_threads, backend)
+
+    def tensor_details(self) -> list[dict[str, Any]]:
+        """Every tensor of the graph (name, index, shape, dtype, quantization)."""
+        return list(self._interp.get_tensor_details())
+
+    def tensor(self, index: int) -> npt.NDArray[Any]:
+        """A tensor after the last `run` (intermediate ones need ``preserve_all_tensors``)."""
+        try:
+            return self._interp.get_tensor(index)
+        except (ValueError, RuntimeError) as err:
+            raise InferenceError(f"tensor {index} not readable: {err}") from err
 
     def run(self, tile: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Invoke on one input tile (already quantized, full input shape); returns the raw output."""

@@ -356,11 +356,10 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
 
     from inference.errors import SmartGateError
-    from inference.package.loader import resolve_model_path
-    from inference.reviewer import Reviewer
+    from inference.package.loader import open_reviewer
 
     try:
-        reviewer = Reviewer(resolve_model_path(args.model), args.threads)
+        reviewer = open_reviewer(args.model, args.threads)
     except (SmartGateError, ValueError) as err:
         send({"type": "error", "error": str(err)})
         return 3

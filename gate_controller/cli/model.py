@@ -89,6 +89,20 @@ def register(subparsers: Any) -> None:
     _config_option(p)
     p.set_defaults(func=_rollback)
 
+    p = sub.add_parser("adapt", help="fit a signed package to this site's scanner from its clean scans (no TensorFlow)")
+    p.add_argument("--clean", type=Path, required=True, help="directory of officer-confirmed clean scans (.npz)")
+    p.add_argument("--samples", type=Path, help="the gate's labelled samples (anomalies are measured too)")
+    p.add_argument("--out", type=Path, required=True, help="new package directory")
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 private key that signs the package")
+    p.add_argument("--model", type=Path, help="base model (.tflite or package); default: the shipped model")
+    p.add_argument("--name", help="package name (default: the base model's name + '-site')")
+    p.add_argument("--version", required=True, help="package version (above every version the gates have)")
+    p.add_argument("--target-false-alarm", type=float, default=0.01,
+                   help="share of clean scans allowed above the threshold (default 0.01)")
+    p.add_argument("--holdout", type=float, default=0.3, help="share of clean scans held out for validation")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.set_defaults(func=_adapt)
+
     p = sub.add_parser("report", help="per lane: the review's verdicts against officers' findings")
     _config_option(p)
     p.add_argument("--version", help="only verdicts of this model version")
@@ -263,6 +277,38 @@ def _rollback(args: argparse.Namespace) -> int:
     fallback = config.inference.model_path or "shipped with smartgate"
     target = f"{now.name} {now.version}" if now else f"the configured model ({fallback})"
     print(f"rolled back from {rolled.name if rolled else '?'} {rolled.version if rolled else ''} to {target}")
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    import functools
+
+    from inference.adaptation.adapt import AdaptOptions, adapt, adapt_cli_summary
+    from inference.errors import ModelError
+    from inference.package import build_package, load_private_key
+    from inference.package.loader import resolve_model_path
+    from inference.runtime import DEFAULT_MODEL_PATH
+
+    if not 0.0 < args.target_false_alarm < 0.5 or not 0.05 <= args.holdout <= 0.5:
+        return _fail("--target-false-alarm must be in (0, 0.5) and --holdout in [0.05, 0.5]", EX_CONFIG)
+    try:
+        key = load_private_key(args.key)
+        base = resolve_model_path(args.model) or DEFAULT_MODEL_PATH
+        name = args.name
+        if name is None:
+            from inference.model_spec import load_spec, metadata_path_for
+
+            name = f"{load_spec(metadata_path_for(base)).name}-site"
+        report = adapt(args.model, args.clean, args.out, sign=functools.partial(build_package, key=key), name=name,
+                       version=args.version, samples_dir=args.samples,
+                       options=AdaptOptions(holdout=args.holdout, target_false_alarm=args.target_false_alarm,
+                                            threads=args.threads),
+                       progress=lambda line: print(line, flush=True))
+    except (ModelError, OSError, ValueError) as err:
+        return _fail(str(err), EX_REFUSED)
+    for line in adapt_cli_summary(report):
+        print(line)
+    print(f"package {name} {args.version} -> {args.out} (report.json inside; {report['timing_s']['total']:.0f} s)")
     return 0
 
 

@@ -61,14 +61,13 @@ def _line(name: str, result: Any) -> str:
 
 def _review(args: argparse.Namespace) -> int:
     from inference.errors import ModelError, SmartGateError
-    from inference.package.loader import resolve_model_path
+    from inference.package.loader import open_reviewer
     from inference.preview import render_preview
     from inference.result import ReviewResult
-    from inference.reviewer import Reviewer
     from inference.scan import load_scan
 
     try:
-        reviewer = Reviewer(resolve_model_path(args.model), num_threads=args.threads)
+        reviewer = open_reviewer(args.model, num_threads=args.threads)
     except (ModelError, ValueError) as err:
         print(f"smartgate review: {err}", file=sys.stderr)
         return EX_MODEL

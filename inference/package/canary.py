@@ -59,10 +59,9 @@ def load_samples(directory: Path) -> list[CanarySample]:
 
 def replay(model: Path | None, samples: Sequence[CanarySample], threads: int = 1) -> dict[str, Any]:
     """Verdict per sample for one model (a .tflite or a package directory)."""
-    from inference.package.loader import resolve_model_path
-    from inference.reviewer import Reviewer
+    from inference.package.loader import open_reviewer
 
-    reviewer = Reviewer(resolve_model_path(model), threads)
+    reviewer = open_reviewer(model, threads)
     verdicts: dict[str, str] = {}
     for s in samples:
         try:

@@ -8,10 +8,14 @@ the package was installed or activated; the worker has no keys).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference.package.manifest import MANIFEST_FILE, PackageError, load_manifest
 
-__all__ = ["is_package", "resolve_model_path"]
+if TYPE_CHECKING:
+    from inference.reviewer import Reviewer
+
+__all__ = ["is_package", "open_reviewer", "resolve_model_path"]
 
 
 def is_package(path: Path) -> bool:
@@ -30,3 +34,16 @@ def resolve_model_path(path: Path | None) -> Path | None:
     manifest = load_manifest(path)
     manifest.check_files(path)
     return path / manifest.model_file
+
+
+def open_reviewer(path: Path | None, num_threads: int = 1) -> Reviewer:
+    """The reviewer for ``path``: an adapted package (fitted normal-traffic model beside the
+    network) reviews with `inference.adaptation.AdaptedReviewer`, anything else with `Reviewer`."""
+    from inference.adaptation.reviewer import ADAPTATION_FILE, AdaptedReviewer
+    from inference.reviewer import Reviewer
+
+    model = resolve_model_path(path)
+    if path is not None and is_package(Path(path)) and (Path(path) / ADAPTATION_FILE).is_file():
+        assert model is not None
+        return AdaptedReviewer.from_package(Path(path), model, num_threads)
+    return Reviewer(model, num_threads)

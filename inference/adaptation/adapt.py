@@ -1,0 +1,252 @@
+"""`smartgate model adapt`: fit a model package to one site's scanner, on the gate, without TensorFlow.
+
+1. The site's clean scans (officer-confirmed, 50 to 500) are split by a hash of their ids into a
+   fitting part and a held-out validation part (``holdout``, default 30 %).
+2. The normal-traffic model (`inference.adaptation.normal`) is fitted on the network's features of
+   the fitting scans, ``folds`` times with one fold left out, so every fitting scan also gets an
+   unbiased score (its largest cell distance under a model that never saw it).
+3. The distance threshold is the ``1 - target_false_alarm`` quantile of those scores.
+4. Threat image projection (`inference.adaptation.tip`) puts generator threats into the
+   validation scans; detection is measured per class, before (the network's own verdict) and
+   after (the adapted review) adaptation, with the false alarms of both on the validation scans.
+   Labelled anomalies from ``samples`` (the gate's samples directory) are measured the same way.
+5. The package (network, metadata with the adapted thresholds, ``adaptation.json``,
+   ``adaptation.npz``, ``envelope.json``, ``report.json``) is written and signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.adaptation.envelope import ENVELOPE_FILE, Envelope
+from inference.adaptation.normal import NormalAccumulator
+from inference.adaptation.reviewer import ADAPTATION_ARRAYS, ADAPTATION_FILE, ADAPTATION_FORMAT, AdaptedReviewer
+from inference.adaptation.tip import ThreatObject, extract_threats, project
+from inference.errors import ModelError, ScanFormatError
+from inference.reviewer import Reviewer
+from inference.scan import Scan, load_scan
+
+__all__ = ["AdaptOptions", "adapt"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+_REGION_SCORE = 0.4
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    holdout: float = 0.3
+    folds: int = 5
+    target_false_alarm: float = 0.01
+    threats_per_class: int = 6
+    seed: int = 20261206
+    threads: int = 1
+    min_scans: int = 20
+
+
+def _held_out(scan_id: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(scan_id.encode()).digest()[:4], "big")
+    return h / 2**32 < fraction
+
+
+def _load_dir(directory: Path) -> list[tuple[Path, Scan]]:
+    out = []
+    for path in sorted(Path(directory).glob("*.npz")):
+        try:
+            out.append((path, load_scan(path)))
+        except ScanFormatError as err:
+            log.warning("skipping %s: %s", path, err)
+    return out
+
+
+def _box_cells(box: tuple[int, int, int, int], cell_w: float, cell_h: float, shape: tuple[int, int],
+               ) -> tuple[slice, slice]:
+    x, y, w, h = box
+    r0, r1 = max(int(y // cell_h) - 1, 0), min(int(np.ceil((y + h) / cell_h)) + 1, shape[0])
+    c0, c1 = max(int(x // cell_w) - 1, 0), min(int(np.ceil((x + w) / cell_w)) + 1, shape[1])
+    return slice(r0, max(r1, r0 + 1)), slice(c0, max(c1, c0 + 1))
+
+
+def _rate(hits: int, n: int) -> dict[str, Any]:
+    return {"detected": hits, "of": n, "rate": round(hits / n, 4) if n else None}
+
+
+class _Judge:
+    """Before (the network's own review) and after (the adapted review) on the same scans."""
+
+    def __init__(self, base: Reviewer, adapted: AdaptedReviewer) -> None:
+        self.base = base
+        self.adapted = adapted
+
+    def clean(self, scan: Scan) -> tuple[bool, bool]:
+        before = self.base.review(scan).verdict == "suspect"
+        _, dist = self.adapted.analyse_distances(scan)
+        return before, bool(dist.max() >= self.adapted.distance_threshold)
+
+    def threat(self, scan: Scan, box: tuple[int, int, int, int]) -> tuple[bool, bool]:
+        """Detected when the flagged cells reach into the object's box (one cell of slack)."""
+        analysis = self.base.analyse(scan)
+        rows, cols = self.base_slices(analysis.cell_w, analysis.cell_h, analysis.anomaly.shape[:2], box)
+        before = bool(analysis.anomaly[rows, cols].max() >= self.base.suspect_threshold)
+        a_analysis, dist = self.adapted.analyse_distances(scan)
+        rows, cols = self.base_slices(a_analysis.cell_w, a_analysis.cell_h, dist.shape, box)
+        after = bool(dist[rows, cols].max() >= self.adapted.distance_threshold)
+        return before, after
+
+    @staticmethod
+    def base_slices(cell_w: float, cell_h: float, shape: tuple[int, ...], box: tuple[int, int, int, int],
+                    ) -> tuple[slice, slice]:
+        return _box_cells(box, cell_w, cell_h, (int(shape[0]), int(shape[1])))
+
+
+def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[..., Any], name: str, version: str,
+          samples_dir: Path | None = None, options: AdaptOptions = AdaptOptions(),
+          progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Fit, calibrate, validate and write the package; returns the report. ``sign`` is
+    `inference.package.build_package` with the key bound (so this module needs no key handling)."""
+    from inference.package.loader import resolve_model_path
+    from inference.runtime import DEFAULT_MODEL_PATH
+
+    t_start = time.perf_counter()
+    model_path = resolve_model_path(model) or DEFAULT_MODEL_PATH
+    scans = _load_dir(clean_dir)
+    if len(scans) < options.min_scans:
+        raise ModelError(f"{clean_dir}: {len(scans)} readable clean scans, at least {options.min_scans} needed "
+                         "(50 to 500 recommended)")
+    fit = [(p, s) for p, s in scans if not _held_out(s.scan_id, options.holdout)]
+    val = [(p, s) for p, s in scans if _held_out(s.scan_id, options.holdout)]
+    if len(val) < 5 or len(fit) < options.folds * 2:
+        raise ModelError(f"{clean_dir}: split gives {len(fit)} fitting and {len(val)} validation scans; add scans")
+    adapted = AdaptedReviewer(model_path, options.threads)
+    base = Reviewer(model_path, options.threads)
+    rows, dims = adapted.feature_shape[1], adapted.feature_shape[3]
+    progress(f"{len(scans)} clean scans: {len(fit)} to fit, {len(val)} held out; features {adapted.feature_tensor} "
+             f"({rows} rows x {dims})")
+
+    # 1. per-fold sufficient statistics (one pass over the network)
+    folds = [NormalAccumulator(rows, dims) for _ in range(options.folds)]
+    stats = []
+    for i, (_, scan) in enumerate(fit):
+        folds[i % options.folds].add(adapted.valid_features(scan))
+        stats.append(adapted.analyse(scan).input_stats)
+    total = folds[0]
+    for acc in folds[1:]:
+        total = total.plus(acc)
+    t_fit = time.perf_counter()
+    progress(f"features of {len(fit)} scans in {t_fit - t_start:.0f} s")
+
+    # 2. unbiased clean scores: each scan under the model fitted without its fold
+    cv_scores: list[float] = []
+    for k in range(options.folds):
+        adapted.normal = total.minus(folds[k]).model()
+        for i, (_, scan) in enumerate(fit):
+            if i % options.folds == k:
+                cv_scores.append(float(adapted.analyse_distances(scan)[1].max()))
+    threshold = float(np.quantile(cv_scores, 1.0 - options.target_false_alarm))
+    adapted.normal = total.model()
+    adapted.distance_threshold = threshold
+    progress(f"distance threshold {threshold:.2f} ({1 - options.target_false_alarm:.1%} of {len(cv_scores)} "
+             "cross-validated clean scores)")
+
+    # 3. validation: held-out clean scans, and TIP threats projected into them
+    judge = _Judge(base, adapted)
+    fa_before = fa_after = 0
+    for _, scan in val:
+        b, a = judge.clean(scan)
+        fa_before += b
+        fa_after += a
+    threats = extract_threats(tuple(base.spec.labels), options.threats_per_class, seed=options.seed)
+    by_label: dict[str, list[ThreatObject]] = {}
+    for threat in threats:
+        by_label.setdefault(threat.label, []).append(threat)
+    rng = np.random.default_rng(options.seed)
+    detection: dict[str, dict[str, int]] = {}
+    for label, objects in by_label.items():
+        counts = {"n": 0, "before": 0, "after": 0}
+        for j, (_, scan) in enumerate(val):
+            projected = project(scan, objects[j % len(objects)], rng, scan_id=f"{scan.scan_id}-tip-{label}")
+            if projected is None:
+                continue
+            b, a = judge.threat(*projected)
+            counts["n"] += 1
+            counts["before"] += b
+            counts["after"] += a
+        detection[label] = counts
+    field = _field_samples(samples_dir, judge) if samples_dir is not None else None
+    t_val = time.perf_counter()
+    n_val = len(val)
+    report: dict[str, Any] = {
+        "base_model": {"name": base.model_info.name, "version": base.model_info.version,
+                       "sha256": base.model_info.sha256},
+        "features": {"tensor": adapted.feature_tensor, "shape": list(adapted.feature_shape),
+                     "kind": "intermediate" if adapted.feature_shape[3] > len(base.spec.output.channels)
+                     else "output_logits"},
+        "clean_scans": len(scans), "fit_scans": len(fit), "validation_scans": n_val,
+        "distance_threshold": round(threshold, 4), "target_false_alarm": options.target_false_alarm,
+        "validation": {
+            "false_alarm": {"before": _rate(fa_before, n_val), "after": _rate(fa_after, n_val)},
+            "tip_detection": {label: {"before": _rate(c["before"], c["n"]), "after": _rate(c["after"], c["n"])}
+                              for label, c in sorted(detection.items())},
+        },
+        "field_samples": field,
+        "timing_s": {"features": round(t_fit - t_start, 1), "total": round(t_val - t_start, 1)},
+        "options": {"holdout": options.holdout, "folds": options.folds, "threats_per_class": options.threats_per_class,
+                    "seed": options.seed},
+    }
+    envelope = Envelope.fit(stats, source=f"{len(fit)} clean site scans from {clean_dir}")
+    meta = {"format": ADAPTATION_FORMAT, "feature_tensor": adapted.feature_tensor,
+            "feature_shape": list(adapted.feature_shape), "distance_threshold": threshold,
+            "score": "d^2 / (d^2 + distance_threshold^2); suspect at 0.5"}
+    spec = base.spec
+    region = float(threshold * np.sqrt(_REGION_SCORE / (1 - _REGION_SCORE)))
+    thresholds = {**spec.thresholds.model_dump(), "suspect": 0.5, "region": _REGION_SCORE}
+    files = {ADAPTATION_FILE: (json.dumps(meta, indent=1) + "\n").encode(),
+             ADAPTATION_ARRAYS: adapted.normal.to_bytes(), ENVELOPE_FILE: envelope.to_json().encode(),
+             REPORT_FILE: (json.dumps(report, indent=1) + "\n").encode()}
+    figures = {"validation": report["validation"], "distance_threshold": round(threshold, 4),
+               "region_distance": round(region, 4)}
+    provenance = {"adapted_from": report["base_model"], "clean_scans": len(scans), "clean_dir": str(clean_dir),
+                  "samples_dir": str(samples_dir) if samples_dir else None, "seed": options.seed,
+                  "method": "per-row Gaussian (PaDiM-style) on network features; TIP validation"}
+    sign(model_path, out, name=name, version=version, files=files, provenance=provenance, figures=figures,
+         spec_update={"thresholds": thresholds})
+    return report
+
+
+def _field_samples(samples_dir: Path, judge: _Judge) -> dict[str, Any]:
+    """Officer-labelled anomalies among the gate's samples: detected before and after."""
+    counts = {"n": 0, "before": 0, "after": 0}
+    for meta_path in sorted(Path(samples_dir).glob("*.json")):
+        try:
+            raw = json.loads(meta_path.read_text(encoding="utf-8"))
+            scan = load_scan(meta_path.with_name(str(raw.get("scan_file") or meta_path.with_suffix(".npz").name)))
+        except (OSError, ValueError, ScanFormatError):
+            continue
+        if not isinstance(raw, dict) or raw.get("finding") == "clean":
+            continue
+        counts["n"] += 1
+        counts["before"] += judge.base.review(scan).verdict == "suspect"
+        counts["after"] += bool(judge.adapted.analyse_distances(scan)[1].max() >= judge.adapted.distance_threshold)
+    return {"anomalies": counts["n"], "before": _rate(counts["before"], counts["n"]),
+            "after": _rate(counts["after"], counts["n"])}
+
+
+def adapt_cli_summary(report: dict[str, Any]) -> Sequence[str]:
+    v = report["validation"]
+    lines = [f"validation on {report['validation_scans']} held-out clean scans: false alarms "
+             f"{v['false_alarm']['before']['rate']:.1%} before, {v['false_alarm']['after']['rate']:.1%} after"]
+    for label, d in v["tip_detection"].items():
+        b, a = d["before"], d["after"]
+        lines.append(f"  {label:14} TIP detection {b['rate'] if b['rate'] is not None else 0:.1%} before, "
+                     f"{a['rate'] if a['rate'] is not None else 0:.1%} after ({a['of']} projected)")
+    return lines
