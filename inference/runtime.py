@@ -14,6 +14,7 @@ quantization parameters the metadata declares.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,7 +112,10 @@ class TfliteModel:
             # preserve_all_tensors keeps intermediate feature maps readable after invoke (site
             # adaptation models normal traffic on them); it costs memory, so only when asked.
             extra = {"experimental_preserve_all_tensors": True} if preserve_all_tensors else {}
-            interp: _Interpreter = cls(model_path=str(path), num_threads=num_threads, **extra)
+            with warnings.catch_warnings():
+                # LiteRT warns that this is a debugging aid that costs memory: known and wanted here.
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+                interp: _Interpreter = cls(model_path=str(path), num_threads=num_threads, **extra)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ModelError(f"{path}: the TFLite runtime refused the model: {err}") from err

@@ -35,6 +35,9 @@ examples:
       --key-file config/demo-secrets/command-key lane.mode lane=L1 mode=manual
   smartgate hub command ... inspection.result transaction_id=01J... finding=contraband 'labels=["cigarettes"]'
 
+  # publish a signed model package for every gate of the site (retained; switch with model.activate)
+  smartgate hub model mqtt://127.0.0.1:47883 --site DEMO pkg-1.2.0
+
 ARG=VALUE values are JSON when they parse as JSON, strings otherwise.
 exit status: 0 ok; 1 the gate answered ok:false; 69 broker unreachable or refused;
 75 no reply in time; 78 bad key file or arguments.
@@ -94,6 +97,12 @@ def register(subparsers: Any) -> None:
     notice.add_argument("--expires-at", help="ISO-8601 UTC expiry")
     notice.add_argument("--delete", action="store_true", help="delete the notice (empty retained message)")
     notice.set_defaults(func=_notice)
+
+    model = sub.add_parser("model", help="publish a signed model package (retained) for a site's gates",
+                           epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _connection_options(model)
+    model.add_argument("package", type=Path, metavar="PACKAGE_DIR", help="a package from smartgate model package")
+    model.set_defaults(func=_model)
 
     command = sub.add_parser("command", help="send a signed command and print the reply",
                              epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,6 +218,32 @@ def _notice(args: argparse.Namespace) -> int:
         return EX_TEMPFAIL
     finally:
         client.close()
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    from gate_controller.core.errors import HubError
+    from inference.package import PackageError, load_manifest, pack
+
+    try:
+        manifest = load_manifest(args.package)
+        archive = pack(args.package)
+    except (PackageError, OSError) as err:
+        print(f"smartgate hub model: {err}", file=sys.stderr)
+        return EX_CONFIG
+    client = _connect(args)
+    if isinstance(client, int):
+        return client
+    try:
+        topic = client.publish_model(args.site, manifest.name, manifest.version, archive, timeout=args.timeout)
+    except HubError as err:
+        print(f"smartgate hub model: {err}", file=sys.stderr)
+        return EX_TEMPFAIL
+    finally:
+        client.close()
+    print(f"published {manifest.name} {manifest.version} ({len(archive)} bytes) on {topic}; activate with: "
+          f"smartgate hub command ... model.activate name={manifest.name} version={manifest.version} "
+          f"sha256={manifest.digest}")
     return 0
 
 

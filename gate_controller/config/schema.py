@@ -210,6 +210,8 @@ class InferenceConfig(Section):
     """Canary replay and automatic rollback of model switches."""
     drift: DriftConfig = Field(default_factory=DriftConfig)
     """Drift alarm bounds."""
+    sample_upload_interval_s: Annotated[float, Field(ge=60.0, le=604800.0)] | None = None
+    """Upload new labelled samples to the hub this often (low priority); null: only on the hub's samples.upload."""
     threads: Annotated[int, Field(ge=1, le=16)] = 1
     """Interpreter threads for the image review."""
     timeout_s: Annotated[float, Field(ge=0.1, le=60.0)] = 3.0
@@ -256,6 +258,11 @@ class StorageConfig(Section):
     def models_dir(self) -> Path:
         """Installed model packages and which one is active."""
         return self.state_dir / "models"
+
+    @property
+    def uploads_path(self) -> Path:
+        """How far each labelled sample's upload to the hub got (resumes after a restart)."""
+        return self.state_dir / "uploads.json"
 
     @property
     def review_modes_path(self) -> Path:

@@ -43,7 +43,7 @@ __all__ = ["COMMAND_NAMES", "LOCAL_COMMAND_NAMES", "CommandDispatcher", "LocalRe
 logger = logging.getLogger(__name__)
 
 COMMAND_NAMES: Final = ("barrier", "lane.mode", "rebirth", "scan.fetch", "inspection.result", "config.reload",
-                         "review.mode", "review.confirm", "model.activate")
+                         "review.mode", "review.confirm", "model.activate", "samples.upload")
 LOCAL_COMMAND_NAMES: Final = ("barrier", "lane.mode")
 """What the technician console may ask for (with ``console.allow_commands``)."""
 
@@ -306,6 +306,13 @@ class CommandDispatcher:
             _choice(args, "finding", ("clean", "anomaly"))
             _labels(args.get("labels", []))
             _regions(args.get("regions", []))
+        elif c.name == "samples.upload":
+            _allowed(args, (), ("since",))
+            if "since" in args:
+                try:
+                    parse_timestamp(args["since"])
+                except (TypeError, ValueError) as err:
+                    raise Rejection("args", f"bad arguments: since must be an ISO-8601 UTC time: {err}") from err
         elif c.name == "model.activate":
             _exact(args, ("name", "version", "sha256"))
             if not isinstance(args["name"], str) or not _MODEL_NAME.match(args["name"]):
@@ -365,6 +372,8 @@ class CommandDispatcher:
             await asyncio.to_thread(lambda: archive.store_confirmation(
                 scan_id=args["scan_id"], finding=args["finding"], labels=list(args.get("labels", [])),
                 regions=list(args.get("regions", [])), request_id=c.request_id, issued_by=c.issued_by))
+        elif c.name == "samples.upload":
+            await self._target.samples_upload_command(since=args.get("since"), operator=c.issued_by)
         elif c.name == "model.activate":
             await self._target.model_activate_command(name=args["name"], version=args["version"],
                                                       sha256=args["sha256"], operator=c.issued_by)

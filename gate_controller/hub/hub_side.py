@@ -10,14 +10,19 @@ about canonical JSON.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import queue
+import re
 import ssl
+import tarfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,6 +76,17 @@ def contract_errors(topic: str, payload: bytes) -> list[str]:
         return [] if payload.startswith(_JPEG_MAGIC) else ["preview is not a JPEG"]
     if kind == "scan-image":
         return [] if payload.startswith(_PNG_MAGIC) else ["image is not a PNG"]
+    if kind == "model-package":
+        # A tar (ustar magic at offset 257), or empty: the hub withdrawing a retained package.
+        return [] if payload == b"" or payload[257:262] == b"ustar" else ["model package is not a tar archive"]
+    if kind == "sample-chunk":
+        head, sep, _ = payload.partition(b"\n")
+        try:
+            header = json.loads(head) if sep else None
+        except ValueError:
+            header = None
+        ok = isinstance(header, dict) and header.get("format") == "smartgate.sample-chunk/1"
+        return [] if ok else ["sample chunk without its smartgate.sample-chunk/1 header line"]
     name = schema_name_for(topic)
     if name is None:
         return [f"{topic} is not a topic of the contract"]
@@ -321,6 +337,13 @@ class HubClient:
     def gate_root(self, site: str, gate: str) -> str:
         return f"{self.prefix}/{site}/{gate}"
 
+    def publish_model(self, site: str, name: str, version: str, archive: bytes, *, timeout: float = 30.0) -> str:
+        """Publish a model package (the tar of `inference.package.pack`) retained for every gate of
+        ``site``; returns the topic. Gates install it, and switch only on ``model.activate``."""
+        topic = f"{self.prefix}/{site}/models/{name}/{version}"
+        self.publish(topic, archive, retain=True, timeout=timeout)
+        return topic
+
     def publish_notice(self, site: str, container: str, status: str, *, key: bytes, declared: str | None = None,
                        ref: str | None = None, expires_at: str | None = None, ts: str | None = None,
                        timeout: float = 10.0) -> dict[str, Any]:
@@ -400,6 +423,10 @@ def _kind_of(topic: str) -> tuple[str, str, str]:
     parts = topic.split("/")
     if len(parts) >= 5 and parts[-3] == "scans":
         return parts[-5], parts[-4], f"scan-{parts[-1]}"
+    if len(parts) >= 5 and parts[-3] == "samples":
+        return parts[-5], parts[-4], "sample-chunk"
+    if len(parts) >= 4 and parts[-3] == "models":
+        return parts[-4], "", "model-package"
     if len(parts) >= 4 and parts[-2] == "release":
         return parts[-3], "", "release"
     if len(parts) >= 5 and parts[-2] == "cmd":
@@ -415,6 +442,8 @@ def describe(topic: str, payload: bytes) -> str:
     where = f"{site}/{gate}" if gate else site
     if kind.startswith("scan-"):
         return f"{kind.upper():<11} {where} {topic.split('/')[-2]} ({len(payload)} bytes)"
+    if kind in ("sample-chunk", "model-package"):
+        return f"{kind.upper():<11} {where} {'/'.join(topic.split('/')[-2:])} ({len(payload)} bytes)"
     try:
         msg = json.loads(payload.decode("utf-8")) if payload else None
     except (UnicodeDecodeError, ValueError):
@@ -472,3 +501,48 @@ def describe(topic: str, payload: bytes) -> str:
         name = topic.rsplit("/", maxsplit=1)[-1]
         return f"COMMAND     {where} {name}: {msg.get('request_id')} by {msg.get('issued_by')}"
     return f"MESSAGE     {topic}: {json.dumps(msg)[:200]}"
+
+
+class SampleAssembler:
+    """The hub's side of the sample upload: chunks from ``{root}/samples/{name}/{index}`` back into
+    ``NAME.json`` + ``NAME.npz`` in ``out_dir`` (the layout ``inference.training train --samples``
+    reads). Chunks may arrive twice (re-sent after a reconnect) and in any order; a sample is
+    written once every chunk is there and the SHA-256 of the whole matches."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._parts: dict[tuple[str, str], dict[int, bytes]] = {}
+        self.completed: list[str] = []
+        self.duplicates = 0
+
+    def add(self, payload: bytes) -> str | None:
+        """One chunk; returns the sample's name when this chunk completed it."""
+        head, sep, body = payload.partition(b"\n")
+        if not sep:
+            raise ValueError("sample chunk without a header line")
+        header = json.loads(head)
+        if header.get("format") != "smartgate.sample-chunk/1":
+            raise ValueError(f"unknown sample chunk format {header.get('format')!r}")
+        name, digest = str(header["sample"]), str(header["sha256"])
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", name):
+            raise ValueError(f"bad sample name {name!r}")
+        parts = self._parts.setdefault((name, digest), {})
+        if int(header["chunk"]) in parts:
+            self.duplicates += 1
+        parts[int(header["chunk"])] = body
+        if len(parts) < int(header["chunks"]):
+            return None
+        data = b"".join(parts[i] for i in range(int(header["chunks"])))
+        if len(data) != int(header["bytes"]) or hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"sample {name}: reassembled bytes do not match the announced SHA-256")
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile() or "/" in member.name or member.name.startswith("."):
+                    raise ValueError(f"sample {name}: archive member {member.name!r} is not a plain file")
+                source = tar.extractfile(member)
+                if source is not None:
+                    (self.out_dir / member.name).write_bytes(source.read())
+        del self._parts[(name, digest)]
+        self.completed.append(name)
+        return name

@@ -75,6 +75,7 @@ class ModelManager:
         self._history_seen = len(store.history())
         self._background: set[asyncio.Task[None]] = set()
         self.last_canary: dict[str, Any] | None = None
+        self._refused: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -99,20 +100,38 @@ class ModelManager:
 
     # ------------------------------------------------------------------ install
 
-    async def install(self, data: bytes, *, source: str) -> VerifiedPackage | None:
-        """File a package archive (an MQTT payload); a refusal is an alarm, never an exception."""
+    async def install(self, data: bytes, *, source: str, expect: tuple[str, str] | None = None,
+                      ) -> VerifiedPackage | None:
+        """File a package archive (an MQTT payload); a refusal is an alarm, never an exception.
+        ``expect``: the name and version the topic announced (the manifest must say the same)."""
         try:
-            package = await asyncio.to_thread(self.store.install_archive, data, self.keys())
+            package = await asyncio.to_thread(self.store.install_archive, data, self.keys(), expect)
         except PackageError as err:
+            error = str(err)[:1000]
+            if (source, error) in self._refused:
+                return None
+            self._refused.add((source, error))
             log.error("model package from %s refused: %s", source, err)  # noqa: TRY400
             await self._event("MODEL_PACKAGE", type_="alarm", severity="error", source=source, ok=False,
-                              bytes=len(data), error=str(err)[:1000])
+                              bytes=len(data), error=error)
             return None
         m = package.manifest
         await asyncio.to_thread(self._sync_marks)
         await self._event("MODEL_PACKAGE", source=source, ok=True, name=m.name, version=m.version, sha256=m.digest,
                           signed_by=package.signed_by)
         return package
+
+    async def receive_package(self, name: str, version: str, payload: bytes) -> None:
+        """A package the hub published (``{prefix}/{site}/models/{name}/{version}``, retained).
+
+        Retained packages arrive again after every reconnect: one already installed is skipped
+        quietly, and a refusal is reported once per package and reason, not at every reconnect.
+        """
+        with contextlib.suppress(PackageError):
+            if self.store.path_of(name, version).is_dir():
+                log.debug("model package %s %s already installed", name, version)
+                return
+        await self.install(payload, source=f"models/{name}/{version}", expect=(name, version))
 
     # ------------------------------------------------------------------ activation
 

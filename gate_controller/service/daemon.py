@@ -45,6 +45,7 @@ from gate_controller.lane.modes import LaneModeStore
 from gate_controller.lifecycle.drift import DriftMonitor
 from gate_controller.lifecycle.fleet import ModelManager
 from gate_controller.lifecycle.modes import ReviewModes
+from gate_controller.lifecycle.upload import SampleUploader
 from gate_controller.plc.driver import PlcBusRegistry
 from gate_controller.service import sdnotify
 from gate_controller.service.control import ControlServer
@@ -122,6 +123,7 @@ class GateDaemon:
         self.review_modes: ReviewModes | None = None
         self.models: ModelManager | None = None
         self.drift: DriftMonitor | None = None
+        self.uploader: SampleUploader | None = None
 
     # ------------------------------------------------------------------ run
 
@@ -183,8 +185,12 @@ class GateDaemon:
             clock_skew_s=config.mqtt.clock_skew_s, render_png=render_image_png,
         )
         hub = HubLink.from_config(config, outbox=outbox, birth=self._birth, commands=dispatcher, notices=notices,
+                                  models=self.models,
                                   config_dir=self.config_dir)
         self.hub = hub
+        self.uploader = SampleUploader(samples_dir=config.storage.samples_dir, outbox=outbox,
+                                       state_path=config.storage.uploads_path, hub_connected=lambda: hub.connected,
+                                       interval_s=config.inference.sample_upload_interval_s)
         telemetry = Telemetry(
             snapshot=self._telemetry_snapshot, outbox=outbox, publish=hub.publish_telemetry,
             interval_s=config.mqtt.telemetry_interval_s, disk_path=state_dir,
@@ -206,6 +212,7 @@ class GateDaemon:
                 self._spawn(tg, self._ticker(), "ticker")
                 self._spawn(tg, self._start_reviewer(), "reviewer-start")
                 self._spawn(tg, self._watch_models(), "models")
+                self._spawn(tg, self.uploader.run(), "sample-upload")
                 for name, link in self._links.items():
                     self._spawn(tg, link.run(), f"link:{name}")
                     self._spawn(tg, self._route(link), f"route:{name}")
@@ -468,6 +475,12 @@ class GateDaemon:
             await self.outbox.emit_event(lane=lane, type="state", code="REVIEW_MODE", severity="info", active=True,
                                          detail={"mode": mode, "previous": before, "by": operator})
 
+    async def samples_upload_command(self, *, since: str | None, operator: str) -> None:
+        if self.uploader is None:
+            raise CommandRefused("sample upload is not running")
+        waiting = await asyncio.to_thread(self.uploader.request, since)
+        log.info("sample upload requested by %s: %d sample(s) to send", operator, waiting)
+
     async def model_activate_command(self, *, name: str, version: str, sha256: str, operator: str) -> None:
         if self.models is None:
             raise CommandRefused("model management is not running")
@@ -628,6 +641,8 @@ class GateDaemon:
                 "model_path": str(self.reviewer.model_path) if self.reviewer is not None else None,
                 "model_watch": self.models.watching if self.models is not None else None,
                 "review_lanes": self.drift.all_figures() if self.drift is not None else {},
+                "sample_upload": {"running": self.uploader.running, "samples": self.uploader.samples_done,
+                                  "chunks": self.uploader.chunks_sent} if self.uploader is not None else None,
             },
             "counters": dict(self.counters),
         }

@@ -5,7 +5,11 @@
 2. The normal-traffic model (`inference.adaptation.normal`) is fitted on the network's features of
    the fitting scans, ``folds`` times with one fold left out, so every fitting scan also gets an
    unbiased score (its largest cell distance under a model that never saw it).
-3. The distance threshold is the ``1 - target_false_alarm`` quantile of those scores.
+3. The distance threshold is the ``1 - target_false_alarm / 2`` quantile of those scores, and
+   the network's own anomaly probability gets a site threshold at the same quantile of its
+   scan maxima on the fitting scans (the network is not fitted, so no cross-validation is
+   needed): a cell is anomalous when either says so, and the two halves of the false-alarm
+   budget add up to at most ``target_false_alarm``.
 4. Threat image projection (`inference.adaptation.tip`) puts generator threats into the
    validation scans; detection is measured per class, before (the network's own verdict) and
    after (the adapted review) adaptation, with the false alarms of both on the validation scans.
@@ -90,8 +94,8 @@ class _Judge:
 
     def clean(self, scan: Scan) -> tuple[bool, bool]:
         before = self.base.review(scan).verdict == "suspect"
-        _, dist = self.adapted.analyse_distances(scan)
-        return before, bool(dist.max() >= self.adapted.distance_threshold)
+        analysis, dist = self.adapted.analyse_distances(scan)
+        return before, bool(self.adapted.cell_scores(analysis, dist).max() >= 0.5)
 
     def threat(self, scan: Scan, box: tuple[int, int, int, int]) -> tuple[bool, bool]:
         """Detected when the flagged cells reach into the object's box (one cell of slack)."""
@@ -100,7 +104,7 @@ class _Judge:
         before = bool(analysis.anomaly[rows, cols].max() >= self.base.suspect_threshold)
         a_analysis, dist = self.adapted.analyse_distances(scan)
         rows, cols = self.base_slices(a_analysis.cell_w, a_analysis.cell_h, dist.shape, box)
-        after = bool(dist[rows, cols].max() >= self.adapted.distance_threshold)
+        after = bool(self.adapted.cell_scores(a_analysis, dist)[rows, cols].max() >= 0.5)
         return before, after
 
     @staticmethod
@@ -136,9 +140,12 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     # 1. per-fold sufficient statistics (one pass over the network)
     folds = [NormalAccumulator(rows, dims) for _ in range(options.folds)]
     stats = []
+    network_max: list[float] = []
     for i, (_, scan) in enumerate(fit):
         folds[i % options.folds].add(adapted.valid_features(scan))
-        stats.append(adapted.analyse(scan).input_stats)
+        analysis = adapted.analyse(scan)
+        stats.append(analysis.input_stats)
+        network_max.append(float(analysis.anomaly.max()) if analysis.anomaly.size else 0.0)
     total = folds[0]
     for acc in folds[1:]:
         total = total.plus(acc)
@@ -152,11 +159,14 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
         for i, (_, scan) in enumerate(fit):
             if i % options.folds == k:
                 cv_scores.append(float(adapted.analyse_distances(scan)[1].max()))
-    threshold = float(np.quantile(cv_scores, 1.0 - options.target_false_alarm))
+    quantile = 1.0 - options.target_false_alarm / 2
+    threshold = float(np.quantile(cv_scores, quantile))
+    network_threshold = float(min(max(np.quantile(network_max, quantile) * 1.0001, 0.05), 0.9999))
     adapted.normal = total.model()
     adapted.distance_threshold = threshold
-    progress(f"distance threshold {threshold:.2f} ({1 - options.target_false_alarm:.1%} of {len(cv_scores)} "
-             "cross-validated clean scores)")
+    adapted.network_threshold = network_threshold
+    progress(f"distance threshold {threshold:.2f} ({quantile:.1%} of {len(cv_scores)} cross-validated clean "
+             f"scores); network threshold {network_threshold:.4f} (shipped: {base.suspect_threshold:.4f})")
 
     # 3. validation: held-out clean scans, and TIP threats projected into them
     judge = _Judge(base, adapted)
@@ -192,7 +202,8 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
                      "kind": "intermediate" if adapted.feature_shape[3] > len(base.spec.output.channels)
                      else "output_logits"},
         "clean_scans": len(scans), "fit_scans": len(fit), "validation_scans": n_val,
-        "distance_threshold": round(threshold, 4), "target_false_alarm": options.target_false_alarm,
+        "distance_threshold": round(threshold, 4), "network_threshold": round(network_threshold, 6),
+        "target_false_alarm": options.target_false_alarm,
         "validation": {
             "false_alarm": {"before": _rate(fa_before, n_val), "after": _rate(fa_after, n_val)},
             "tip_detection": {label: {"before": _rate(c["before"], c["n"]), "after": _rate(c["after"], c["n"])}
@@ -206,6 +217,7 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     envelope = Envelope.fit(stats, source=f"{len(fit)} clean site scans from {clean_dir}")
     meta = {"format": ADAPTATION_FORMAT, "feature_tensor": adapted.feature_tensor,
             "feature_shape": list(adapted.feature_shape), "distance_threshold": threshold,
+            "network_threshold": network_threshold,
             "score": "d^2 / (d^2 + distance_threshold^2); suspect at 0.5"}
     spec = base.spec
     region = float(threshold * np.sqrt(_REGION_SCORE / (1 - _REGION_SCORE)))
@@ -236,7 +248,8 @@ def _field_samples(samples_dir: Path, judge: _Judge) -> dict[str, Any]:
             continue
         counts["n"] += 1
         counts["before"] += judge.base.review(scan).verdict == "suspect"
-        counts["after"] += bool(judge.adapted.analyse_distances(scan)[1].max() >= judge.adapted.distance_threshold)
+        analysis, dist = judge.adapted.analyse_distances(scan)
+        counts["after"] += bool(judge.adapted.cell_scores(analysis, dist).max() >= 0.5)
     return {"anomalies": counts["n"], "before": _rate(counts["before"], counts["n"]),
             "after": _rate(counts["after"], counts["n"])}
 

@@ -1,10 +1,12 @@
 """The review of an adapted package: the network's own features scored against the site's normal traffic.
 
 The network runs as usual (its cargo channel still decides declared-empty checks and its class
-channels still name a flagged region), but what makes a scan suspect is how far each cell's
-features lie from the site's clean scans (`NormalModel`). The distance ``d`` is mapped to a
-score ``d^2 / (d^2 + t^2)`` in [0, 1), 0.5 at the calibrated distance threshold ``t``, so the
-package's metadata thresholds (suspect 0.5), the contract's ``score`` and the policy's
+channels still name a flagged region). A cell is anomalous when its features lie far from the
+site's clean scans (`NormalModel`, distance ``d`` above the calibrated ``t``) or when the
+network's own anomaly probability ``p`` exceeds the threshold re-calibrated on the site's clean
+scans (``n``). Both are mapped to a score in [0, 1) that is 0.5 at its threshold
+(``d^2 / (d^2 + t^2)``; ``p`` piecewise linear through ``n``) and the cell's score is the larger,
+so the package's metadata thresholds (suspect 0.5), the contract's ``score`` and the policy's
 ``suspect_threshold`` override keep their meaning.
 """
 
@@ -42,11 +44,19 @@ def score_of(distance: FloatArray | float, threshold: float) -> Any:
     return d2 / (d2 + threshold * threshold)
 
 
+def network_score(prob: FloatArray, threshold: float) -> FloatArray:
+    """The network's anomaly probability on the same scale: 0.5 at the site threshold."""
+    low = prob * np.float32(0.5 / threshold)
+    high = np.float32(0.5) + (prob - np.float32(threshold)) * np.float32(0.5 / max(1.0 - threshold, 1e-6))
+    return np.asarray(np.where(prob < threshold, low, high), dtype=np.float32)
+
+
 class AdaptedReviewer(Reviewer):
     preserve_all_tensors = True
 
     def __init__(self, model_path: Path, num_threads: int = 1, *, normal: NormalModel | None = None,
                  distance_threshold: float = 1.0, feature_tensor: str | None = None,
+                 network_threshold: float | None = None,
                  suspect_threshold: float | None = None, not_empty_threshold: float | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__(model_path, num_threads, suspect_threshold=suspect_threshold,
@@ -67,6 +77,8 @@ class AdaptedReviewer(Reviewer):
         scale, zero = detail.get("quantization", (0.0, 0))
         self._feature_quant = (float(scale), int(zero))
         self.distance_threshold = distance_threshold
+        self.network_threshold = network_threshold
+        """Site threshold of the network's own anomaly probability (None: the network is not used)."""
         self.normal = normal
         self.adaptation: dict[str, Any] = {}
         if normal is not None:
@@ -89,10 +101,12 @@ class AdaptedReviewer(Reviewer):
             raise ModelError(f"{package_dir / ADAPTATION_FILE}: format is not {ADAPTATION_FORMAT}")
         try:
             threshold, tensor = float(meta["distance_threshold"]), str(meta["feature_tensor"])
+            network = meta.get("network_threshold")
+            network_threshold = float(network) if network is not None else None
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{package_dir / ADAPTATION_FILE}: {err}") from err
         reviewer = cls(model_path, num_threads, normal=NormalModel.from_bytes(arrays), distance_threshold=threshold,
-                       feature_tensor=tensor)
+                       feature_tensor=tensor, network_threshold=network_threshold)
         reviewer.adaptation = meta
         return reviewer
 
@@ -165,10 +179,16 @@ class AdaptedReviewer(Reviewer):
         out.sort(key=lambda r: -r.score)
         return out[:MAX_REGIONS]
 
+    def cell_scores(self, analysis: ScanAnalysis, dist: FloatArray) -> FloatArray:
+        score = np.asarray(score_of(dist, self.distance_threshold), dtype=np.float32)
+        if self.network_threshold is not None and analysis.anomaly.size:
+            np.maximum(score, network_score(analysis.anomaly.max(axis=-1), self.network_threshold), out=score)
+        return score
+
     def review(self, scan: Scan, *, declared: str | None = None) -> ReviewResult:
         t0 = self._clock()
         analysis, dist = self.analyse_distances(scan)
-        score = np.asarray(score_of(dist, self.distance_threshold), dtype=np.float32)
+        score = self.cell_scores(analysis, dist)
         regions = self._regions(analysis, score)
         anomaly_score = float(score.max()) if score.size else 0.0
         cargo = self.not_empty_map(analysis)

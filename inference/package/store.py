@@ -149,11 +149,18 @@ class PackageStore:
 
     # ------------------------------------------------------------------ install
 
-    def install_archive(self, data: bytes, keys: list[TrustedKey]) -> VerifiedPackage:
+    def install_archive(self, data: bytes, keys: list[TrustedKey], expect: tuple[str, str] | None = None,
+                        ) -> VerifiedPackage:
+        """Unpack, verify and install; ``expect`` = (name, version) the package must have (the
+        topic it was published on), so a validly signed package cannot pose as another."""
         staging = self.root / f".incoming-{os.getpid()}-{threading.get_ident()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
             unpack(data, staging)
+            if expect is not None:
+                m = verify_package(staging, keys).manifest
+                if (m.name, parse_version(m.version)) != (expect[0], parse_version(expect[1])):
+                    raise PackageError(f"package is {m.name} {m.version}, published as {expect[0]} {expect[1]}")
             return self._install_staged(staging, keys)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -191,6 +191,10 @@ class RecordingTarget:
         await asyncio.sleep(0)
         self._record("review.mode", lane=lane, mode=mode, operator=operator)
 
+    async def samples_upload_command(self, *, since: str | None, operator: str) -> None:
+        await asyncio.sleep(0)
+        self._record("samples.upload", since=since, operator=operator)
+
     async def model_activate_command(self, *, name: str, version: str, sha256: str, operator: str) -> None:
         await asyncio.sleep(0)
         self._record("model.activate", name=name, version=version, sha256=sha256, operator=operator)

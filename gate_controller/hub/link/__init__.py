@@ -35,7 +35,14 @@ in and gets back (`interfaces`).
 
 from __future__ import annotations
 
-from gate_controller.hub.link.interfaces import SCAN_ID_PATTERN, BirthInfo, CommandHandler, HubStatus, NoticeSink
+from gate_controller.hub.link.interfaces import (
+    SCAN_ID_PATTERN,
+    BirthInfo,
+    CommandHandler,
+    HubStatus,
+    ModelSink,
+    NoticeSink,
+)
 from gate_controller.hub.link.link import HubLink
 
 __all__ = [
@@ -44,5 +51,6 @@ __all__ = [
     "CommandHandler",
     "HubLink",
     "HubStatus",
+    "ModelSink",
     "NoticeSink",
 ]

@@ -1,4 +1,5 @@
-"""What the hub sends the gate: signed release notices and commands, each handled off the network thread.
+"""What the hub sends the gate: signed release notices, commands and model packages, each handled off the
+network thread.
 
 The link routes a message here by topic; one worker per kind takes them in order, so a slow notice
 store or a long command never blocks paho's thread or the publisher.
@@ -12,17 +13,19 @@ from functools import partial
 
 from gate_controller.core.errors import OutboxError
 from gate_controller.core.timestamps import WallClock
-from gate_controller.hub.link.interfaces import CommandHandler, NoticeSink
+from gate_controller.hub.link.interfaces import CommandHandler, ModelSink, NoticeSink
 from gate_controller.hub.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
 
 class Inbound:
-    """Release notices (``{prefix}/{site}/release/+``) and commands (``{root}/cmd/+``)."""
+    """Release notices (``{prefix}/{site}/release/+``), commands (``{root}/cmd/+``) and model packages
+    (``{prefix}/{site}/models/+/+``, only with a model sink)."""
 
     def __init__(self, outbox: Outbox, *, notice_prefix: str, cmd_prefix: str, notices: NoticeSink | None,
-                 notice_key: bytes | None, commands: CommandHandler | None, wall_clock: WallClock) -> None:
+                 notice_key: bytes | None, commands: CommandHandler | None, wall_clock: WallClock,
+                 model_prefix: str | None = None, models: ModelSink | None = None) -> None:
         self.outbox = outbox
         self.notice_prefix = notice_prefix
         self.cmd_prefix = cmd_prefix
@@ -32,6 +35,9 @@ class Inbound:
         self._wall_clock = wall_clock
         self._notice_queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
         self._command_queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self.model_prefix = model_prefix if models is not None else None
+        self._models = models
+        self._model_queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
 
     def route(self, topic: str, payload: bytes) -> bool:
         """Queue a notice or a command; False when ``topic`` is neither."""
@@ -39,6 +45,9 @@ class Inbound:
             self._notice_queue.put_nowait((topic[len(self.notice_prefix):], payload))
         elif topic.startswith(self.cmd_prefix):
             self._command_queue.put_nowait((topic[len(self.cmd_prefix):], payload))
+        elif self.model_prefix is not None and topic.startswith(self.model_prefix):
+            if payload:  # an empty retained message is the hub withdrawing a package: nothing to install
+                self._model_queue.put_nowait((topic[len(self.model_prefix):], payload))
         else:
             return False
         return True
@@ -47,6 +56,7 @@ class Inbound:
         """Let both workers finish what is queued and return."""
         self._notice_queue.put_nowait(None)
         self._command_queue.put_nowait(None)
+        self._model_queue.put_nowait(None)
 
     async def notice_worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -82,3 +92,14 @@ class Inbound:
                 await self._commands.handle(name, payload)
             except Exception:
                 logger.exception("hub link: command %s failed", name)
+
+    async def model_worker(self) -> None:
+        while (item := await self._model_queue.get()) is not None:
+            rest, payload = item
+            if self._models is None:
+                continue
+            name, _, version = rest.partition("/")
+            try:
+                await self._models.receive_package(name, version, payload)
+            except Exception:
+                logger.exception("hub link: model package %s not handled", rest)

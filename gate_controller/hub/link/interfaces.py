@@ -31,6 +31,13 @@ class NoticeSink(Protocol):
     def apply(self, container: str, payload: bytes, *, key: bytes, now: datetime) -> object: ...
 
 
+class ModelSink(Protocol):
+    """Where model packages published by the hub go (`lifecycle.fleet.ModelManager`): it verifies
+    and installs them; a refused package is its own alarm, never an exception here."""
+
+    async def receive_package(self, name: str, version: str, payload: bytes) -> None: ...
+
+
 class CommandHandler(Protocol):
     """Verifies, executes and answers one command (see `commands.CommandDispatcher`)."""
 

@@ -28,7 +28,14 @@ from gate_controller.core.backoff import backoff_delay
 from gate_controller.core.errors import HubConnectError, HubError, OutboxError
 from gate_controller.core.timestamps import WallClock, utc_now, utc_timestamp
 from gate_controller.hub.link.inbound import Inbound
-from gate_controller.hub.link.interfaces import BirthInfo, CommandHandler, HubStatus, NoticeSink, check_scan_id
+from gate_controller.hub.link.interfaces import (
+    BirthInfo,
+    CommandHandler,
+    HubStatus,
+    ModelSink,
+    NoticeSink,
+    check_scan_id,
+)
 from gate_controller.hub.link.publisher import Publisher
 from gate_controller.hub.link.session import Session, new_client, tls_context, wait_event
 from gate_controller.hub.outbox import Outbox
@@ -55,6 +62,7 @@ class HubLink:
         commands: CommandHandler | None = None,
         notices: NoticeSink | None = None,
         notice_key: bytes | None = None,
+        models: ModelSink | None = None,
         config_dir: Path | None = None,
         sw_version: str = __version__,
         wall_clock: WallClock = utc_now,
@@ -90,7 +98,8 @@ class HubLink:
                                     wake=self._wake, stopping=self._stopping)
         self._inbound = Inbound(outbox, notice_prefix=f"{mqtt_config.topic_prefix}/{site}/release/",
                                 cmd_prefix=f"{self.root}/cmd/", notices=notices, notice_key=notice_key,
-                                commands=commands, wall_clock=wall_clock)
+                                commands=commands, wall_clock=wall_clock,
+                                model_prefix=f"{mqtt_config.topic_prefix}/{site}/models/", models=models)
         self._connected_since: float | None = None
         self._last_error: str | None = None
         self._running = False
@@ -108,13 +117,14 @@ class HubLink:
         birth: Callable[[], BirthInfo],
         commands: CommandHandler | None = None,
         notices: NoticeSink | None = None,
+        models: ModelSink | None = None,
         config_dir: Path | None = None,
     ) -> HubLink:
         """The daemon's way in: site, gate, client id and site key come from the config."""
         key = read_secret(config.mqtt.command_key_file, base_dir=config_dir)
         return cls(config.mqtt, site=config.site, gate=config.gate, outbox=outbox, birth=birth,
                    client_id=config.client_id, commands=commands, notices=notices, notice_key=key,
-                   config_dir=config_dir)
+                   models=models, config_dir=config_dir)
 
     # ------------------------------------------------------------------ public surface
 
@@ -189,11 +199,12 @@ class HubLink:
                 acks = tg.create_task(self._publisher.ack_flusher(), name="hub-acks")
                 notices = tg.create_task(self._inbound.notice_worker(), name="hub-notices")
                 commands = tg.create_task(self._inbound.command_worker(), name="hub-commands")
+                models = tg.create_task(self._inbound.model_worker(), name="hub-models")
                 try:
                     await self._connection_loop()
                 finally:
                     self._inbound.close()
-                    await asyncio.wait({notices, commands})
+                    await asyncio.wait({notices, commands, models})
                     self._publisher.finish_acks()
                     await asyncio.wait({acks})
         finally:
@@ -351,8 +362,10 @@ class HubLink:
         await self._publisher.begin(s)
         s.connected_at = time.monotonic()
         self._session = s
-        result, _ = s.client.subscribe([(f"{self._inbound.notice_prefix}+", 1), (f"{self._inbound.cmd_prefix}+", 1),
-                                        (self.status_topic, 1)])
+        topics = [(f"{self._inbound.notice_prefix}+", 1), (f"{self._inbound.cmd_prefix}+", 1), (self.status_topic, 1)]
+        if self._inbound.model_prefix is not None:
+            topics.append((f"{self._inbound.model_prefix}+/+", 1))
+        result, _ = s.client.subscribe(topics)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return f"subscribe failed: {mqtt.error_string(result)}"
         try:

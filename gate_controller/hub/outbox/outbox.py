@@ -315,6 +315,13 @@ class Outbox:
     async def enqueue_telemetry(self, payload: Mapping[str, Any]) -> Committed:
         return await self._insert_plain("telemetry", f"{self.root_topic}/telemetry", dumps(dict(payload)))
 
+    async def enqueue_sample_chunk(self, sample: str, chunk: int, payload: bytes) -> Committed:
+        """One chunk of a labelled sample for the hub; durable, so a committed chunk is never lost."""
+        now = self._wall_clock().timestamp()
+        topic = f"{self.root_topic}/samples/{sample}/{chunk}"
+        return await self._run(lambda s: s.insert("sample", topic, bytes(payload), msg_id=None, created_at=now),
+                               durable=True)
+
     async def _insert_plain(self, kind: str, topic: str, payload: bytes) -> Committed:
         now = self._wall_clock().timestamp()
         return await self._run(lambda s: s.insert(kind, topic, payload, msg_id=None, created_at=now),

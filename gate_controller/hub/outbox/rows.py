@@ -10,17 +10,19 @@ from typing import Any, Final, Literal
 TRANSACTION_SCHEMA: Final = "smartgate.transaction/1"
 
 
-Kind = Literal["transaction", "event", "reply", "preview", "image", "telemetry"]
+Kind = Literal["transaction", "event", "reply", "preview", "image", "telemetry", "sample"]
 
 # Drop classes double as the backlog drain priority after a reconnect: what may never be dropped
-# goes first (in seq order), then media, then the oldest telemetry.
+# goes first (in seq order), then media, then the oldest telemetry. Sample chunks (labelled samples
+# for the central trainer) are never dropped: the uploader commits one only when nothing else waits.
 KEEP, MEDIA, TELEMETRY = 0, 1, 2
 CLASS_OF: Final[dict[str, int]] = {
     "transaction": KEEP, "event": KEEP, "reply": KEEP, "preview": MEDIA, "image": MEDIA, "telemetry": TELEMETRY,
+    "sample": KEEP,
 }
 SEQUENCED: Final = frozenset({"transaction", "event"})
 QOS_OF: Final[dict[str, int]] = {
-    "transaction": 1, "event": 1, "reply": 1, "preview": 1, "image": 1, "telemetry": 0,
+    "transaction": 1, "event": 1, "reply": 1, "preview": 1, "image": 1, "telemetry": 0, "sample": 1,
 }
 RESERVED_KEYS: Final = frozenset({"msg_id", "seq", "boot_id", "historical"})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import pytest
 
 from gate_controller.config.schema import CanaryConfig, DriftConfig
 from gate_controller.core.ports import CommandRefused
+from gate_controller.hub.hub_side import HubClient
 from gate_controller.hub.link import BirthInfo, HubLink
 from gate_controller.hub.outbox import Outbox
 from gate_controller.lifecycle.drift import DriftMonitor
@@ -29,7 +29,7 @@ from inference.runtime import DEFAULT_MODEL_PATH
 from inference.scan import Scan, save_scan
 from inference.synthetic import generate_scan
 from inference.worker import ReviewWorker
-from tests.support.broker import BROKER_MARKS, MosquittoBroker, running_broker
+from tests.support.broker import BROKER_MARKS, HUB_USER, MosquittoBroker, running_broker
 from tests.support.hub import GATE, ROOT, SITE, Collector, mqtt_config, write_key
 
 pytestmark = [*BROKER_MARKS, pytest.mark.slow]
@@ -68,12 +68,12 @@ async def gate(broker: MosquittoBroker, tmp_path: Path, keys: dict[str, Path], *
                canary: CanaryConfig | None = None, drift: DriftConfig | None = None,
                model: Path | None = None) -> AsyncIterator[Gate]:
     outbox = Outbox.open(tmp_path / "outbox.sqlite3", root_topic=ROOT, site=SITE, gate=GATE)
-    hub = HubLink(mqtt_config(broker, write_key(tmp_path)), site=SITE, gate=GATE, outbox=outbox,
-                  birth=lambda: BirthInfo(lanes=["L1"], links={}))
     store = PackageStore(tmp_path / "models")
     worker = ReviewWorker(model)
     models = ModelManager(store=store, trusted_keys=[keys["pub"]], reviewer=worker, emit=outbox.emit_event,
                           samples_dir=samples, canary=canary or CanaryConfig(), fallback_model=model)
+    hub = HubLink(mqtt_config(broker, write_key(tmp_path)), site=SITE, gate=GATE, outbox=outbox,
+                  birth=lambda: BirthInfo(lanes=["L1"], links={}), models=models)
     monitor = DriftMonitor(drift or DriftConfig(), emit=outbox.emit_event, model_path=lambda: worker.model_path)
     task = asyncio.create_task(hub.run())
     try:
@@ -112,43 +112,58 @@ def trigger_happy(out: Path, keys: dict[str, Path], version: str, files: dict[st
                          spec_update={"thresholds": thresholds}, files=files)
 
 
-def test_refused_packages_raise_an_event_and_change_nothing(broker: MosquittoBroker, tmp_path: Path,
-                                                            keys: dict[str, Path]) -> None:
-    good = tmp_path / "good"
-    build_package(DEFAULT_MODEL_PATH, good, key=load_private_key(keys["hub"]), name="xray", version="2.0.0")
-    forged = tmp_path / "forged"
-    build_package(DEFAULT_MODEL_PATH, forged, key=load_private_key(keys["rogue"]), name="xray", version="2.0.0")
-    tampered = tmp_path / "tampered"
-    shutil.copytree(good, tampered)
+def test_packages_over_mqtt_installed_or_refused_with_an_event(broker: MosquittoBroker, tmp_path: Path,
+                                                                keys: dict[str, Path]) -> None:
+    """The hub publishes packages retained on models/{name}/{version}: a good one is installed, a
+    forged, a truncated and a wrongly hashed one are each refused with a MODEL_PACKAGE alarm."""
+    def package(version: str, signer: str = "hub") -> Path:
+        out = tmp_path / f"pkg-{version}"
+        build_package(DEFAULT_MODEL_PATH, out, key=load_private_key(keys[signer]), name="xray", version=version)
+        return out
+
+    tampered = package("2.0.3")
     data = bytearray((tampered / "xray_anomaly.tflite").read_bytes())
     data[-100] ^= 0x55
     (tampered / "xray_anomaly.tflite").write_bytes(bytes(data))
-    archive = pack(good)
-    cases = {"forged": pack(forged), "truncated": archive[: len(archive) * 2 // 3], "wrong hash": pack(tampered),
-             "not a tar": b"\x00" * 1024}
+    truncated = pack(package("2.0.2"))
+    published = {"2.0.1": pack(package("2.0.1", signer="rogue")), "2.0.2": truncated[: len(truncated) * 2 // 3],
+                 "2.0.3": pack(tampered), "2.0.4": b"\x00" * 1024, "2.1.0": pack(package("2.1.0"))}
+    hub = HubClient(broker.url, username=HUB_USER[0], password=HUB_USER[1], ca_file=str(broker.tls.ca_file))
 
     async def main() -> None:
-        with Collector(broker, client_id="c-refused") as collector:
-            async with gate(broker, tmp_path, keys, samples=tmp_path / "samples") as g:
-                for name, payload in cases.items():
-                    assert await g.models.install(payload, source=name) is None, name
-                assert g.store.installed() == []
-                assert g.worker.model_info is not None
-                assert g.worker.model_info.version == "1.1.0"
-                installed = await g.models.install(archive, source="good")
-                assert installed is not None
-                # The same version with other content, and an older version: both refused.
-                assert await g.models.install(pack(forged), source="again") is None
-                await asyncio.to_thread(collector.wait_for, lambda c: len(events(c, "MODEL_PACKAGE")) == 6)
-            refused = [e for e in events(collector, "MODEL_PACKAGE") if not e["detail"]["ok"]]
-            assert [e["detail"]["source"] for e in refused] == [*cases, "again"]
-            assert all(e["type"] == "alarm" and e["severity"] == "error" for e in refused)
-            assert "does not verify" in refused[0]["detail"]["error"]
-            assert "truncated" in refused[1]["detail"]["error"]
-            assert "SHA-256" in refused[2]["detail"]["error"]
-            ok = [e for e in events(collector, "MODEL_PACKAGE") if e["detail"]["ok"]]
-            assert ok[0]["detail"]["version"] == "2.0.0"
-            assert collector.contract_problems() == []
+        with Collector(broker, client_id="c-packages") as collector:
+            await asyncio.to_thread(hub.connect)
+            try:
+                for version, payload in published.items():
+                    await asyncio.to_thread(hub.publish_model, SITE, "xray", version, payload)
+                async with gate(broker, tmp_path, keys, samples=tmp_path / "samples") as g:
+                    await asyncio.to_thread(collector.wait_for, lambda c: len(events(c, "MODEL_PACKAGE")) == 5, 30.0)
+                    assert [r["version"] for r in g.store.installed()] == ["2.1.0"]
+                    assert g.worker.model_info is not None
+                    assert g.worker.model_info.version == "1.1.0"  # installing never switches
+                    digest = g.store.installed()[0]["digest"]
+                    await g.models.activate("xray", "2.1.0", digest, by="ops@hub")
+                    assert (await g.worker.review(generate_scan(3).scan)).version == "2.1.0"
+                    # A reconnect delivers the retained packages again: nothing new, no new alarms.
+                    await g.models.receive_package("xray", "2.0.1", published["2.0.1"])
+                    await g.models.receive_package("xray", "2.1.0", published["2.1.0"])
+                    await asyncio.to_thread(collector.wait_for, lambda c: len(events(c, "MODEL_ACTIVATED")) == 1)
+            finally:
+                for version in published:  # withdraw them: an empty retained message
+                    await asyncio.to_thread(hub.publish_model, SITE, "xray", version, b"")
+                await asyncio.to_thread(hub.close)
+            by_source = {e["detail"]["source"]: e for e in events(collector, "MODEL_PACKAGE")}
+            assert len(events(collector, "MODEL_PACKAGE")) == 5
+            assert by_source["models/xray/2.1.0"]["detail"]["ok"] is True
+            assert "does not verify" in by_source["models/xray/2.0.1"]["detail"]["error"]
+            assert "truncated" in by_source["models/xray/2.0.2"]["detail"]["error"]
+            assert "SHA-256" in by_source["models/xray/2.0.3"]["detail"]["error"]
+            assert "not a model package" in by_source["models/xray/2.0.4"]["detail"]["error"]
+            for version in ("2.0.1", "2.0.2", "2.0.3", "2.0.4"):
+                refused = by_source[f"models/xray/{version}"]
+                assert (refused["type"], refused["severity"], refused["detail"]["ok"]) == ("alarm", "error", False)
+            # The deliberately broken ones are not contract messages; everything the gate sent is.
+            assert collector.contract_problems(ignore=("/models/xray/2.0.2", "/models/xray/2.0.4")) == []
 
     asyncio.run(main())
 
