@@ -71,6 +71,18 @@ class TelemetryCollector(Collector):
                       [(("0.5",), inference["p50_ms"]), (("0.95",), inference["p95_ms"])])
         yield _family(CounterMetricFamily("smartgate_inference", "Image reviews run since start."),
                       [((), inference["count"])])
+        lanes = sorted((inference.get("lanes") or {}).items())
+        for key, help_text in (
+            ("suspect_share", "Share of the lane's recent reviewed scans called suspect."),
+            ("unavailable_share", "Share of the lane's recent reviewed scans without a verdict."),
+            ("input_distance", "Distance of the lane's recent input statistics from the model's envelope."),
+            ("window", "Reviewed scans the lane's review figures are computed over."),
+        ):
+            yield _family(GaugeMetricFamily(f"smartgate_review_{key}", help_text, labels=["lane"]),
+                          [((lane,), v.get(key)) for lane, v in lanes])
+        yield _family(GaugeMetricFamily("smartgate_model_drift", "1 while the lane's MODEL_DRIFT alarm is raised.",
+                                        labels=["lane"]),
+                      [((lane,), int(bool(v.get("drift")))) for lane, v in lanes])
         yield _family(GaugeMetricFamily("smartgate_cpu_percent", "Process CPU use."), [((), p["cpu_percent"])])
         yield _family(GaugeMetricFamily("smartgate_rss_megabytes", "Process resident memory."),
                       [((), p["rss_mb"])])

@@ -50,6 +50,9 @@ class TelemetrySnapshot:
     inference_p50_ms: float | None = None
     inference_p95_ms: float | None = None
     inference_count: int = 0
+    review_lanes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Lane id -> rolling ``window``, ``suspect_share``, ``unavailable_share``, ``input_distance`` and
+    ``drift`` of its recent reviews (`gate_controller.lifecycle.drift.DriftMonitor`)."""
 
 
 def _rss_mb() -> float:
@@ -135,7 +138,8 @@ class Telemetry:
             "backlog": {"pending": backlog.pending,
                         "oldest_age_s": None if backlog.oldest_age_s is None else round(backlog.oldest_age_s, 1)},
             "inference": {"p50_ms": snap.inference_p50_ms, "p95_ms": snap.inference_p95_ms,
-                          "count": snap.inference_count},
+                          "count": snap.inference_count,
+                          "lanes": {lane: dict(v) for lane, v in snap.review_lanes.items()}},
             "cpu_percent": self._cpu(),
             "rss_mb": round(_rss_mb(), 1),
             "disk_free_mb": round(disk_free, 1),

@@ -605,6 +605,7 @@ class GateDaemon:
             inference_p50_ms=decider.stats.percentile(0.5) if decider else None,
             inference_p95_ms=decider.stats.percentile(0.95) if decider else None,
             inference_count=decider.stats.count if decider else 0,
+            review_lanes=self.drift.all_figures() if self.drift is not None else {},
         )
 
     def status_snapshot(self) -> Mapping[str, Any]:

@@ -28,7 +28,12 @@ def snapshot() -> TelemetrySnapshot:
         links={"scanner-l1": "up", "ocr-l1": "down"}, lanes={"L1": "idle", "L2": "closed"},
         counters={"transactions": 12, "release": 10, "hold-2": 2},
         inference_p50_ms=201.5, inference_p95_ms=260.0, inference_count=12,
+        review_lanes={"L1": LANE_FIGURES, "L2": {**LANE_FIGURES, "input_distance": None, "drift": False}},
     )
+
+
+LANE_FIGURES = {"window": 40, "suspect_share": 0.05, "unavailable_share": 0.025, "input_distance": 4.2,
+                "drift": True}
 
 
 def test_telemetry_payload_follows_the_contract(tmp_path: Path) -> None:
@@ -44,7 +49,8 @@ def test_telemetry_payload_follows_the_contract(tmp_path: Path) -> None:
             assert payload["backlog"]["oldest_age_s"] is not None
             assert payload["boot_id"] == 1
             assert payload["links"] == {"scanner-l1": "up", "ocr-l1": "down"}
-            assert payload["inference"] == {"p50_ms": 201.5, "p95_ms": 260.0, "count": 12}
+            assert payload["inference"] == {"p50_ms": 201.5, "p95_ms": 260.0, "count": 12, "lanes": {
+                "L1": LANE_FIGURES, "L2": {**LANE_FIGURES, "input_distance": None, "drift": False}}}
             assert payload["rss_mb"] > 10
             assert payload["disk_free_mb"] > 0
             # run() queues one message per interval through the outbox until stopped.
@@ -132,6 +138,13 @@ def test_prometheus_endpoint_serves_the_same_figures(tmp_path: Path) -> None:
         assert samples['smartgate_events_total{name="hold_2"}'] == 2
         assert samples['smartgate_inference_latency_ms{quantile="0.95"}'] == 260.0
         assert samples["smartgate_inference_total"] == 12
+        assert samples['smartgate_review_suspect_share{lane="L1"}'] == 0.05
+        assert samples['smartgate_review_unavailable_share{lane="L1"}'] == 0.025
+        assert samples['smartgate_review_input_distance{lane="L1"}'] == 4.2
+        assert 'smartgate_review_input_distance{lane="L2"}' not in samples  # no envelope: no figure
+        assert samples['smartgate_review_window{lane="L2"}'] == 40
+        assert samples['smartgate_model_drift{lane="L1"}'] == 1
+        assert samples['smartgate_model_drift{lane="L2"}'] == 0
         assert samples["smartgate_hub_connected"] == 0
         assert samples["smartgate_disk_free_megabytes"] == pytest.approx(payload["disk_free_mb"], rel=0.01)
         assert "# TYPE smartgate_events_total counter" in text
