@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 _REGION_SCORE = 0.4
+_NETWORK_SATURATED = 0.999
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,22 @@ def _held_out(scan_id: str, fraction: float) -> bool:
     return h / 2**32 < fraction
 
 
-def _load_dir(directory: Path) -> list[tuple[Path, Scan]]:
+def _scan_files(directory: Path) -> list[Path]:
+    """Readable scans of ``directory``; pixels are loaded again when used, so memory stays flat in N."""
     out = []
     for path in sorted(Path(directory).glob("*.npz")):
         try:
-            out.append((path, load_scan(path)))
+            load_scan(path)
         except ScanFormatError as err:
             log.warning("skipping %s: %s", path, err)
+            continue
+        out.append(path)
     return out
+
+
+def _scans(paths: Sequence[Path]) -> Iterator[Scan]:
+    for path in paths:
+        yield load_scan(path)
 
 
 def _box_cells(box: tuple[int, int, int, int], cell_w: float, cell_h: float, shape: tuple[int, int],
@@ -123,12 +132,12 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
 
     t_start = time.perf_counter()
     model_path = resolve_model_path(model) or DEFAULT_MODEL_PATH
-    scans = _load_dir(clean_dir)
+    scans = _scan_files(clean_dir)
     if len(scans) < options.min_scans:
         raise ModelError(f"{clean_dir}: {len(scans)} readable clean scans, at least {options.min_scans} needed "
                          "(50 to 500 recommended)")
-    fit = [(p, s) for p, s in scans if not _held_out(s.scan_id, options.holdout)]
-    val = [(p, s) for p, s in scans if _held_out(s.scan_id, options.holdout)]
+    fit = [p for p in scans if not _held_out(p.stem, options.holdout)]
+    val = [p for p in scans if _held_out(p.stem, options.holdout)]
     if len(val) < 5 or len(fit) < options.folds * 2:
         raise ModelError(f"{clean_dir}: split gives {len(fit)} fitting and {len(val)} validation scans; add scans")
     adapted = AdaptedReviewer(model_path, options.threads)
@@ -141,7 +150,7 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     folds = [NormalAccumulator(rows, dims) for _ in range(options.folds)]
     stats = []
     network_max: list[float] = []
-    for i, (_, scan) in enumerate(fit):
+    for i, scan in enumerate(_scans(fit)):
         folds[i % options.folds].add(adapted.valid_features(scan))
         analysis = adapted.analyse(scan)
         stats.append(analysis.input_stats)
@@ -156,22 +165,27 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     cv_scores: list[float] = []
     for k in range(options.folds):
         adapted.normal = total.minus(folds[k]).model()
-        for i, (_, scan) in enumerate(fit):
-            if i % options.folds == k:
-                cv_scores.append(float(adapted.analyse_distances(scan)[1].max()))
+        for scan in _scans(fit[k::options.folds]):
+            cv_scores.append(float(adapted.analyse_distances(scan)[1].max()))
     quantile = 1.0 - options.target_false_alarm / 2
     threshold = float(np.quantile(cv_scores, quantile))
-    network_threshold = float(min(max(np.quantile(network_max, quantile) * 1.0001, 0.05), 0.9999))
+    network_q = float(np.quantile(network_max, quantile))
+    # A network whose anomaly output is saturated on this site's clean scans (it "sees threats
+    # everywhere") has nothing left to separate: only the feature distances decide then.
+    network_threshold: float | None = max(network_q * 1.0001, 0.05) if network_q < _NETWORK_SATURATED else None
     adapted.normal = total.model()
     adapted.distance_threshold = threshold
     adapted.network_threshold = network_threshold
     progress(f"distance threshold {threshold:.2f} ({quantile:.1%} of {len(cv_scores)} cross-validated clean "
-             f"scores); network threshold {network_threshold:.4f} (shipped: {base.suspect_threshold:.4f})")
+             f"scores); network threshold "
+             + (f"{network_threshold:.4f}" if network_threshold is not None else
+                f"not used (its {quantile:.1%} clean quantile is {network_q:.4f}: saturated)")
+             + f" (shipped: {base.suspect_threshold:.4f})")
 
     # 3. validation: held-out clean scans, and TIP threats projected into them
     judge = _Judge(base, adapted)
     fa_before = fa_after = 0
-    for _, scan in val:
+    for scan in _scans(val):
         b, a = judge.clean(scan)
         fa_before += b
         fa_after += a
@@ -183,7 +197,7 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     detection: dict[str, dict[str, int]] = {}
     for label, objects in by_label.items():
         counts = {"n": 0, "before": 0, "after": 0}
-        for j, (_, scan) in enumerate(val):
+        for j, scan in enumerate(_scans(val)):
             projected = project(scan, objects[j % len(objects)], rng, scan_id=f"{scan.scan_id}-tip-{label}")
             if projected is None:
                 continue
@@ -202,7 +216,8 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
                      "kind": "intermediate" if adapted.feature_shape[3] > len(base.spec.output.channels)
                      else "output_logits"},
         "clean_scans": len(scans), "fit_scans": len(fit), "validation_scans": n_val,
-        "distance_threshold": round(threshold, 4), "network_threshold": round(network_threshold, 6),
+        "distance_threshold": round(threshold, 4),
+        "network_threshold": round(network_threshold, 6) if network_threshold is not None else None,
         "target_false_alarm": options.target_false_alarm,
         "validation": {
             "false_alarm": {"before": _rate(fa_before, n_val), "after": _rate(fa_after, n_val)},
