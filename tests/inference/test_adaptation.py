@@ -74,7 +74,10 @@ def test_tip_multiplies_the_threat_into_the_scan() -> None:
     result = project(scan, threats[0], np.random.default_rng(1))
     assert result is not None
     out, (x, y, w, h) = result
-    assert 0 <= x and x + w <= scan.columns and 0 <= y and y + h <= scan.rows
+    assert x >= 0
+    assert y >= 0
+    assert x + w <= scan.columns
+    assert y + h <= scan.rows
     before, after = scan.pixels.astype(np.int64), out.pixels.astype(np.int64)
     assert (after <= before + 1).all()  # transmission only ever multiplies by <= 1
     inside = np.zeros(scan.pixels.shape[1:], dtype=bool)
