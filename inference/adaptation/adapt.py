@@ -1,7 +1,12 @@
 """`smartgate model adapt`: fit a model package to one site's scanner, on the gate, without TensorFlow.
 
-1. The site's clean scans (officer-confirmed, 50 to 500) are split by a hash of their ids into a
-   fitting part and a held-out validation part (``holdout``, default 30 %).
+1. The site's clean scans (officer-confirmed, 50 to 500) are split by a hash of their names into a
+   fitting part and a held-out validation part (``holdout``, default 30 %). The input
+   normalization is fitted first: each input channel's scale is corrected by the ratio of the
+   site's average model input to that of scans from the training world (the generator), so a
+   harder or softer spectrum, which stretches the attenuation of a channel, reaches the network
+   at the scale it was trained on (corrections under 15 %, within what the cargo mix alone moves,
+   are left alone; at most a factor 4).
 2. The normal-traffic model (`inference.adaptation.normal`) is fitted on the network's features of
    the fitting scans, ``folds`` times with one fold left out, so every fitting scan also gets an
    unbiased score (its largest cell distance under a model that never saw it).
@@ -36,6 +41,7 @@ from inference.adaptation.normal import NormalAccumulator
 from inference.adaptation.reviewer import ADAPTATION_ARRAYS, ADAPTATION_FILE, ADAPTATION_FORMAT, AdaptedReviewer
 from inference.adaptation.tip import ThreatObject, extract_threats, project
 from inference.errors import ModelError, ScanFormatError
+from inference.model_spec import NormalizationSpec
 from inference.reviewer import Reviewer
 from inference.scan import Scan, load_scan
 
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.json"
 _REGION_SCORE = 0.4
 _NETWORK_SATURATED = 0.999
+_SCALE_TOLERANCE = 0.15
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class AdaptOptions:
     seed: int = 20261206
     threads: int = 1
     min_scans: int = 20
+    reference_scans: int = 24
 
 
 def _held_out(scan_id: str, fraction: float) -> bool:
@@ -142,6 +150,9 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
         raise ModelError(f"{clean_dir}: split gives {len(fit)} fitting and {len(val)} validation scans; add scans")
     adapted = AdaptedReviewer(model_path, options.threads)
     base = Reviewer(model_path, options.threads)
+    normalization = _fit_normalization(base, fit, options)
+    adapted.spec = adapted.spec.model_copy(update={"normalization": normalization})
+    progress(f"input scales {list(base.spec.normalization.scale)} -> {list(normalization.scale)}")
     rows, dims = adapted.feature_shape[1], adapted.feature_shape[3]
     progress(f"{len(scans)} clean scans: {len(fit)} to fit, {len(val)} held out; features {adapted.feature_tensor} "
              f"({rows} rows x {dims})")
@@ -237,6 +248,7 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     spec = base.spec
     region = float(threshold * np.sqrt(_REGION_SCORE / (1 - _REGION_SCORE)))
     thresholds = {**spec.thresholds.model_dump(), "suspect": 0.5, "region": _REGION_SCORE}
+    report["normalization"] = {"before": list(spec.normalization.scale), "after": list(normalization.scale)}
     files = {ADAPTATION_FILE: (json.dumps(meta, indent=1) + "\n").encode(),
              ADAPTATION_ARRAYS: adapted.normal.to_bytes(), ENVELOPE_FILE: envelope.to_json().encode(),
              REPORT_FILE: (json.dumps(report, indent=1) + "\n").encode()}
@@ -245,9 +257,29 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     provenance = {"adapted_from": report["base_model"], "clean_scans": len(scans), "clean_dir": str(clean_dir),
                   "samples_dir": str(samples_dir) if samples_dir else None, "seed": options.seed,
                   "method": "per-row Gaussian (PaDiM-style) on network features; TIP validation"}
+    files[REPORT_FILE] = (json.dumps(report, indent=1) + "\n").encode()
     sign(model_path, out, name=name, version=version, files=files, provenance=provenance, figures=figures,
-         spec_update={"thresholds": thresholds})
+         spec_update={"thresholds": thresholds, "normalization": normalization.model_dump(mode="json")})
     return report
+
+
+def _fit_normalization(base: Reviewer, fit: Sequence[Path], options: AdaptOptions) -> NormalizationSpec:
+    from inference.synthetic import generate_scan
+
+    norm = base.spec.normalization
+    channels = base.spec.input.channels
+    reference = [base.analyse(generate_scan(options.seed + 500 + i).scan).input_stats
+                 for i in range(options.reference_scans)]
+    site = [base.analyse(scan).input_stats for scan in _scans(fit[: options.reference_scans * 2])]
+    scales = []
+    for i, name in enumerate(channels):
+        key = f"mean_{name}"
+        ref_mean = float(np.mean([r[key] for r in reference]))
+        site_mean = float(np.mean([r[key] for r in site]))
+        factor = site_mean / ref_mean if ref_mean > 1e-6 and site_mean > 1e-6 else 1.0
+        factor = 1.0 if abs(factor - 1.0) < _SCALE_TOLERANCE else float(np.clip(factor, 0.25, 4.0))
+        scales.append(round(norm.scale[i] * factor, 5))
+    return norm.model_copy(update={"scale": tuple(scales)})
 
 
 def _field_samples(samples_dir: Path, judge: _Judge) -> dict[str, Any]:

@@ -115,6 +115,8 @@ def test_adapt_writes_a_signed_package_the_worker_reviews_with(tmp_path: Path) -
     assert set(report["validation"]["tip_detection"]) == {"dense_object", "weapon", "vehicle", "organic_mass"}
     assert json.loads((out / "report.json").read_text()) == report
     assert package.spec.thresholds.suspect == 0.5
+    # Striping and noise leave the average attenuation alone: the normalization is not touched.
+    assert report["normalization"]["after"] == report["normalization"]["before"]
     reviewer = open_reviewer(out)
     assert isinstance(reviewer, AdaptedReviewer)
     scan = _site(generate_scan(700, length_ft=20).scan, rng)
@@ -135,3 +137,24 @@ def test_adapt_writes_a_signed_package_the_worker_reviews_with(tmp_path: Path) -
         adapt(None, clean, tmp_path / "never", sign=functools.partial(build_package,
               key=load_private_key(tmp_path / "k")), name="site", version="1.1.0.2",
               options=AdaptOptions(min_scans=30))
+
+
+def test_normalization_fit_undoes_a_harder_spectrum(tmp_path: Path) -> None:
+    from inference.adaptation.adapt import _fit_normalization
+    from inference.reviewer import Reviewer
+
+    clean = []
+    for i in range(12):
+        scan = generate_scan(800 + i, length_ft=20).scan
+        p = scan.pixels.astype(np.float64)
+        air = np.percentile(p[1], 99.5)
+        p[1] = air * np.clip(p[1] / air, 1e-6, 1.0) ** 1.5  # the low channel attenuates 1.5x as much
+        path = tmp_path / f"h{i}.npz"
+        save_scan(Scan(pixels=np.clip(p, 0, 65535).astype(np.uint16), scan_id=f"h{i}", bits=16,
+                       pixel_mm=scan.pixel_mm), path)
+        clean.append(path)
+    base = Reviewer()
+    norm = _fit_normalization(base, clean, AdaptOptions(reference_scans=12))
+    high, diff = (n / b for n, b in zip(norm.scale, base.spec.normalization.scale, strict=True))
+    assert diff > 1.8  # low - high grows much more than 1.5x: the high channel does not move with it
+    assert 0.8 < high < 1.2
