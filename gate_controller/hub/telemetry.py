@@ -44,7 +44,9 @@ class TelemetrySnapshot:
     links: Mapping[str, str] = field(default_factory=dict)
     """Link name -> ``"up"``/``"down"`` (firmware links, PLCs, ...)."""
     lanes: Mapping[str, str] = field(default_factory=dict)
-    """Lane id -> its state machine state."""
+    """Lane id -> one word: the mode when it is not automatic, else the phase (deprecated on the wire)."""
+    lane_status: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Lane id -> ``{"phase": ..., "mode": ...}``, the passage phase and the lane mode apart."""
     counters: Mapping[str, int] = field(default_factory=dict)
     """Monotonic counters since start (transactions by action, scans, OCR reads, ...)."""
     inference_p50_ms: float | None = None
@@ -134,6 +136,8 @@ class Telemetry:
             "boot_id": self._outbox.boot_id,
             "links": dict(snap.links),
             "lanes": dict(snap.lanes),
+            "lane_status": {lane: {"phase": str(v["phase"]), "mode": str(v["mode"])}
+                            for lane, v in snap.lane_status.items()},
             "counters": {k: int(v) for k, v in snap.counters.items()},
             "backlog": {"pending": backlog.pending,
                         "oldest_age_s": None if backlog.oldest_age_s is None else round(backlog.oldest_age_s, 1)},

@@ -601,6 +601,8 @@ class GateDaemon:
         return TelemetrySnapshot(
             links=self._link_states(),
             lanes={lane_id: lane.snapshot().state for lane_id, lane in self._lanes.items()},
+            lane_status={lane_id: {"phase": snap.phase, "mode": snap.mode}
+                         for lane_id, snap in ((i, lane.snapshot()) for i, lane in self._lanes.items())},
             counters=counters,
             inference_p50_ms=decider.stats.percentile(0.5) if decider else None,
             inference_p95_ms=decider.stats.percentile(0.95) if decider else None,

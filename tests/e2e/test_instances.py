@@ -216,6 +216,14 @@ def test_demo_with_mqtt_url_runs_the_daemon_on_that_broker(tmp_path: Path, broke
             sub.wait(10.0)
     assert len(transactions) == trucks, sorted(transactions)
     assert births, "no birth (status online) seen by the independent subscriber"
+    # Telemetry from the daemon gives each lane's phase and mode apart (and the old one-word field).
+    _, _, telemetry = _read_all(received)
+    assert telemetry, "no telemetry seen"
+    for body in telemetry:
+        assert set(body["lane_status"]) == set(body["lanes"]) == {"L1", "L2"}
+        for lane, status in body["lane_status"].items():
+            assert status["mode"] in ("automatic", "manual", "fault", "closed")
+            assert body["lanes"][lane] == (status["phase"] if status["mode"] == "automatic" else status["mode"])
 
 
 def _wait_subscribed(external: MosquittoBroker, received: Path) -> None:
@@ -230,14 +238,22 @@ def _wait_subscribed(external: MosquittoBroker, received: Path) -> None:
 
 
 def _read_sub(received: Path) -> tuple[set[str], list[dict[str, Any]]]:
+    transactions, births, _ = _read_all(received)
+    return transactions, births
+
+
+def _read_all(received: Path) -> tuple[set[str], list[dict[str, Any]], list[dict[str, Any]]]:
     transactions: set[str] = set()
     births: list[dict[str, Any]] = []
+    telemetry: list[dict[str, Any]] = []
     for line in received.read_text(errors="replace").splitlines():
         topic, _, payload = line.partition(" ")
         if topic.endswith("/transactions"):
             transactions.add(str(json.loads(payload)["msg_id"]))
+        elif topic.endswith("/telemetry"):
+            telemetry.append(json.loads(payload))
         elif topic.endswith("/status") and payload:
             body = json.loads(payload)
             if body.get("state") == "online":
                 births.append(body)
-    return transactions, births
+    return transactions, births, telemetry
