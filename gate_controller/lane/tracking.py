@@ -128,13 +128,28 @@ class PassageTracking(LaneCore):
             # to a vehicle that had arrived before the scan ended.
             candidates = [p for p in accepting if p.arrived <= obs.scan_end]
             if not candidates:
+                # A passage decided but not yet carried out takes no evidence; a scan of its own it
+                # already has, so a second one means two vehicles it took for one (below).
+                candidates = [p for p in (self._current, self._arriving)
+                              if p is not None and p.scan is not None and p.arrived <= obs.scan_end
+                              and p.phase in (Phase.ARRIVING, Phase.DECIDING)]
+            if not candidates:
                 log.warning("lane %s: scan %s ended with no vehicle collecting evidence: ignored",
                             self.id, obs.scan_id)
                 return
             target = max(candidates, key=lambda p: p.arrived)
             if target.scan is not None:
-                log.warning("lane %s: second scan %s for %s replaces %s", self.id, obs.scan_id, target.id,
-                            target.scan.scan_id)
+                # One scan per vehicle: a second one for the same passage means a second vehicle
+                # crossed the entry loop inside the trailer gap (entry_gap_s) of the first and was
+                # taken for its trailer. Which reads are whose is unknown: neither is vouched for.
+                log.warning("lane %s: second scan %s for %s (first %s): two vehicles taken for one, "
+                            "transaction cancelled", self.id, obs.scan_id, target.id, target.scan.scan_id)
+                target.ambiguous = True
+                target.early = target.early_at = None
+                if target.decider is not None:
+                    target.decider.cancel()
+                    target.decider = None
+                return
             target.scan = obs
             return
         readers = [p for p in accepting if not p.ocr_closed]
@@ -218,6 +233,8 @@ class PassageTracking(LaneCore):
         self._queue.put_nowait(Decided(passage, outcome))
 
     async def _on_decided(self, passage: Passage, outcome: DecisionOutcome) -> None:
+        if passage.ambiguous:
+            return  # its evidence turned out to mix two vehicles: it is only ever cancelled
         if passage is self._arriving and passage.phase is Phase.ARRIVING and passage.decider is not None:
             # Decided before the stop line: kept until the vehicle gets there. Every condition of
             # a release (mode, scan, journal) is checked then, as for a decision taken there.

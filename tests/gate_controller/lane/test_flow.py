@@ -369,3 +369,24 @@ def test_record_builder_renders_the_contract_form() -> None:
     assert out["barrier"] == {"raised_at": "2026-11-22T04:00:00.123Z", "lowered_at": None}
     with pytest.raises(RuntimeError):
         record.decide(action="hold", reasons=(), now=t0, now_mono=0.0)
+
+
+@run_async
+async def test_a_truck_taken_for_the_trailer_of_the_one_in_front_never_lends_it_its_scan() -> None:
+    # Bumper to bumper: B crosses the entry loop within entry_gap_s of A leaving it, so the loops
+    # alone show one long vehicle. The scanner sees two: the second scan proves the merge.
+    async with lane_rig(timeouts={"entry_gap_s": 1.0, "ocr_settle_s": 0.3}) as rig:
+        a = await rig.plc.vehicle_arrives()
+        b = await rig.plc.vehicle_arrives()  # 0.05 s behind: inside the trailer gap
+        rig.ocr("MSCU1234565")
+        rig.scan()  # A's scan
+        rig.ocr("TGHU9876544")
+        rig.scan()  # B's scan
+        await rig.plc.vehicle_to_stop_line(a)
+        await rig.until(lambda: rig.journal.completed, what="cancelled")
+        [record] = rig.journal.completed
+        assert "CANCELLED" in record["decision"]["reasons"]
+        assert record["decision"]["action"] != "release"
+        assert not any(w.value for w in rig.plc.writes_of("barrier_raise"))
+        rig.plc.move(a, Spot.GONE)
+        rig.plc.move(b, Spot.GONE)
