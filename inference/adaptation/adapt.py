@@ -2,11 +2,11 @@
 
 1. The site's clean scans (officer-confirmed, 50 to 500) are split by a hash of their names into a
    fitting part and a held-out validation part (``holdout``, default 30 %). The input
-   normalization is fitted first: each input channel's scale is corrected by the ratio of the
-   site's average model input to that of scans from the training world (the generator), so a
-   harder or softer spectrum, which stretches the attenuation of a channel, reaches the network
-   at the scale it was trained on (corrections under 15 %, within what the cargo mix alone moves,
-   are left alone; at most a factor 4).
+   normalization is fitted first: each further input channel's scale is corrected by how its
+   average model input, relative to the first channel's, differs from that of scans of the
+   training world (the generator), so a harder or softer spectrum, which stretches one channel
+   against the other, reaches the network as it was trained (corrections under 15 % are left
+   alone; at most a factor 4).
 2. The normal-traffic model (`inference.adaptation.normal`) is fitted on the network's features of
    the fitting scans, ``folds`` times with one fold left out, so every fitting scan also gets an
    unbiased score (its largest cell distance under a model that never saw it).
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 _REGION_SCORE = 0.4
-_NETWORK_SATURATED = 0.999
+_NETWORK_SATURATED = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+"""The largest float32 probability below 1: a network whose clean quantile reaches it has no headroom."""
 _SCALE_TOLERANCE = 0.15
 
 
@@ -183,7 +184,8 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     network_q = float(np.quantile(network_max, quantile))
     # A network whose anomaly output is saturated on this site's clean scans (it "sees threats
     # everywhere") has nothing left to separate: only the feature distances decide then.
-    network_threshold: float | None = max(network_q * 1.0001, 0.05) if network_q < _NETWORK_SATURATED else None
+    network_threshold: float | None = (max(float(np.nextafter(np.float32(network_q), np.float32(1.0))), 0.05)
+                                       if network_q < _NETWORK_SATURATED else None)
     adapted.normal = total.model()
     adapted.distance_threshold = threshold
     adapted.network_threshold = network_threshold
@@ -264,6 +266,12 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
 
 
 def _fit_normalization(base: Reviewer, fit: Sequence[Path], options: AdaptOptions) -> NormalizationSpec:
+    """Per-channel scales against the training world, relative to the first channel.
+
+    Only how the channels relate is corrected (a spectrum): a different cargo mix, container
+    geometry or pitch moves every channel's average alike, and is left to the normal-traffic
+    model instead of being mistaken for a spectrum.
+    """
     from inference.synthetic import generate_scan
 
     norm = base.spec.normalization
@@ -271,12 +279,15 @@ def _fit_normalization(base: Reviewer, fit: Sequence[Path], options: AdaptOption
     reference = [base.analyse(generate_scan(options.seed + 500 + i).scan).input_stats
                  for i in range(options.reference_scans)]
     site = [base.analyse(scan).input_stats for scan in _scans(fit[: options.reference_scans * 2])]
-    scales = []
-    for i, name in enumerate(channels):
+    ratios = []
+    for name in channels:
         key = f"mean_{name}"
         ref_mean = float(np.mean([r[key] for r in reference]))
         site_mean = float(np.mean([r[key] for r in site]))
-        factor = site_mean / ref_mean if ref_mean > 1e-6 and site_mean > 1e-6 else 1.0
+        ratios.append(site_mean / ref_mean if ref_mean > 1e-6 and site_mean > 1e-6 else 1.0)
+    scales = [norm.scale[0]]
+    for i in range(1, len(channels)):
+        factor = ratios[i] / ratios[0]
         factor = 1.0 if abs(factor - 1.0) < _SCALE_TOLERANCE else float(np.clip(factor, 0.25, 4.0))
         scales.append(round(norm.scale[i] * factor, 5))
     return norm.model_copy(update={"scale": tuple(scales)})
