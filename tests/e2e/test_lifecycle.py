@@ -16,7 +16,7 @@ import pytest
 from gate_controller.demo.gate import SimulatedGate, plan_trucks
 from gate_controller.hub.hub_side import HubClient
 from gate_controller.service.control import read_status
-from inference.package import build_package, generate_key, load_private_key
+from inference.package import build_package, generate_key, load_private_key, pack
 from inference.runtime import DEFAULT_MODEL_PATH
 from tests.support.broker import BROKER_MARKS, HUB_USER, MosquittoBroker, running_broker
 from tests.support.gate import daemon_log, simulated_gate
@@ -161,6 +161,18 @@ async def _shadow_and_activation(tmp_path: Path, broker: MosquittoBroker) -> Non
             last = max(gate.result.transactions.values(), key=lambda r: r["seq"])
             assert last["scan"]["inference"]["version"] == "2.0.0"
             assert last["scan"]["inference"]["model"] == "xray-site"
+
+            # A package published by the hub reaches the running daemon over MQTT and is installed.
+            pkg_mqtt = tmp_path / "pkg-mqtt"
+            build_package(DEFAULT_MODEL_PATH, pkg_mqtt, key=load_private_key(keys / "hub.key"), name="xray-site",
+                          version="2.1.0")
+            await asyncio.to_thread(hub.publish_model, site, "xray-site", "2.1.0", pack(pkg_mqtt))
+            try:
+                published = await wait_event(gate, "MODEL_PACKAGE", version="2.1.0")
+                assert published["detail"]["ok"] is True
+                assert (gate.config.storage.models_dir / "xray-site" / "2.1.0" / "manifest.json").is_file()
+            finally:
+                await asyncio.to_thread(hub.publish_model, site, "xray-site", "2.1.0", b"")
 
             # Rolled back locally: the daemon notices, reloads and audits it.
             rolled = await asyncio.to_thread(smartgate, "model", "rollback", "-c", str(gate.config_path))
