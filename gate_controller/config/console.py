@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from gate_controller.config.sections import FilePath, Section
 
-__all__ = ["ConsoleAuthConfig", "ConsoleConfig", "ConsoleTlsConfig", "split_listen"]
+__all__ = ["ConsoleAuthConfig", "ConsoleConfig", "ConsoleTlsConfig", "is_loopback", "split_listen"]
 
 
 def split_listen(value: str) -> tuple[str, int]:

@@ -24,6 +24,7 @@ import jinja2
 from aiohttp import web
 
 from gate_controller import __version__
+from gate_controller.config.console import is_loopback
 from gate_controller.console.auth import COOKIE, Session, same_token
 from gate_controller.console.views import explain_decision, frame_rows, lane_points, row_of
 from gate_controller.console.watch import FeedItem
@@ -131,9 +132,19 @@ def _same_origin(request: web.Request) -> bool:
     return parts.netloc == request.host and parts.scheme == request.scheme
 
 
+def _loopback_host(request: web.Request) -> bool:
+    """The Host header names this machine's loopback (a page of another site that re-resolved its
+    own name to 127.0.0.1, DNS rebinding, does not)."""
+    host = urlsplit(f"//{request.host}").hostname or ""
+    return host == "localhost" or is_loopback(host)
+
+
 @web.middleware
 async def _security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     server = _server(request)
+    if server.auth is None and not _loopback_host(request):
+        # Without a login the console only listens on loopback; only loopback names may ask.
+        raise web.HTTPMisdirectedRequest(text="this console answers only to a loopback address")
     if request.method == "POST" and not _same_origin(request):
         log.warning("console: cross-site %s %s from %s refused", request.method, request.path, _client(request))
         raise web.HTTPForbidden(text="cross-site request refused")

@@ -153,6 +153,13 @@ async def test_listens_only_on_the_configured_address(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http, http.get(f"{c.base}/") as response:
             assert response.status == 200
             assert "Lane L1" in await response.text()
+        # A page whose name re-resolves to 127.0.0.1 (DNS rebinding) is not answered without a login.
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{c.base}/", headers={"Host": f"evil.example:{port}"}) as response:
+            assert response.status == 421
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{c.base}/", headers={"Host": f"localhost:{port}"}) as response:
+            assert response.status == 200
         # Other loopback addresses of this machine: nobody listens there.
         for host in ("127.0.0.2", "127.1.2.3"):
             with socket.socket() as sock:
