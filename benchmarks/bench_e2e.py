@@ -176,6 +176,22 @@ async def wait_lane_idle(rig: Any, timeout_s: float = 30.0) -> None:
     await rig.plc.wait_for(lambda: rig.plc.inputs["barrier_down"] and not rig.plc.vehicles, timeout_s=timeout_s)
 
 
+async def run_console_clients(base: str, count: int) -> None:
+    """The browsers' process: N clients until SIGTERM, then their figures as JSON on stdout."""
+    import signal
+
+    clients = [ConsoleClient(base) for _ in range(count)]
+    tasks = [asyncio.create_task(c.run()) for c in clients]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps([{"transactions": c.transactions, "previews": c.previews, "overviews": c.overviews,
+                       "errors": c.errors} for c in clients]))
+
+
 async def wait_birth(hub: HubClient, root: str, boot_id: int, timeout_s: float) -> float:
     """When the first `online` birth of boot ``boot_id`` reached the broker (and us)."""
     deadline = time.monotonic() + timeout_s
@@ -230,12 +246,14 @@ async def main(args: argparse.Namespace) -> None:
         figures["idle_cpu_percent"] = round((c1 - c0) / args.idle_s * 100, 2)
         figures["idle_rss_mb"] = round(rss_idle, 1)
 
-    clients: list[ConsoleClient] = []
-    client_tasks: list[asyncio.Task[None]] = []
+    # The browsers run in their own process, as they would on the technician's laptop: the
+    # simulated firmware and PLC, which timestamp SCAN_END and the barrier write, live in this one.
+    browsers: asyncio.subprocess.Process | None = None
     if args.console_clients > 0:
         assert config.console.url is not None
-        clients = [ConsoleClient(config.console.url.rstrip("/")) for _ in range(args.console_clients)]
-        client_tasks = [asyncio.create_task(c.run()) for c in clients]
+        browsers = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--run-console-clients", config.console.url.rstrip("/"),
+            "--console-clients", str(args.console_clients), stdout=asyncio.subprocess.PIPE)
         await asyncio.sleep(2.0)
     figures["console_clients"] = args.console_clients
     figures["daemon_rss_before_trucks_mb"] = round(process_rss_mb(pid), 1)
@@ -307,13 +325,10 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.sleep(lane_timeouts.entry_gap_s + 0.1)
     latencies.sort()
     figures["daemon_rss_after_trucks_mb"] = round(process_rss_mb(pid), 1)
-    if clients:
-        figures["console_client_figures"] = [
-            {"transactions": c.transactions, "previews": c.previews, "overviews": c.overviews, "errors": c.errors}
-            for c in clients]
-    for task in client_tasks:
-        task.cancel()
-    await asyncio.gather(*client_tasks, return_exceptions=True)
+    if browsers is not None:
+        browsers.terminate()
+        out, _ = await browsers.communicate()
+        figures["console_client_figures"] = json.loads(out or b"null")
     figures["trucks"] = len(plan)
     figures["released_and_measured"] = len(latencies)
     figures["not_released_within_10s"] = missing
@@ -381,4 +396,9 @@ if __name__ == "__main__":
                         help="turn the technician console on and keep N browser-like clients connected")
     parser.add_argument("--daemon-log", default="WARNING", help="the daemon's log level (its log stays in the "
                         "state directory under /tmp)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--run-console-clients", metavar="URL", help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    if parsed.run_console_clients:
+        asyncio.run(run_console_clients(parsed.run_console_clients, parsed.console_clients))
+    else:
+        asyncio.run(main(parsed))

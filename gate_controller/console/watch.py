@@ -83,7 +83,7 @@ def _alarm_key(body: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 class GateWatch:
-    def __init__(self, *, size: int = 100, preview_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, *, size: int = 100, preview_bytes: int = 4 * 1024 * 1024) -> None:
         self.size = size
         self.preview_bytes = preview_bytes
         self.started = time.time()
