@@ -40,7 +40,7 @@ class ConsoleSources:
     status: Callable[[], Mapping[str, Any]]
     """What `smartgate status` shows (lanes, links, hub, backlog, inference)."""
     model: Callable[[], Mapping[str, Any] | None]
-    """The image review model: name, version, sha256 and, where known, mode and drift figures."""
+    """The image review model: name, version, sha256, each lane's review mode, the live watch."""
     frames: Callable[[], Mapping[str, Sequence[FrameNote]]]
     """The last frames of each firmware link."""
     doctor: Callable[[], Awaitable[Sequence[Mapping[str, Any]]]]

@@ -350,14 +350,14 @@ class GateDaemon:
 
     def model_view(self) -> Mapping[str, Any] | None:
         """The image review model as the console shows it: name, version, sha256, the review mode of
-        each lane (live or shadow), the live watch after an activation, and drift figures (None until
-        the daemon computes any)."""
+        each lane (live or shadow) and the live watch after an activation (the drift figures are in
+        the status snapshot, ``inference.review_lanes``)."""
         info = self.reviewer.model_info if self.reviewer is not None else None
         if info is None:
             return None
         modes = self.review_modes.modes(self._lanes) if self.review_modes is not None else {}
         return {"name": info.name, "version": info.version, "sha256": info.sha256, "modes": dict(modes),
-                "watch": self.models.watching if self.models is not None else None, "drift": None}
+                "watch": self.models.watching if self.models is not None else None}
 
     # ------------------------------------------------------------------ health
 

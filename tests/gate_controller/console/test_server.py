@@ -57,7 +57,11 @@ def status() -> Mapping[str, Any]:
         "hub": {"connected": True, "inflight": 0, "published": 5, "acknowledged": 5, "last_error": None},
         "backlog": {"pending": 0},
         "inference": {"count": 2, "unavailable": 0, "p50_ms": 40.0, "p95_ms": 55.0, "model_loaded": True,
-                      "worker_pid": 2, "worker_restarts": 0},
+                      "worker_pid": 2, "worker_restarts": 0,
+                      "review_lanes": {"L1": {"window": 40, "suspect_share": 0.025, "unavailable_share": 0.0,
+                                              "input_distance": 0.412, "drift": False},
+                                       "L2": {"window": 40, "suspect_share": 0.3, "unavailable_share": 0.05,
+                                              "input_distance": None, "drift": True}}},
         "counters": {},
     }
 
@@ -102,7 +106,7 @@ async def console(tmp_path: Path, *, auth: bool = True, allow_commands: bool = T
 
     sources = ConsoleSources(
         status=status, model=lambda: {"name": "m", "version": "1.0", "sha256": "ab" * 32,
-                                      "modes": {"L1": "live", "L2": "shadow"}, "watch": None, "drift": None},
+                                      "modes": {"L1": "live", "L2": "shadow"}, "watch": None},
         frames=lambda: {"combo-1": [FrameNote(1.7e9, "rx", "HELLO", 0, 40)]}, doctor=doctor,
         identity_settings=IdentitySettings, command=command if allow_commands else None,
     )
@@ -203,6 +207,8 @@ async def test_pages_need_a_login_when_auth_is_configured(tmp_path: Path) -> Non
             page = await response.text()
         assert "Lane L2" in page
         assert 'L2 <b class="mode-shadow">shadow</b>' in page
+        assert "<td>L1</td><td>40</td><td>2.5 %</td><td>0.0 %</td><td>0.412</td>" in page
+        assert "<td>L2</td><td>40</td><td>30.0 %</td><td>5.0 %</td><td>-</td><td class=\"bad\">DRIFT</td>" in page
 
 
 @sync
