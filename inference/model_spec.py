@@ -20,6 +20,7 @@ from inference.errors import ModelError
 
 __all__ = [
     "FORMAT",
+    "EnvelopeSpec",
     "InputSpec",
     "ModelSpec",
     "NormalizationSpec",
@@ -126,6 +127,26 @@ class ThresholdSpec(_Strict):
     not_empty_pool: int = Field(default=3, ge=1, le=15)
 
 
+class EnvelopeSpec(_Strict):
+    """The training envelope: beyond these limits a scan is unlike anything the model was
+    trained or calibrated on, and its verdict is ``unavailable`` (reason ``unfamiliar``).
+
+    ``max_flagged_share``: share of the scan's cells at or above the region threshold (a model
+    out of its depth flags roof lines, chassis and wheels everywhere). ``max_noise``: pulse to
+    pulse noise of the attenuation in air, model units. ``min_air_fraction``: air level as a
+    fraction of full scale (source off, detector saturated dark). ``max_repaired_share``: share
+    of detector rows conditioning had to repair. ``max_covered_share``: share of rows that saw no
+    air anywhere (no flat field possible). The defaults hold for models without an envelope.
+    """
+
+    max_flagged_share: float = Field(default=0.35, gt=0, le=1)
+    max_noise: float = Field(default=0.05, gt=0)
+    min_air_fraction: float = Field(default=0.05, ge=0, lt=1)
+    max_repaired_share: float = Field(default=0.1, gt=0, le=1)
+    max_covered_share: float = Field(default=0.5, gt=0, le=1)
+    basis: str = ""
+
+
 class ModelSpec(BaseModel):
     """The whole metadata document. ``training`` and ``metrics`` are free-form provenance."""
 
@@ -143,6 +164,7 @@ class ModelSpec(BaseModel):
     tiling: TilingSpec
     labels: tuple[str, ...] = Field(min_length=1)
     thresholds: ThresholdSpec
+    envelope: EnvelopeSpec = Field(default_factory=EnvelopeSpec)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 

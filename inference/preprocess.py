@@ -1,30 +1,31 @@
-"""Scan -> model input: resampling, log attenuation, normalization, tiling, quantization.
+"""Scan -> model input: conditioning, resampling, log attenuation, normalization, tiling.
 
 Training and the runtime share this module, so what the model sees in the field is exactly what
-it was trained on. Everything is whole-array numpy/OpenCV work: a 2400 x 256 x 2 scan is
-prepared in a few milliseconds.
+it was trained on.
 
-Resampling: columns are brought to the model's column pitch (``input.column_mm``) using the
-scan's ``pixel_mm``, rows to the model's row count, both with area averaging (what a coarser
-detector would have measured). That makes 20/40/45 ft scans, and scanners with another pulse
-rate or detector pitch, look the same to the model.
-
-Normalization: the air level of each channel is estimated from the scan itself (a high
-percentile, floored at a fraction of full scale so a scan without any air cannot blow the
-attenuation up), then ``a = ln(I_air / I)``; the model's channels are ``a_high / s0`` and, for
-dual energy, ``(a_low - a_high) / s1``, the material-sensitive difference.
+1. Conditioning (`inference.conditioning`): bit depth, dead/stuck/noisy row repair, dark offset,
+   per-row flat field from the scan's own air; the result is transmission ``T`` per channel.
+2. Resampling: ``T`` is brought to the model's column pitch (``input.column_mm``) using the
+   scan's ``pixel_mm``, and to the model's row count, with area averaging (what a coarser
+   detector would have measured). 20/40/45 ft scans and scanners with another pulse rate,
+   detector pitch or row count look the same to the model.
+3. ``a = -ln T`` per channel. The model's channels are ``a_high / s0`` and
+   ``(a_low - a_high) / s1``, the material-sensitive difference. A single-energy scan has no
+   low channel: its difference channel is zero, which the model was trained to read as "no
+   material information" (single-energy scans are part of its training world).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from inference.conditioning import T_FLOOR, ConditioningReport, condition_channel
 from inference.errors import ScanFormatError
 from inference.model_spec import InputSpec, NormalizationSpec, QuantizationSpec
 from inference.scan import Scan
@@ -56,7 +57,8 @@ class PreparedScan:
     ``data`` is NHWC without the batch axis, ``(rows, padded_width, channels)``: float32 from
     `prepare_scan`, the model's input dtype from `prepare_quantized`; padded with air to a
     multiple of the output stride and to at least one tile. ``width`` is the valid part.
-    ``scale_x``/``scale_y`` are scan pixels per model pixel.
+    ``scale_x``/``scale_y`` are scan pixels per model pixel. ``report`` is the conditioning
+    report plus ``noise``, the robust noise level of the high channel in air (model units).
     """
 
     data: npt.NDArray[Any]
@@ -64,20 +66,10 @@ class PreparedScan:
     scale_x: float
     scale_y: float
     offsets: tuple[int, ...]
+    report: dict[str, Any] = field(default_factory=dict)
 
 
-def _log_lut() -> FloatArray:
-    """``ln(max(i, 1))`` for every 16-bit value: the log of a resampled plane is one gather."""
-    global _LOG_LUT  # noqa: PLW0603 - built once per process on first use
-    if _LOG_LUT is None:
-        _LOG_LUT = np.log(np.maximum(np.arange(65536, dtype=np.float32), 1.0)).astype(np.float32)
-    return _LOG_LUT
-
-
-_LOG_LUT: FloatArray | None = None
-
-
-def _downscale(plane: npt.NDArray[np.uint16], out_w: int, out_h: int) -> npt.NDArray[np.uint16]:
+def _downscale(plane: FloatArray, out_w: int, out_h: int) -> FloatArray:
     """Average pairs of pixels while the remaining factor is >= 2, then interpolate linearly.
 
     A linear resize by exactly 1/2 samples halfway between two pixels, i.e. it is the 2-pixel
@@ -97,42 +89,13 @@ def _downscale(plane: npt.NDArray[np.uint16], out_w: int, out_h: int) -> npt.NDA
         x = cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)
     if x.shape != (out_h, out_w):
         x = cv2.resize(x, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    return np.asarray(x, dtype=np.uint16)
-
-
-def _air_level(small: npt.NDArray[np.uint16], norm: NormalizationSpec) -> float:
-    """Air intensity of a resampled plane: nearest-rank percentile of every 4th pixel each way,
-    floored so that a scan without air (or an inverted one) cannot inflate the attenuation."""
-    sample = small[::4, ::4].ravel()
-    k = min(sample.size - 1, round(norm.air_percentile / 100.0 * (sample.size - 1)))
-    return max(float(np.partition(sample, k)[k]), norm.air_floor_fraction * 65535.0)
-
-
-def _resampled(scan: Scan, channel: int, width: int, rows: int) -> npt.NDArray[np.uint16]:
-    """One channel on the 16-bit scale, resampled to ``rows x width``: an array of its own, which
-    callers may modify in place (never the scan's pixels, even when no resampling is needed)."""
-    plane: npt.NDArray[Any] = scan.pixels[channel]
-    if scan.bits == 8:  # one path for both depths: widen to the 16-bit scale
-        plane = plane.astype(np.uint16) * np.uint16(257)
-    small = _downscale(np.ascontiguousarray(plane, dtype=np.uint16), width, rows)
-    return small.copy() if np.may_share_memory(small, scan.pixels) else small
-
-
-def _attenuation(scan: Scan, channel: int, width: int, rows: int, norm: NormalizationSpec, *,
-                 out: FloatArray) -> None:
-    """``out[:, :width] = max(ln(I_air) - ln(I), 0)`` of one channel, resampled."""
-    small = _resampled(scan, channel, width, rows)
-    air = _air_level(small, norm)
-    dst = out[:, :width]
-    np.subtract(np.float32(np.log(air)), np.take(_log_lut(), small), out=dst)
-    np.maximum(dst, 0.0, out=dst)
+    return np.asarray(x, dtype=np.float32)
 
 
 def _check(scan: Scan, inp: InputSpec) -> int:
-    needs_low = any(name in ("low", "low_minus_high") for name in inp.channels)
-    if needs_low and scan.channels < 2:
+    if "low" in inp.channels and scan.channels < 2:
         raise ScanFormatError(
-            f"scan {scan.scan_id}: the model needs dual-energy scans (2 channels), this one has {scan.channels}")
+            f"scan {scan.scan_id}: the model needs the low-energy channel, this scan has {scan.channels} channel(s)")
     if scan.rows < MIN_SCAN_ROWS or scan.columns < MIN_SCAN_COLUMNS:
         raise ScanFormatError(
             f"scan {scan.scan_id}: {scan.rows} rows x {scan.columns} columns is too small to review "
@@ -145,29 +108,61 @@ def _check(scan: Scan, inp: InputSpec) -> int:
     return width
 
 
+def _air_noise(a: FloatArray) -> float:
+    """Robust pulse-to-pulse noise of the attenuation where the beam crossed air (a < 0.15)."""
+    d = np.abs(np.diff(a, axis=1))
+    sel = (a[:, 1:] < 0.15) & (a[:, :-1] < 0.15)
+    if sel.sum() < 64:
+        return float("nan")
+    return float(np.median(d[sel]) * 1.4826 / math.sqrt(2.0))
+
+
+def _attenuations(scan: Scan, width: int, rows: int) -> tuple[list[FloatArray], dict[str, Any]]:
+    """``-ln T`` per channel on the model grid, and the conditioning report."""
+    report = ConditioningReport()
+    planes = []
+    for c in range(scan.channels):
+        trans = condition_channel(scan, c, report)
+        small = _downscale(trans, width, rows)
+        np.maximum(small, np.float32(T_FLOOR), out=small)
+        att = np.asarray(cv2.log(small), dtype=np.float32)
+        np.negative(att, out=att)
+        np.maximum(att, 0.0, out=att)
+        planes.append(att)
+    out = report.as_dict()
+    out["noise"] = round(_air_noise(planes[0]), 5)
+    out["channels"] = scan.channels
+    return planes, out
+
+
+def _features(scan: Scan, inp: InputSpec, norm: NormalizationSpec, padded_width: int | None,
+              ) -> tuple[FloatArray, int, dict[str, Any]]:
+    width = _check(scan, inp)
+    att, report = _attenuations(scan, width, inp.rows)
+    feats = np.zeros((len(inp.channels), inp.rows, max(width, padded_width or 0)), dtype=np.float32)
+    for i, name in enumerate(inp.channels):
+        dst = feats[i, :, :width]
+        if name == "high":
+            np.multiply(att[0], np.float32(1.0 / norm.scale[i]), out=dst)
+        elif name == "low":
+            np.multiply(att[1], np.float32(1.0 / norm.scale[i]), out=dst)
+        elif name == "low_minus_high":
+            if len(att) > 1:
+                np.subtract(att[1], att[0], out=dst)
+                dst *= np.float32(1.0 / norm.scale[i])
+        else:
+            raise ScanFormatError(f"unknown model input channel {name!r}")
+    return feats, width, report
+
+
 def normalize_scan(scan: Scan, inp: InputSpec, norm: NormalizationSpec, padded_width: int | None = None,
                    ) -> tuple[FloatArray, int]:
-    """Resample and normalize a scan to planar ``(channels, rows, width)`` float32.
+    """Condition, resample and normalize a scan to planar ``(channels, rows, width)`` float32.
 
     Returns (data, valid width). With ``padded_width`` the array is that wide, the extra columns
     air (zero attenuation), so no second copy is needed for padding.
     """
-    width = _check(scan, inp)
-    used = 2 if any(name in ("low", "low_minus_high") for name in inp.channels) else 1
-    att = np.zeros((used, inp.rows, max(width, padded_width or 0)), dtype=np.float32)
-    for c in range(used):
-        _attenuation(scan, c, width, inp.rows, norm, out=att[c])
-    feats = np.empty((len(inp.channels), *att.shape[1:]), dtype=np.float32)
-    for i, name in enumerate(inp.channels):
-        if name == "high":
-            np.multiply(att[0], np.float32(1.0 / norm.scale[i]), out=feats[i])
-        elif name == "low":
-            np.multiply(att[1], np.float32(1.0 / norm.scale[i]), out=feats[i])
-        elif name == "low_minus_high":
-            np.subtract(att[1], att[0], out=feats[i])
-            feats[i] *= np.float32(1.0 / norm.scale[i])
-        else:
-            raise ScanFormatError(f"unknown model input channel {name!r}")
+    feats, width, _ = _features(scan, inp, norm, padded_width)
     return feats, width
 
 
@@ -186,62 +181,21 @@ def prepare_scan(scan: Scan, inp: InputSpec, norm: NormalizationSpec, overlap: i
     """`normalize_scan` padded to whole tiles, as float NHWC ``(rows, padded, channels)``."""
     width = _check(scan, inp)
     padded = max(inp.width, -(-width // stride) * stride)
-    data, width = normalize_scan(scan, inp, norm, padded_width=padded)
+    data, width, report = _features(scan, inp, norm, padded)
     return PreparedScan(data=np.ascontiguousarray(data.transpose(1, 2, 0)), width=width,
                         scale_x=scan.columns / width, scale_y=scan.rows / inp.rows,
-                        offsets=tile_offsets(padded, inp.width, overlap, stride))
-
-
-def _log_clipped(scan: Scan, channel: int, width: int, padded: int, rows: int, *, norm: NormalizationSpec,
-                 ) -> tuple[float, FloatArray]:
-    """``(ln(I_air), ln(min(I, I_air)))`` of one resampled channel, padded with air.
-
-    Clipping the intensity at the air level before the log is the same as clipping the
-    attenuation at zero afterwards, and saves a pass.
-    """
-    small = _resampled(scan, channel, width, rows)
-    air = _air_level(small, norm)
-    clipped = np.empty((rows, padded), dtype=np.float32)
-    clipped[:, width:] = air  # padding is air
-    # Clip in uint16 (in place), convert while copying into the padded plane.
-    np.clip(small, 1, int(min(air, 65535.0)), out=small)
-    clipped[:, :width] = small
-    return float(np.log(air)), np.asarray(cv2.log(clipped), dtype=np.float32)
+                        offsets=tile_offsets(padded, inp.width, overlap, stride), report=report)
 
 
 def prepare_quantized(scan: Scan, inp: InputSpec, norm: NormalizationSpec, overlap: int, stride: int,
                       ) -> PreparedScan:
-    """The runtime path: ``(rows, padded, channels)`` in the model's input dtype, NHWC.
-
-    Normalization and quantization are fused into one OpenCV pass per channel
-    (``q = round(a * k + zero_point)`` saturated, with ``a`` written in terms of the logs), and
-    the channels are interleaved once; the values equal ``quantize(prepare_scan(...))`` up to one
-    step on exact rounding ties and the air percentile (nearest rank here, interpolated there).
-    """
+    """The runtime path: ``(rows, padded, channels)`` in the model's input dtype, NHWC."""
+    prepared = prepare_scan(scan, inp, norm, overlap, stride)
     if inp.dtype == "float32" or inp.quantization is None:
-        return prepare_scan(scan, inp, norm, overlap, stride)
-    width = _check(scan, inp)
-    padded = max(inp.width, -(-width // stride) * stride)
-    used = 2 if any(name in ("low", "low_minus_high") for name in inp.channels) else 1
-    logs = [_log_clipped(scan, c, width, padded, inp.rows, norm=norm) for c in range(used)]
-    q = inp.quantization
-    depth = cv2.CV_8S if inp.dtype == "int8" else cv2.CV_8U
-    planes = []
-    for i, name in enumerate(inp.channels):
-        k = 1.0 / (norm.scale[i] * q.scale)
-        if name in ("high", "low"):
-            la, ln = logs[0 if name == "high" else 1]
-            # a * k + zp = (la - ln) * k + zp
-            planes.append(cv2.addWeighted(ln, -k, ln, 0.0, la * k + q.zero_point, dtype=depth))
-        elif name == "low_minus_high":
-            (la0, ln0), (la1, ln1) = logs[0], logs[1]
-            # (a1 - a0) * k + zp = (ln0 - ln1) * k + (la1 - la0) * k + zp
-            planes.append(cv2.addWeighted(ln0, k, ln1, -k, (la1 - la0) * k + q.zero_point, dtype=depth))
-        else:
-            raise ScanFormatError(f"unknown model input channel {name!r}")
-    data = cv2.merge(planes) if len(planes) > 1 else planes[0][:, :, None]
-    return PreparedScan(data=np.asarray(data), width=width, scale_x=scan.columns / width,
-                        scale_y=scan.rows / inp.rows, offsets=tile_offsets(padded, inp.width, overlap, stride))
+        return prepared
+    return PreparedScan(data=quantize(prepared.data, inp.quantization, inp.dtype), width=prepared.width,
+                        scale_x=prepared.scale_x, scale_y=prepared.scale_y, offsets=prepared.offsets,
+                        report=prepared.report)
 
 
 def quantize(x: FloatArray, q: QuantizationSpec | None, dtype: str) -> npt.NDArray[Any]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["VERDICTS", "ReviewRegion", "ReviewResult", "Verdict"]
+__all__ = ["REASON_ERROR", "REASON_UNFAMILIAR", "VERDICTS", "ReviewRegion", "ReviewResult", "Verdict"]
 
 Verdict = Literal["clear", "suspect", "unavailable"]
 VERDICTS: tuple[str, ...] = ("clear", "suspect", "unavailable")
+REASON_UNFAMILIAR = "unfamiliar"
+REASON_ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,12 @@ class ReviewResult:
     is what made a declared-empty scan suspect. ``extra["input"]`` holds the statistics of the
     model input (`inference.adaptation.envelope`) that drift monitoring compares with the model's
     envelope.
+
+    ``reason`` says why a verdict is ``unavailable``: ``unfamiliar`` when the scan lies outside
+    the model's training envelope (``error`` names the signal and ``envelope`` holds them all;
+    the gate decides such a scan ``manual``), ``error`` for every other failure.
+    ``conditioning`` is what preprocessing found and repaired (dead, stuck, noisy rows, flat
+    field, air and dark levels); ``envelope`` the guard's signals.
     """
 
     verdict: Verdict
@@ -62,13 +70,22 @@ class ReviewResult:
     not_empty: bool | None = None
     declared_empty_violation: bool = False
     scan_id: str | None = None
+    reason: str | None = None
+    conditioning: dict[str, Any] = field(default_factory=dict, compare=False)
+    envelope: dict[str, Any] = field(default_factory=dict, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def unfamiliar(self) -> bool:
+        """The scan was outside the training envelope (verdict ``unavailable``)."""
+        return self.verdict == "unavailable" and self.reason == REASON_UNFAMILIAR
 
     @classmethod
     def unavailable(cls, error: str, *, latency_ms: float = 0.0, model: str | None = None,
-                    version: str | None = None, scan_id: str | None = None) -> ReviewResult:
+                    version: str | None = None, scan_id: str | None = None,
+                    reason: str = REASON_ERROR) -> ReviewResult:
         return cls(verdict="unavailable", score=None, not_empty_score=None, latency_ms=latency_ms,
-                   model=model, version=version, error=error, scan_id=scan_id)
+                   model=model, version=version, error=error, scan_id=scan_id, reason=reason)
 
     def to_contract(self) -> dict[str, Any]:
         """Exactly the ``scan.inference`` object of the MQTT contract (section 4).
@@ -101,6 +118,9 @@ class ReviewResult:
             "version": self.version,
             "error": self.error,
             "input": self.extra.get("input"),
+            "reason": self.reason,
+            "conditioning": self.conditioning,
+            "envelope": self.envelope,
         }
 
     @classmethod
@@ -122,4 +142,7 @@ class ReviewResult:
             declared_empty_violation=bool(raw.get("declared_empty_violation", False)),
             scan_id=raw.get("scan_id"),
             extra={"input": dict(raw["input"])} if isinstance(raw.get("input"), dict) else {},
+            reason=raw.get("reason"),
+            conditioning=dict(raw.get("conditioning") or {}),
+            envelope=dict(raw.get("envelope") or {}),
         )

@@ -1,5 +1,11 @@
 """In-process image review: scan -> tiles -> TFLite -> cell maps -> regions -> verdict.
 
+Before the model, `inference.preprocess` conditions the scan (row repair, flat field, dark,
+bit depth) and resamples it; what it repaired travels in the result (``conditioning``). After
+the model, a guard compares the scan with the model's training envelope (`EnvelopeSpec`): a
+scan outside it gets verdict ``unavailable`` with reason ``unfamiliar`` instead of a verdict the
+model cannot vouch for (see `Reviewer.assess`).
+
 The model outputs, per 8 x 8 cell of the resampled scan, the probability that the cell holds
 cargo (``not_empty``) and one probability per anomaly label. Tiles overlap; overlapping cells
 take the maximum. Regions are connected groups of cells whose best anomaly probability reaches
@@ -27,7 +33,7 @@ from inference.adaptation.envelope import input_statistics
 from inference.errors import InferenceError
 from inference.model_spec import ModelSpec
 from inference.preprocess import PreparedScan, dequantize, prepare_quantized
-from inference.result import ReviewRegion, ReviewResult
+from inference.result import REASON_UNFAMILIAR, ReviewRegion, ReviewResult
 from inference.runtime import ModelInfo, TfliteModel
 from inference.scan import Scan
 
@@ -62,6 +68,7 @@ class ScanAnalysis:
     tiles: int
     input_stats: dict[str, float] = field(default_factory=dict)
     """Statistics of the model input (`inference.adaptation.envelope`), for drift monitoring."""
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def anomaly(self) -> FloatArray:
@@ -179,6 +186,7 @@ class Reviewer:
             invoke_ms=invoke_s * 1000.0,
             tiles=len(prepared.offsets),
             input_stats=input_statistics(prepared.data, prepared.width, spec.input),
+            report=prepared.report,
         )
 
     def not_empty_map(self, analysis: ScanAnalysis) -> FloatArray:
@@ -220,6 +228,37 @@ class Reviewer:
         out.sort(key=lambda r: -r.score)
         return out[:MAX_REGIONS]
 
+    def envelope_signals(self, analysis: ScanAnalysis) -> dict[str, float]:
+        """The guard's signals for one analysed scan (see `EnvelopeSpec`)."""
+        report = analysis.report
+        best = analysis.anomaly.max(axis=-1) if analysis.anomaly.size else np.zeros((1, 1), np.float32)
+        rows = max(int(report.get("rows", analysis.scan_rows)), 1)
+        repaired = len(set(report.get("dead_rows", [])) | set(report.get("stuck_rows", []))
+                       | set(report.get("noisy_rows", [])))
+        noise = float(report.get("noise", float("nan")))
+        return {
+            "flagged_share": round(float((best >= self.region_threshold).mean()), 4),
+            "noise": round(noise, 5) if np.isfinite(noise) else 0.0,
+            "air_fraction": round(min(report.get("air_fraction", [1.0]) or [1.0]), 4),
+            "repaired_share": round(repaired / rows, 4),
+            "covered_share": round(int(report.get("covered_rows", 0)) / rows, 4),
+        }
+
+    def assess(self, signals: dict[str, float]) -> str | None:
+        """Why a scan lies outside the training envelope (None: inside). One rule per signal,
+        the same for every scan: no perturbation is recognised or treated on its own."""
+        env = self.spec.envelope
+        checks = (
+            ("flagged_share", signals["flagged_share"] > env.max_flagged_share, env.max_flagged_share),
+            ("noise", signals["noise"] > env.max_noise, env.max_noise),
+            ("air_fraction", signals["air_fraction"] < env.min_air_fraction, env.min_air_fraction),
+            ("repaired_share", signals["repaired_share"] > env.max_repaired_share, env.max_repaired_share),
+            ("covered_share", signals["covered_share"] > env.max_covered_share, env.max_covered_share),
+        )
+        out = [f"{name} {signals[name]:g} outside the training envelope (limit {limit:g})"
+               for name, bad, limit in checks if bad]
+        return "; ".join(out) if out else None
+
     def review(self, scan: Scan, *, declared: str | None = None) -> ReviewResult:
         """Review one scan. ``declared`` (e.g. the release notice's) overrides ``scan.declared``.
 
@@ -228,6 +267,17 @@ class Reviewer:
         """
         t0 = self._clock()
         analysis = self.analyse(scan)
+        info = self.model_info
+        signals = self.envelope_signals(analysis)
+        conditioning = {k: v for k, v in analysis.report.items() if k != "noise"}
+        unfamiliar = self.assess(signals)
+        if unfamiliar is not None:
+            return ReviewResult(
+                verdict="unavailable", score=None, not_empty_score=None,
+                latency_ms=(self._clock() - t0) * 1000.0, model=info.name, version=info.version,
+                error=f"scan unlike the model's training: {unfamiliar}", scan_id=scan.scan_id,
+                reason=REASON_UNFAMILIAR, conditioning=conditioning, envelope=signals,
+                extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles})
         regions = self.regions(analysis)
         anomaly_score = float(analysis.anomaly.max()) if analysis.anomaly.size else 0.0
         cargo = self.not_empty_map(analysis)
@@ -242,7 +292,6 @@ class Reviewer:
             ys, xs = np.nonzero(cargo >= self.not_empty_threshold)
             px, py, pw, ph = self._box(analysis, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             regions.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=not_empty_score, label="not_empty"))
-        info = self.model_info
         return ReviewResult(
             verdict="suspect" if suspect else "clear",
             score=score,
@@ -255,5 +304,7 @@ class Reviewer:
             not_empty=not_empty,
             declared_empty_violation=violation,
             scan_id=scan.scan_id,
+            conditioning=conditioning,
+            envelope=signals,
             extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles, "input": analysis.input_stats},
         )

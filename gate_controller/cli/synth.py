@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--kind", action="append", default=None, metavar="KIND",
                         help="scenario; repeat to cycle (default: random)")
     parser.add_argument("--length", type=int, choices=(20, 40, 45), default=None, help="container length in ft")
+    parser.add_argument("--world", choices=("nominal", "random"), default="nominal",
+                        help="the reference scanner (default) or a randomized scanner and truck per scan "
+                             "(the training world: energies, rows, bit depth, defects, chassis, container types)")
     parser.add_argument("--cargo", default=None, metavar="CARGO",
                         help="force the cargo kind (e.g. empty, cartons) whatever the scenario picks")
     parser.set_defaults(func=_synth)
@@ -72,7 +75,7 @@ def _synth(args: argparse.Namespace) -> int:
     for i in range(args.count):
         seed = args.seed + i
         kind = kinds[i % len(kinds)]
-        syn = generate_scenario(seed, kind, scan_id=f"SYN-{seed:08d}", **overrides)
+        syn = generate_scenario(seed, kind, world=args.world, scan_id=f"SYN-{seed:08d}", **overrides)
         stem = args.out / syn.scan.scan_id
         save_scan(syn.scan, stem.with_suffix(".npz"))
         record = syn.label_record()

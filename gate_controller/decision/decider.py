@@ -158,6 +158,7 @@ class GateDecider:
                 identities, notices, strict=True)),
             plate={"text": plate.text, "confidence": round(plate.confidence, 4)} if plate is not None else None,
             scan=_scan_section(scan_obs, reviewed.result),
+            extra=_unfamiliar_evidence(scan_obs, reviewed.result),
         )
 
     async def _publish_preview(self, scan: Scan, result: ReviewResult) -> None:
@@ -233,7 +234,22 @@ def _scan_facts(scan_obs: ScanObservation | None, result: ReviewResult | None) -
         verdict=result.verdict if result is not None else "unavailable",
         anomaly_score=result.anomaly_score if result is not None else None,
         not_empty_score=result.not_empty_score if result is not None else None,
+        unfamiliar=result.unfamiliar if result is not None else False,
     )
+
+
+def _unfamiliar_evidence(scan_obs: ScanObservation | None, result: ReviewResult | None) -> Mapping[str, Any]:
+    """What the lane's ``REVIEW_UNFAMILIAR`` alarm carries: which scan, why, and the signals."""
+    if scan_obs is None or result is None or not result.unfamiliar:
+        return {}
+    return {"review_unfamiliar": {
+        "scan_id": scan_obs.scan_id,
+        "reason": result.error,
+        "envelope": dict(result.envelope),
+        "conditioning": dict(result.conditioning),
+        "model": result.model,
+        "version": result.version,
+    }}
 
 
 def _container_section(identity: ContainerIdentity, notice: Notice | None) -> Mapping[str, Any]:

@@ -12,6 +12,11 @@ the contract's order. ``release`` is returned only when every precondition holds
 - each container declared ``empty`` shows no cargo (``not_empty_score`` below its threshold);
 - the lane's image review is live, not in shadow mode (``REVIEW_SHADOW``, always ``manual``).
 
+A scan the image review calls *unfamiliar* (verdict ``unavailable``: the scan lies outside the
+model's training envelope, e.g. a scanner it never saw) is ``INFERENCE_UNAVAILABLE`` and always
+``manual``, whatever ``actions`` maps that reason to: it is the gate's own input it cannot trust,
+not evidence for an inspection.
+
 Anything else maps each failed condition to a reason, each reason to an action (configurable
 among inspect/hold/manual), and takes the most severe: manual > inspect > hold. ``manual`` comes
 first because the gate cannot trust its own inputs; ``inspect`` before ``hold`` because a suspect
@@ -171,6 +176,8 @@ class ScanFacts:
     """Cargo score of the whole scan, used for a container that has no score of its own."""
     not_empty_threshold: float | None = None
     """The model's own not-empty threshold (its metadata); ``policy.not_empty_threshold`` overrides."""
+    unfamiliar: bool = False
+    """The review found the scan outside its training envelope (verdict ``unavailable``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +308,8 @@ def decide(inputs: DecisionInputs, config: PolicyConfig) -> Decision:
     blocking = [r for r in ordered if r in DEFAULT_ACTIONS]
     if blocking:
         action = max((config.action_for(r) for r in blocking), key=ACTION_SEVERITY.__getitem__)
+        if scan is not None and scan.unfamiliar and "INFERENCE_UNAVAILABLE" in reasons:
+            return Decision(action="manual", reasons=ordered, extra={"review": "unfamiliar"})
         return Decision(action=action, reasons=ordered)
     # Defence in depth: the code above cannot get here without every precondition, but a release
     # is re-derived from the positive reasons alone before it is returned.

@@ -103,6 +103,9 @@ class LaneCore:
         self._stop_fell_at: float | None = None
         self._started_at = clock()
         self._safety_clear_since: float | None = None
+        # image review out of its depth: REVIEW_UNFAMILIAR at most once per UNFAMILIAR_ALARM_S
+        self._unfamiliar_alarm_at: float | None = None
+        self._unfamiliar_since_alarm = 0
         # passages
         self._current: Passage | None = None
         self._arriving: Passage | None = None
@@ -113,6 +116,7 @@ class LaneCore:
         self._physical_manual = False
         self.counters: dict[str, int] = {
             "passages": 0, "released": 0, "stopped": 0, "cancelled": 0, "operator": 0, "faults": 0,
+            "review_unfamiliar": 0,
         }
 
     @property

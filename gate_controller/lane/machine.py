@@ -47,7 +47,7 @@ from gate_controller.lane.passage import (
     QueueItem,
     StopRequest,
 )
-from gate_controller.lane.tracking import PassageTracking
+from gate_controller.lane.tracking import UNFAMILIAR_ALARM_S, PassageTracking
 from gate_controller.plc.driver import (
     DisplayMessage,
     LaneStateCode,
@@ -59,7 +59,7 @@ from gate_controller.plc.driver import (
     stop_task,
 )
 
-__all__ = ["HubMode", "Lane", "LaneSnapshot", "Mode", "Phase"]
+__all__ = ["UNFAMILIAR_ALARM_S", "HubMode", "Lane", "LaneSnapshot", "Mode", "Phase"]
 
 
 class Lane(PassageTracking, BarrierControl):

@@ -8,6 +8,8 @@ they belong to, and a passage is decided once its evidence is complete.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any, Final
 
 from gate_controller.core.ports import (
     DecisionOutcome,
@@ -24,6 +26,9 @@ from gate_controller.lane.passage import (
     fallback_outcome,
 )
 from gate_controller.lane.transaction import Action
+
+UNFAMILIAR_ALARM_S: Final = 3600.0
+"""REVIEW_UNFAMILIAR is raised at most once per this many seconds per lane."""
 
 
 class PassageTracking(LaneCore):
@@ -269,6 +274,9 @@ class PassageTracking(LaneCore):
                               containers=outcome.containers, plate=outcome.plate, scan=outcome.scan,
                               scan_end_mono=scan_end)
         committed = await self._open(passage)
+        unfamiliar = outcome.extra.get("review_unfamiliar")
+        if unfamiliar is not None:
+            await self._review_unfamiliar(passage, unfamiliar, now)
         if not committed and action == "release":
             action = "manual"
             passage.record.action = "manual"
@@ -331,3 +339,21 @@ class PassageTracking(LaneCore):
             exit_ok = not self._config.exit_detection or cur.exit_seen or now - cur.since >= t.pass_s
             if clear and exit_ok:
                 self._to_phase(cur, Phase.LOWERING)
+
+    async def _review_unfamiliar(self, passage: Passage, evidence: Mapping[str, Any], now: float) -> None:
+        """The image review called a scan of this lane unlike anything its model was trained on.
+        One such scan is decided manual and is no news; a scanner that drifted, was replaced or
+        was never part of the training world produces them all day. The alarm is raised at most
+        once per `UNFAMILIAR_ALARM_S` per lane (momentary: no clearing event) and says how many
+        unfamiliar scans the lane had since the last one."""
+        self._unfamiliar_since_alarm += 1
+        self.counters["review_unfamiliar"] += 1
+        if self._unfamiliar_alarm_at is not None and now - self._unfamiliar_alarm_at < UNFAMILIAR_ALARM_S:
+            return
+        detail = {"transaction_id": passage.id, **evidence, "unfamiliar_scans": self._unfamiliar_since_alarm,
+                  "window_s": UNFAMILIAR_ALARM_S}
+        self._unfamiliar_alarm_at = now
+        self._unfamiliar_since_alarm = 0
+        log.warning("lane %s: scan %s unlike the review model's training: %s", self.id,
+                    evidence.get("scan_id"), evidence.get("reason"))
+        await self._event("alarm", "REVIEW_UNFAMILIAR", "warning", True, detail)

@@ -10,6 +10,10 @@ LiteRT, exactly as on the gate. Definitions:
 * declared-empty accuracy: over scans declared empty, share whose not-empty decision matches
   the truth; false "not empty": share of truly empty declared-empty boxes called loaded.
 
+A scan the guard calls unfamiliar (verdict ``unavailable``, `Reviewer.assess`) counts against
+the model everywhere: its objects are missed, it is a false alarm when clean, and a wrong
+declared-empty decision.
+
 ROC curves sweep the threshold: detection rate per class against the false-alarm rate, and
 not-empty detection against false "not empty".
 """
@@ -30,7 +34,7 @@ import numpy as np
 from inference.reviewer import Reviewer, ScanAnalysis
 from inference.scan import Scan
 from inference.synthetic import generate_scenario
-from inference.training.dataset import FieldSample, split_seed
+from inference.training.dataset import FieldSample, WorldFilter, split_seed, world_key
 
 __all__ = [
     "ScanRecord",
@@ -38,6 +42,7 @@ __all__ = [
     "collect_synthetic",
     "compute_metrics",
     "declared_empty_metrics",
+    "flagged_share_at",
     "not_empty_threshold",
     "plot_roc",
     "score_scan",
@@ -61,6 +66,11 @@ class ScanRecord:
     false_region_scores: list[float] = field(default_factory=list)
     latency_ms: float = 0.0
     invoke_ms: float = 0.0
+    world: str = ""
+    unavailable: bool = False
+    reason: str | None = None
+    signals: dict[str, float] = field(default_factory=dict)
+    flagged_curve: list[float] = field(default_factory=list)  # flagged share at t = 0.02, 0.04, ... 0.98
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -90,23 +100,39 @@ def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]]
         gt_boxes.append((r["x"], r["y"], r["w"], r["h"]))
     false_scores = [reg.score for reg in found
                     if not any(_overlaps((reg.x, reg.y, reg.w, reg.h), b) for b in gt_boxes)]
+    signals = reviewer.envelope_signals(analysis)
+    reason = reviewer.assess(signals)
+    best = anomaly.max(axis=-1)
+    curve = [round(float((best >= t).mean()), 4) for t in CURVE_THRESHOLDS]
     return ScanRecord(
         source=source, scan_id=scan.scan_id, cargo=cargo, declared=scan.declared,
         anomaly_score=float(anomaly.max()), not_empty_score=float(cargo_map.max()),
         not_empty_truth=not_empty_truth, has_anomaly=has_anomaly, objects=objects,
-        false_region_scores=false_scores, latency_ms=latency, invoke_ms=analysis.invoke_ms)
+        false_region_scores=false_scores, latency_ms=latency, invoke_ms=analysis.invoke_ms,
+        unavailable=reason is not None, reason=reason, signals=signals, flagged_curve=curve)
+
+
+CURVE_THRESHOLDS = tuple(k / 50 for k in range(1, 50))
+
+
+def flagged_share_at(record: ScanRecord, threshold: float) -> float:
+    """A record's flagged share at another region threshold (from its stored curve)."""
+    return float(np.interp(threshold, CURVE_THRESHOLDS, record.flagged_curve)) if record.flagged_curve else 0.0
 
 
 def collect_synthetic(reviewer: Reviewer, split: str, base_seed: int, count: int,
-                      kinds: Sequence[str] = ("random",)) -> list[ScanRecord]:
-    """Review ``count`` generated scans of a split; scenario ``kinds`` are taken in turn."""
+                      kinds: Sequence[str] = ("random",), *, world: str = "random",
+                      exclude: WorldFilter | None = None, only: WorldFilter | None = None) -> list[ScanRecord]:
+    """Review ``count`` generated scans of a split; scenario ``kinds`` are taken in turn, each in
+    a randomized world (restricted by ``exclude``/``only``) or the reference one."""
     records = []
     for i in range(count):
         seed = split_seed(split, base_seed, i)
-        syn = generate_scenario(seed, kinds[i % len(kinds)])
-        records.append(score_scan(reviewer, syn.scan, [r.as_dict() for r in syn.regions], source=f"synthetic:{split}",
-                                  cargo=syn.cargo, not_empty_truth=syn.not_empty,
-                                  has_anomaly=bool(syn.regions)))
+        syn = generate_scenario(seed, kinds[i % len(kinds)], world=world, exclude=exclude, only=only)
+        rec = score_scan(reviewer, syn.scan, [r.as_dict() for r in syn.regions], source=f"synthetic:{split}",
+                         cargo=syn.cargo, not_empty_truth=syn.not_empty, has_anomaly=bool(syn.regions))
+        rec.world = world_key(syn.world)
+        records.append(rec)
         if (i + 1) % 250 == 0:
             _log.info("evaluated %d/%d %s scans", i + 1, count, split)
     return records
@@ -185,15 +211,18 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
     negatives = [r for r in records if not r.has_anomaly]
     per_class: dict[str, Any] = {}
     for label in labels:
-        objs = [o for r in records for o in r.objects if o["label"] == label]
+        objs = [o for r in records if not r.unavailable for o in r.objects if o["label"] == label]
+        missed_unavailable = sum(o["label"] == label for r in records if r.unavailable for o in r.objects)
         detected = [o for o in objs if o["score"] >= suspect]
+        objs = objs + [{"label": label, "score": 0.0}] * missed_unavailable
         per_class[label] = {
             "objects": len(objs),
             "detected": len(detected),
             "detection_rate": round(len(detected) / len(objs), 4) if objs else None,
             "label_accuracy": round(np.mean([o["predicted"] == label for o in detected]), 4) if detected else None,
         }
-    false_alarm = _rate([r.anomaly_score for r in negatives], suspect)
+    false_alarm = (float(np.mean([r.anomaly_score >= suspect or r.unavailable for r in negatives]))
+                   if negatives else float("nan"))
     latencies = np.array([r.latency_ms for r in records]) if records else np.zeros(1)
     return {
         "scans": len(records),
@@ -201,6 +230,8 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
         "thresholds": {"suspect": round(suspect, 4), "not_empty": round(not_empty, 4)},
         "detection": per_class,
         "false_alarm_scan_rate": round(false_alarm, 4),
+        "unavailable_rate": round(float(np.mean([r.unavailable for r in records])), 4) if records else None,
+        "unavailable_clean": sum(r.unavailable for r in negatives),
         "false_regions_per_clean_scan": round(float(np.mean([
             sum(s >= suspect for s in r.false_region_scores) for r in negatives])), 4) if negatives else None,
         "declared_empty": declared_empty_metrics(records, not_empty),
@@ -212,7 +243,7 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
 def declared_empty_metrics(records: Sequence[ScanRecord], not_empty: float) -> dict[str, Any]:
     """Declared-empty verification figures of the records at threshold ``not_empty``."""
     declared_empty = [r for r in records if r.declared == "empty" and r.not_empty_truth is not None]
-    correct = [(r.not_empty_score >= not_empty) == r.not_empty_truth for r in declared_empty]
+    correct = [not r.unavailable and (r.not_empty_score >= not_empty) == r.not_empty_truth for r in declared_empty]
     truly_empty = [r for r in declared_empty if r.not_empty_truth is False]
     loaded = [r for r in declared_empty if r.not_empty_truth is True]
     return {

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from inference.model_spec import (
     FORMAT,
+    EnvelopeSpec,
     InputSpec,
     ModelSpec,
     OutputSpec,
@@ -65,11 +67,11 @@ class TrainOptions:
     scans: int = 8000
     val_scans: int = 1200
     val_empty_scans: int = 600
-    steps: int = 5000
+    steps: int = 6000
     batch: int = 16
     learning_rate: float = 2e-3
     out_dir: Path = Path(__file__).resolve().parent.parent / "models"
-    version: str = "1.1.0"
+    version: str = "2.0.0"
     cache_dir: Path | None = Path(tempfile.gettempdir()) / "smartgate-train-cache"
     samples: list[Path] = field(default_factory=list)
     field_holdout: float = 0.2
@@ -78,6 +80,8 @@ class TrainOptions:
     threads: int = 2
     target_false_alarm: float = 0.015
     target_false_not_empty: float = 0.005
+    exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)  # leave-one-out: region held out
+    ema: float = 0.998
 
 
 def _holdout(sample: FieldSample, fraction: float) -> bool:
@@ -122,8 +126,27 @@ class _Batches:
         ts, ws = t[:, start:start + cells].astype(np.float32), w[:, start:start + cells].astype(np.float32)
         if rng.random() < 0.5:  # trucks drive through in either direction
             xs, ts, ws = xs[:, ::-1], ts[:, ::-1], ws[:, ::-1]
-        xs = xs * rng.uniform(0.93, 1.07, size=(1, 1, xs.shape[2])).astype(np.float32)
-        return xs, ts, ws
+        return self.augment(xs), ts, ws
+
+    def augment(self, xs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Strong photometric augmentation on top of the randomized world: channel gains, the
+        material channel's contrast (another source's spectra), its loss (single energy),
+        residual noise, blur."""
+        rng = self.rng
+        xs = xs * rng.uniform(0.9, 1.1, size=(1, 1, xs.shape[2])).astype(np.float32)
+        if xs.shape[2] > 1:
+            if rng.random() < 0.1:
+                xs[..., 1] = 0.0
+            else:
+                xs[..., 1] *= np.float32(rng.uniform(0.75, 1.3))
+        if rng.random() < 0.3:
+            xs = xs + rng.normal(0.0, rng.uniform(0.002, 0.02), size=xs.shape).astype(np.float32)
+        if rng.random() < 0.15:
+            xs = np.asarray(cv2.GaussianBlur(np.ascontiguousarray(xs), (0, 0), sigmaX=rng.uniform(0.5, 1.2)),
+                            dtype=np.float32)
+            if xs.ndim == 2:
+                xs = xs[:, :, None]
+        return np.asarray(np.maximum(xs, -0.05), dtype=np.float32)
 
     def __call__(self, batch: int) -> tuple[npt.NDArray[np.float32], ...]:
         idx = self.rng.integers(0, len(self.data), size=batch)
@@ -157,6 +180,14 @@ def _field_batch(examples: list[Example], rng: np.random.Generator, g: Geometry,
     return x, t, w, valid, bag
 
 
+def _recompute_batch_norm(model: Any, batches: _Batches, count: int) -> None:
+    """Re-estimate the batch-norm statistics for the averaged weights (they were tracked for the
+    raw ones): forward passes in training mode with the momentum kept, no weight update."""
+    for _ in range(count):
+        x, *_ = batches(16)
+        model(x, training=True)
+
+
 def _representative(batches: _Batches, count: int) -> Iterator[list[npt.NDArray[np.float32]]]:
     for _ in range(count):
         x, *_ = batches(1)
@@ -179,6 +210,9 @@ def train(opts: TrainOptions) -> Path:
     rng = np.random.default_rng(opts.seed)
 
     data = build_synthetic_set("train", opts.seed, opts.scans, g, cache_dir=opts.cache_dir, workers=opts.workers)
+    if opts.exclude:
+        data = data.without(opts.exclude)
+        _log.info("leave-one-out: %s held out of training", opts.exclude)
     gen_s = time.monotonic() - started
     _log.info("training set: %d scans, %d model columns (%.0f s)", len(data), int(data.widths.sum()), gen_s)
     field_samples, field_val = _split_field_samples(opts)
@@ -190,7 +224,9 @@ def train(opts: TrainOptions) -> Path:
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=opts.learning_rate * 0.1, decay_steps=max(1, opts.steps - 100),
         warmup_target=opts.learning_rate, warmup_steps=min(100, opts.steps // 10), alpha=0.05)
-    optimizer = tf.keras.optimizers.Adam(learning_rate=schedule)
+    # Weight averaging (EMA): the exported weights are the moving average of the trained ones.
+    optimizer = tf.keras.optimizers.Adam(learning_rate=schedule, use_ema=opts.ema > 0,
+                                         ema_momentum=opts.ema if opts.ema > 0 else 0.99)
     chan_weight = tf.constant([POS_WEIGHT.get(name, 3.0) for name in g.outputs], dtype=tf.float32)
 
     def train_step(x: Any, t: Any, w: Any, valid: Any, bag: Any) -> Any:
@@ -221,6 +257,9 @@ def train(opts: TrainOptions) -> Path:
         if i % 100 == 0 or i == opts.steps:
             _log.info("step %d/%d loss %.4f (%.0f s)", i, opts.steps, running, time.monotonic() - t_train)
     train_s = time.monotonic() - t_train
+    if opts.ema > 0:
+        optimizer.finalize_variable_values(model.trainable_variables)
+        _recompute_batch_norm(model, batches, 60)
 
     export = build_export_model(model, g)
     converter = tf.lite.TFLiteConverter.from_keras_model(export)
@@ -237,10 +276,13 @@ def train(opts: TrainOptions) -> Path:
     spec = _initial_spec(model_path, g, opts, {
         "seed": opts.seed,
         "framework": f"tensorflow {tf.__version__}",
-        "data": (f"{opts.scans} synthetic scans from inference.synthetic, training mixture TRAIN_MIX "
-                 "(28 % clean loaded incl. extra machinery/mixed, 12 % empty, 8 % declared empty but loaded, "
-                 "22 % weapon, 14 % dense_object, 10 % organic_mass, 6 % vehicle); 20/40/45 ft; Beer-Lambert "
-                 "dual energy, detector noise, gain drift, speed stretching; random 256 x 256 tiles"
+        "data": (f"{len(data)} synthetic scans from inference.synthetic in randomized worlds (energies, "
+                 "rows and pitch, bit depth, air/dark, gain, noise, scatter/blur, afterglow, row defects, "
+                 "speed, chassis, tractor, container types, layouts; see docs/image-review.md), training "
+                 "mixture TRAIN_MIX (30 % clean loaded incl. extra machinery/mixed/coils, 12 % empty, "
+                 "7 % declared empty but loaded, 20 % weapon, 12 % dense_object, 9 % organic_mass, "
+                 "5 % vehicle); random 256 x 256 tiles, augmented; EMA of the weights"
+                 + (f"; held out: {opts.exclude}" if opts.exclude else "")
                  + (f" + {len(field_train)} field samples" if field_train else "")),
         "steps": opts.steps,
         "batch": opts.batch,
@@ -311,21 +353,23 @@ def _calibrate(model_path: Path, spec: ModelSpec, opts: TrainOptions,
     )
 
     reviewer = Reviewer(model_path, num_threads=1)
-    mixture = collect_synthetic(reviewer, "val", opts.seed, opts.val_scans)
+    held_out = opts.exclude or None
+    mixture = collect_synthetic(reviewer, "val", opts.seed, opts.val_scans, exclude=held_out)
     mixture += collect_field(reviewer, field_val)
     # Declared-empty boxes are a small share of the mixture: more of them, truly empty and
     # loaded in turn, so the not-empty threshold rests on enough boxes. They are kept out of the
     # suspect threshold: extra easy anomaly-free scans would dilute the false-alarm rate.
     empties = collect_synthetic(reviewer, "val_empty", opts.seed, opts.val_empty_scans,
-                                kinds=("empty", "misdeclared_empty"))
+                                kinds=("empty", "misdeclared_empty"), exclude=held_out)
     records = mixture + empties
     suspect = suspect_threshold(mixture, opts.target_false_alarm)
     not_empty = not_empty_threshold(records, opts.target_false_not_empty)
     metrics = compute_metrics(mixture, suspect, not_empty, spec.labels)
     metrics["declared_empty"] = declared_empty_metrics(records, not_empty)
     _log.info("calibrated on %d validation scans: suspect %.3f, not_empty %.3f", len(records), suspect, not_empty)
-    thresholds = spec.thresholds.model_copy(update={"suspect": suspect, "not_empty": not_empty,
-                                                    "region": round(suspect * 0.6, 4)})
+    region = round(suspect * 0.6, 4)
+    thresholds = spec.thresholds.model_copy(update={"suspect": suspect, "not_empty": not_empty, "region": region})
+    envelope = _envelope(records, region)
     training = dict(spec.training)
     training["calibration"] = (
         f"suspect = lowest value with <= {opts.target_false_alarm:.1%} false-alarm scans (mixture only); "
@@ -334,8 +378,28 @@ def _calibrate(model_path: Path, spec: ModelSpec, opts: TrainOptions,
         f"lowest loaded declared-empty box when they separate; on {len(records)} validation scans "
         f"({opts.val_scans} 'random' mixture + {opts.val_empty_scans} declared empty, splits 'val' and "
         "'val_empty', disjoint from training and test seeds), measured with LiteRT")
-    return spec.model_copy(update={"thresholds": thresholds, "training": training,
+    return spec.model_copy(update={"thresholds": thresholds, "training": training, "envelope": envelope,
                                    "metrics": {"validation": metrics}})
+
+
+def _envelope(records: list[Any], region: float) -> EnvelopeSpec:
+    """The training envelope from the validation scans (randomized worlds, every regime): each
+    limit lies 1.5 times beyond the most extreme validation scan, so the guard only fires on
+    scans clearly outside what the model was trained and calibrated on."""
+    from inference.training.evaluate import flagged_share_at
+
+    flagged = max((flagged_share_at(r, region) for r in records), default=0.2)
+    noise = max((r.signals.get("noise", 0.0) for r in records), default=0.02)
+    air = min((r.signals.get("air_fraction", 1.0) for r in records), default=0.1)
+    defaults = EnvelopeSpec()
+    return EnvelopeSpec(
+        max_flagged_share=round(min(0.9, max(0.25, 1.5 * flagged)), 4),
+        max_noise=round(max(0.02, 1.5 * noise), 5),
+        min_air_fraction=round(min(defaults.min_air_fraction, air / 1.5), 4),
+        max_repaired_share=defaults.max_repaired_share,
+        max_covered_share=defaults.max_covered_share,
+        basis=(f"1.5 x the extremes of {len(records)} validation scans: flagged share {flagged:.3f}, "
+               f"noise {noise:.4f}, air fraction {air:.3f}; repaired and covered row shares: defaults"))
 
 
 def recalibrate(model_path: Path, opts: TrainOptions) -> ModelSpec:

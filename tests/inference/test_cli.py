@@ -85,3 +85,14 @@ def test_review_bad_file_and_bad_model(scans: Path, tmp_path: Path, capsys: pyte
     model.write_bytes(model.read_bytes()[:-10])
     assert main(["review", "--model", str(model), good]) == 3
     assert "SHA-256" in capsys.readouterr().err
+
+
+def test_synth_random_world(tmp_path: Path) -> None:
+    assert main(["synth", "--out", str(tmp_path), "--count", "3", "--seed", "40", "--world", "random"]) == 0
+    shapes = set()
+    for path in sorted(tmp_path.glob("*.npz")):
+        scan = load_scan(path)
+        world = scan.meta["synthetic"]["world"]
+        assert scan.pixels.shape[:2] == (1 if world["energy"] == "single" else 2, world["rows"])
+        shapes.add(scan.pixels.shape)
+    assert len(shapes) == 3

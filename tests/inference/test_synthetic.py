@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,11 +13,15 @@ from inference.scan import Scan, load_scan, save_scan
 from inference.synthetic import (
     ANOMALY_CLASSES,
     CARGO_KINDS,
+    CONTAINER_TYPES,
+    ENERGY_SETTINGS,
     LOW_HIGH_RATIO,
     SCENARIOS,
     SyntheticScan,
     generate_scan,
     generate_scenario,
+    nominal_world,
+    sample_world,
 )
 
 
@@ -90,19 +95,33 @@ def test_anomaly_region_ground_truth_and_attenuation(label: str) -> None:
     assert syn.finding == "contraband"
 
 
+def _visible(label: str, seed: int, **kwargs: Any) -> SyntheticScan:
+    """The first scan from ``seed`` on whose object the detector column sees (objects hidden in
+    a chassis may lie below it)."""
+    while True:
+        syn = generate_scan(seed, anomalies=(label,), **kwargs)
+        if syn.regions:
+            return syn
+        assert label not in syn.labels
+        seed += 1
+
+
+def _excess_ratio(syn: SyntheticScan, **kwargs: Any) -> float:
+    """Low/high ratio of the attenuation the object adds (the same scene without it subtracted)."""
+    bare = generate_scan(syn.scan.meta["synthetic"]["seed"], **kwargs)
+    r = syn.regions[0]
+    box = (slice(r.y, r.y + r.h), slice(r.x, r.x + r.w))
+    hi = _att(syn.scan, 0)[box] - _att(bare.scan, 0)[box]
+    lo = _att(syn.scan, 1)[box] - _att(bare.scan, 1)[box]
+    sel = (hi > 0.3) & (hi < 5.0)
+    return float(np.median(lo[sel] / hi[sel]))
+
+
 def test_dual_energy_separates_organic_from_metal() -> None:
-    organic = generate_scan(31, cargo="empty", anomalies=("organic_mass",), clutter=False)
-    dense = generate_scan(31, cargo="empty", anomalies=("dense_object",), clutter=False)
-
-    def ratio(syn: SyntheticScan) -> float:
-        r = syn.regions[0]
-        scan = syn.scan
-        box = (slice(r.y, r.y + r.h), slice(r.x, r.x + r.w))
-        hi, lo = _att(scan, 0)[box], _att(scan, 1)[box]
-        sel = (hi > 0.3) & (hi < 5.0)
-        return float(np.median(lo[sel] / hi[sel]))
-
-    r_org, r_metal = ratio(organic), ratio(dense)
+    organic = _visible("organic_mass", 31, cargo="empty", clutter=False)
+    dense = _visible("dense_object", 31, cargo="empty", clutter=False)
+    r_org = _excess_ratio(organic, cargo="empty", clutter=False)
+    r_metal = _excess_ratio(dense, cargo="empty", clutter=False)
     # Low energy attenuates more than high energy, and more so for organic material.
     assert r_org > r_metal > 1.0
     assert abs(r_org - LOW_HIGH_RATIO[0]) < 0.12
@@ -170,3 +189,108 @@ def test_bad_arguments() -> None:
         generate_scan(1, channels=3)
     with pytest.raises(ValueError, match="scenario"):
         generate_scenario(1, "nothing")
+
+
+# --- the randomized world ---------------------------------------------------------------------
+
+
+def test_random_worlds_vary_every_scanner_knob() -> None:
+    scans = [generate_scenario(seed, "random", world="random") for seed in range(60)]
+    worlds = [s.world for s in scans]
+    assert {w["energy"] for w in worlds} == set(ENERGY_SETTINGS)
+    assert len({w["rows"] for w in worlds}) >= 5
+    assert {w["bits"] for w in worlds} == {8, 16}
+    assert len({w["container"] for w in worlds}) >= 5
+    assert len({w["chassis"] for w in worlds}) >= 3
+    for syn in scans:
+        w = syn.world
+        assert syn.scan.pixels.shape[:2] == (1 if w["energy"] == "single" else 2, w["rows"])
+        assert syn.scan.bits == w["bits"]
+        assert syn.scan.pixels.dtype == (np.uint8 if w["bits"] == 8 else np.uint16)
+        # The pulse pitch follows the world; the scan still spans the vehicle and its margins.
+        assert 3.0 < syn.scan.pixel_mm < 11.0
+        for r in syn.regions:
+            assert 0 <= r.x < r.x + r.w <= syn.scan.columns
+            assert 0 <= r.y < r.y + r.h <= syn.scan.rows
+
+
+def test_same_seed_same_random_world() -> None:
+    a = generate_scenario(77, "weapon", world="random")
+    b = generate_scenario(77, "weapon", world="random")
+    assert a.world == b.world
+    assert a.scan.sha256() == b.scan.sha256()
+
+
+def test_exclude_and_only_restrict_the_world() -> None:
+    for seed in range(40):
+        w = sample_world(np.random.default_rng(seed), exclude={"energy": ("6/9",), "container": ("reefer",)})
+        assert w.energy != "6/9"
+        assert w.container != "reefer"
+        only = sample_world(np.random.default_rng(seed), only={"noise": ("high",)})
+        assert only.noise == "high"
+        assert only.quantum >= 2.0
+    with pytest.raises(ValueError, match="energy"):
+        sample_world(np.random.default_rng(0), exclude={"energy": ENERGY_SETTINGS})
+
+
+@pytest.mark.parametrize("container", CONTAINER_TYPES)
+def test_every_container_type_with_cargo_and_anomaly(container: str) -> None:
+    world = nominal_world(container=container, tractor="skipped", chassis="flatbed")
+    empty = generate_scan(5, cargo="empty", world=world, clutter=False)
+    syn = generate_scan(5, cargo="cartons", anomalies=("dense_object",), world=world, clutter=False)
+    assert syn.world["container"] == container
+    assert len(syn.regions) == 1
+    r = syn.regions[0]
+    box = (slice(r.y, r.y + r.h), slice(r.x, r.x + r.w))
+    assert _att(syn.scan, 0)[box].mean() > _att(empty.scan, 0)[box].mean() + 0.1
+
+
+def test_twin_twenty_and_bare_chassis_layouts() -> None:
+    twin = generate_scan(6, cargo="bags", world=nominal_world(layout="twin", col_mm=6.0))
+    single = generate_scan(6, cargo="bags", length_ft=20, world=nominal_world(col_mm=6.0))
+    assert twin.scan.columns > 1.9 * single.scan.columns
+    # Declared empty on a trailer without container: nothing is cargo.
+    bare = generate_scan(7, cargo="empty", declared="empty", world=nominal_world(layout="none"), with_masks=True)
+    assert not bare.not_empty
+    assert not bare.masks["cargo"].any()
+    # A loaded scan never ends up without a box.
+    assert generate_scan(7, cargo="bags", world=nominal_world(layout="none")).world["layout"] == "box"
+
+
+def test_anomalies_are_hidden_in_the_vehicle_too() -> None:
+    places = set()
+    for seed in range(80):
+        syn = generate_scenario(seed, "dense_object", world="random")
+        bottom = syn.world["span_top_mm"] - syn.world["span_bottom_mm"]
+        for r in syn.regions:
+            # Below the box floor (chassis, fuel tank): the region's centre is low in the column.
+            places.add("low" if (r.y + r.h / 2) / syn.scan.rows > 0.8 else "load")
+        assert bottom > 0
+    assert places == {"low", "load"}
+
+
+def test_detector_defects_and_single_energy() -> None:
+    world = nominal_world(dead_rows=2, stuck_rows=1, energy="single")
+    syn = generate_scan(8, cargo="cartons", world=world)
+    px = syn.scan.pixels
+    assert px.shape[0] == 1
+    constant = [r for r in range(px.shape[1]) if px[0, r].min() == px[0, r].max()]
+    assert len(constant) == 3
+    eight = generate_scan(8, cargo="cartons", world=nominal_world(bits=8))
+    assert eight.scan.bits == 8
+    assert eight.scan.pixels.max() > 200
+
+
+def test_energy_pairs_differ_in_material_separation() -> None:
+    def ratio(energy: str) -> float:
+        world = nominal_world(energy=energy)
+        syn = _visible("organic_mass", 31, cargo="empty", clutter=False, world=world)
+        return _excess_ratio(syn, cargo="empty", clutter=False, world=world)
+
+    assert ratio("3/6") > ratio("4/6") > ratio("6/9") > 1.0
+
+
+def test_modules_stay_small() -> None:
+    package = Path(__file__).resolve().parents[2] / "inference" / "synthetic"
+    for path in package.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 500, path.name

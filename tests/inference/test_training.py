@@ -10,15 +10,18 @@ import pytest
 
 from gate_controller.cli import main
 from inference.errors import ScanFormatError
+from inference.training.__main__ import parse_region
 from inference.training.dataset import (
     ExampleSet,
     field_example,
+    in_region,
     load_field_samples,
     split_seed,
     synthetic_example,
 )
 from inference.training.evaluate import ScanRecord, compute_metrics, not_empty_threshold, suspect_threshold
 from inference.training.geometry import Geometry
+from inference.training.loo import slice_table
 
 G = Geometry()
 
@@ -56,6 +59,34 @@ def test_example_set_round_trip(tmp_path: Path) -> None:
     for i in range(2):
         for a, b in zip(back.example(i), data.example(i), strict=True):
             assert np.array_equal(a, b)
+
+
+def test_leave_one_out_removes_a_region_of_the_world() -> None:
+    examples = [synthetic_example(split_seed("train", 1, i), G, kind="empty") for i in range(12)]
+    data = ExampleSet(examples, G)
+    assert all(key.startswith("energy=") for key in data.worlds)
+    region = {"energy": ("single",)}
+    kept = data.without(region)
+    singles = sum(in_region(key, region) for key in data.worlds)
+    assert 0 < singles < len(data)  # the region is present in this sample and not all of it
+    assert len(kept) == len(data) - singles
+    assert not any(in_region(key, region) for key in kept.worlds)
+    for i in range(len(kept)):
+        j = data.worlds.index(kept.worlds[i]) if kept.worlds.count(kept.worlds[i]) == 1 else None
+        if j is not None:
+            for a, b in zip(kept.example(i), data.example(j), strict=True):
+                assert np.array_equal(a, b)
+    assert parse_region(["energy=6/9", "noise=high"]) == {"energy": ("6/9",), "noise": ("high",)}
+    with pytest.raises(SystemExit, match="bad region"):
+        parse_region(["energy=12/15"])
+
+
+def test_loo_table_lists_every_slice_and_test_set() -> None:
+    figures = {"scans": 10, "detection": {"weapon": 0.9}, "false_alarm": 0.01, "declared_empty": 1.0,
+               "unavailable": 0.0}
+    table = slice_table([{"slice": "energy=6/9", "held_out": figures, "control": figures}])
+    assert "| energy=6/9 | held-out slice | 10 | 90.0 % | 1.0 % | 100.0 % | 0.0 % |" in table
+    assert "| energy=6/9 | rest of the stream |" in table
 
 
 def test_field_samples_from_a_labelled_directory(tmp_path: Path) -> None:

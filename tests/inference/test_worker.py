@@ -146,14 +146,21 @@ def test_corrupt_model_is_unavailable(tmp_path: Path) -> None:
 
 def test_bad_scan_is_unavailable_and_worker_keeps_running() -> None:
     good = synthetic(206, cargo="cartons").scan
-    single = scan_with(good, pixels=np.ascontiguousarray(good.pixels[:1]))
+    tiny = scan_with(good, pixels=np.ascontiguousarray(good.pixels[:, :8, :]))
+    black = scan_with(good, pixels=np.zeros_like(good.pixels))
 
     async def run() -> None:
         async with ReviewWorker(timeout_s=20.0) as worker:
             pid = worker.pid
-            bad = await worker.review(single)
+            bad = await worker.review(tiny)
             assert bad.verdict == "unavailable"
-            assert "dual-energy" in (bad.error or "")
+            assert "too small" in (bad.error or "")
+            assert bad.reason == "error"
+            assert worker.pid == pid
+            # Outside the training envelope: unavailable for a reason the gate maps to manual.
+            alien = await worker.review(black)
+            assert alien.unfamiliar
+            assert alien.envelope["air_fraction"] < 0.05
             assert worker.pid == pid
             ok = await worker.review(good, declared="general")
             assert ok.verdict in ("clear", "suspect")

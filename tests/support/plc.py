@@ -96,9 +96,11 @@ class InMemoryJournal:
 class ScriptedDecider:
     """Answers with scripted actions (then ``default``), after ``delay_s``; keeps every call."""
 
-    def __init__(self, default: str = "release", delay_s: float = 0.0) -> None:
+    def __init__(self, default: str = "release", delay_s: float = 0.0,
+                 extra: Mapping[str, Any] | None = None) -> None:
         self.default = default
         self.delay_s = delay_s
+        self.extra = dict(extra or {})
         self.script: deque[str] = deque()
         self.calls: list[PassageEvidence] = []
         self.outcomes: dict[str, DecisionOutcome] = {}
@@ -128,7 +130,7 @@ class ScriptedDecider:
                     "inference": {"model": "test", "version": "0", "score": 0.01, "verdict": "clear",
                                   "regions": [], "latency_ms": 1}}
         outcome = DecisionOutcome(action=action, reasons=REASONS[action], containers=containers,  # type: ignore[arg-type]
-                                  plate=plate, scan=scan)
+                                  plate=plate, scan=scan, extra=self.extra)
         self.outcomes[evidence.transaction_id] = outcome
         return outcome
 

@@ -327,3 +327,18 @@ def test_naive_datetimes_are_not_used_for_expiry() -> None:
     passage = replace(inputs(facts(A, released(A, expires_at=at(100)))), decided_at=datetime(2026, 1, 1))
     with pytest.raises(TypeError):
         decide(passage, PolicyConfig())
+
+
+def test_an_unfamiliar_scan_is_manual_whatever_the_action_map_says() -> None:
+    """A scan outside the review model's training envelope is not evidence for an inspection:
+    INFERENCE_UNAVAILABLE and manual, even where a site maps that reason to inspect or hold."""
+    unfamiliar = replace(CLEAR, verdict="unavailable", anomaly_score=None, unfamiliar=True)
+    for actions in ({}, {"INFERENCE_UNAVAILABLE": "inspect"}, {"INFERENCE_UNAVAILABLE": "hold"}):
+        config = PolicyConfig(actions=actions)  # type: ignore[arg-type]
+        decision = decide(inputs(scan=unfamiliar), config)
+        assert decision.action == "manual"
+        assert decision.reasons == ("ALL_RELEASED", "INFERENCE_UNAVAILABLE")
+        assert decision.extra == {"review": "unfamiliar"}
+    # Any other unavailable review follows the configured action.
+    failed = replace(CLEAR, verdict="unavailable", anomaly_score=None)
+    assert decide(inputs(scan=failed), PolicyConfig(actions={"INFERENCE_UNAVAILABLE": "inspect"})).action == "inspect"

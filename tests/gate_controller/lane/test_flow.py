@@ -8,7 +8,7 @@ import re
 import pytest
 
 from gate_controller.core.ports import CommandRefused
-from gate_controller.lane.machine import Mode, Phase
+from gate_controller.lane.machine import UNFAMILIAR_ALARM_S, Mode, Phase
 from gate_controller.lane.transaction import TransactionRecord
 from gate_controller.plc.driver import DisplayMessage, LaneStateCode
 from gate_controller.plc.sim import Spot
@@ -390,3 +390,33 @@ async def test_a_truck_taken_for_the_trailer_of_the_one_in_front_never_lends_it_
         assert not any(w.value for w in rig.plc.writes_of("barrier_raise"))
         rig.plc.move(a, Spot.GONE)
         rig.plc.move(b, Spot.GONE)
+
+
+async def test_unfamiliar_scans_raise_review_unfamiliar_at_most_once_an_hour() -> None:
+    evidence = {"scan_id": "S-1", "reason": "scan unlike the model's training: flagged_share 0.6 outside",
+                "envelope": {"flagged_share": 0.6, "noise": 0.003}, "conditioning": {"dead_rows": []},
+                "model": "m", "version": "2"}
+    decider = ScriptedDecider(default="manual", extra={"review_unfamiliar": evidence})
+    async with lane_rig(decider=decider) as rig:
+        for n in range(3):
+            if n == 2:
+                rig.clock.advance(UNFAMILIAR_ALARM_S + 1.0)
+            truck = await rig.plc.vehicle_arrives()
+            await rig.passage_evidence()
+            await rig.plc.vehicle_to_stop_line(truck)
+            await rig.until(lambda: rig.lane.phase is Phase.STOPPED, what="stopped")
+            await rig.plc.vehicle_backs_out(truck)
+            await rig.until(lambda n=n: len(rig.journal.completed) == n + 1, what="done")
+            await rig.settle(0.1)
+        alarms = rig.journal.codes("REVIEW_UNFAMILIAR")
+        assert len(alarms) == 2  # the second scan fell within the hour of the first alarm
+        first, second = alarms
+        assert first["type"] == "alarm"
+        assert first["severity"] == "warning"
+        assert first["active"] is True
+        assert first["lane"] == rig.lane.id
+        assert first["detail"]["scan_id"] == "S-1"
+        assert first["detail"]["envelope"]["flagged_share"] == 0.6
+        assert first["detail"]["unfamiliar_scans"] == 1
+        assert second["detail"]["unfamiliar_scans"] == 2  # the suppressed one and this one
+        assert rig.lane.counters["review_unfamiliar"] == 3
