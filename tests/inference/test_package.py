@@ -27,7 +27,7 @@ from inference.package.keys import TrustedKey
 from inference.package.loader import resolve_model_path
 from inference.reviewer import Reviewer
 from inference.worker import ReviewWorker
-from tests.support.inference import shipped_model, synthetic
+from tests.support.inference import shipped_model, shipped_version, synthetic
 
 __all__ = ["shipped_model"]
 
@@ -193,7 +193,7 @@ def test_worker_reload_switches_without_restart_and_keeps_serving_on_failure(
     async def main() -> None:
         async with ReviewWorker(shipped_model) as worker:
             first = await worker.review(scan)
-            assert first.version == "1.1.0"
+            assert first.version == shipped_version()
             old_pid = worker.pid
             assert await worker.reload(pkg) is True
             assert worker.pid != old_pid

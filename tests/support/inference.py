@@ -23,6 +23,7 @@ __all__ = [
     "rewrite_metadata",
     "scan_with",
     "shipped_model",
+    "shipped_version",
     "synthetic",
     "to_8bit",
 ]
@@ -75,3 +76,10 @@ def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
 
 def to_8bit(scan: Scan) -> Scan:
     return scan_with(scan, pixels=(scan.pixels >> 8).astype(np.uint8), bits=8)
+
+
+def shipped_version() -> str:
+    """The version of the model shipped in inference/models (its metadata)."""
+    from inference.model_spec import load_spec
+
+    return load_spec(metadata_path_for(DEFAULT_MODEL_PATH)).version

@@ -31,6 +31,7 @@ from inference.synthetic import generate_scan
 from inference.worker import ReviewWorker
 from tests.support.broker import BROKER_MARKS, HUB_USER, MosquittoBroker, running_broker
 from tests.support.hub import GATE, ROOT, SITE, Collector, mqtt_config, write_key
+from tests.support.inference import shipped_version
 
 pytestmark = [*BROKER_MARKS, pytest.mark.slow]
 
@@ -140,7 +141,7 @@ def test_packages_over_mqtt_installed_or_refused_with_an_event(broker: Mosquitto
                     await asyncio.to_thread(collector.wait_for, lambda c: len(events(c, "MODEL_PACKAGE")) == 5, 30.0)
                     assert [r["version"] for r in g.store.installed()] == ["2.1.0"]
                     assert g.worker.model_info is not None
-                    assert g.worker.model_info.version == "1.1.0"  # installing never switches
+                    assert g.worker.model_info.version == shipped_version()  # installing never switches
                     digest = g.store.installed()[0]["digest"]
                     await g.models.activate("xray", "2.1.0", digest, by="ops@hub")
                     assert (await g.worker.review(generate_scan(3).scan)).version == "2.1.0"
@@ -185,7 +186,7 @@ def test_canary_failure_keeps_the_current_model(broker: MosquittoBroker, tmp_pat
                 assert g.worker.pid == pid  # never switched
                 assert g.store.active() is None
                 result = await g.worker.review(clean_scans[0])
-                assert result.version == "1.1.0"
+                assert result.version == shipped_version()
                 await asyncio.to_thread(collector.wait_for, lambda c: len(events(c, "MODEL_ROLLED_BACK")) == 1)
             canary = events(collector, "MODEL_CANARY")[0]["detail"]
             assert canary["passed"] is False
@@ -220,7 +221,7 @@ def test_live_suspect_share_rolls_back(broker: MosquittoBroker, tmp_path: Path, 
                 assert seen.count("suspect") > 2, seen
                 assert g.store.active() is None  # back to the configured (shipped) model
                 assert g.store.previous() is None
-                assert (await g.worker.review(clean_scans[0])).version == "1.1.0"
+                assert (await g.worker.review(clean_scans[0])).version == shipped_version()
                 await asyncio.to_thread(collector.wait_for, lambda c: len(events(c, "MODEL_ROLLED_BACK")) == 1)
             activated = events(collector, "MODEL_ACTIVATED")[0]["detail"]
             assert activated["version"] == "2.0.0"
