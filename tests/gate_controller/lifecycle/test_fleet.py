@@ -267,8 +267,10 @@ def test_drift_alarm_raised_by_perturbed_scans_and_cleared(broker: MosquittoBrok
                 assert calm.input_distance < 1.0
                 await stream([_hardened(s, 1.5) for s in clean_scans])
                 drifted = g.drift.figures("L1")
-                # A changed spectrum moves the input statistics and makes the network see threats everywhere.
-                assert set(drifted.out_of_bounds) == {"input_distance", "suspect_share"}
+                # A changed spectrum moves the input statistics (model 1.1.0 also saw threats everywhere;
+                # 2.0.0, trained on many spectra, mostly does not: the suspect share may stay in bounds).
+                assert "input_distance" in drifted.out_of_bounds
+                assert set(drifted.out_of_bounds) <= {"input_distance", "suspect_share"}
                 assert drifted.input_distance is not None
                 assert drifted.input_distance > 3.0
                 await stream(clean_scans)
