@@ -392,6 +392,7 @@ async def test_a_truck_taken_for_the_trailer_of_the_one_in_front_never_lends_it_
         rig.plc.move(b, Spot.GONE)
 
 
+@run_async
 async def test_unfamiliar_scans_raise_review_unfamiliar_at_most_once_an_hour() -> None:
     evidence = {"scan_id": "S-1", "reason": "scan unlike the model's training: flagged_share 0.6 outside",
                 "envelope": {"flagged_share": 0.6, "noise": 0.003}, "conditioning": {"dead_rows": []},
