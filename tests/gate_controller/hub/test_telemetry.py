@@ -1,4 +1,4 @@
-"""Telemetry (contract section 6), its Prometheus twin, and the scan archive's limits."""
+"""Telemetry (contract section 6) and its Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from gate_controller.core.errors import ArchiveError
-from gate_controller.hub.archive import ScanArchive
 from gate_controller.hub.hub_side import contract_errors
 from gate_controller.hub.outbox import Outbox
-from gate_controller.hub.telemetry import Telemetry, TelemetrySnapshot, prometheus_text
-from inference.scan import Scan
+from gate_controller.hub.telemetry import Telemetry, TelemetrySnapshot
 from tests.support.hub import GATE, ROOT, SITE, transaction_record
 
 
@@ -186,55 +182,3 @@ def test_prometheus_endpoint_answers_head_and_refuses_other_methods(tmp_path: Pa
     head_status, head_body, post_status = asyncio.run(main())
     assert (head_status, head_body) == (200, b"")
     assert post_status == 405
-
-
-def test_prometheus_text_escapes_labels() -> None:
-    payload = {"uptime_s": 1.0, "boot_id": 1, "links": {'we"ird\\link': "up"}, "lanes": {}, "counters": {},
-               "backlog": {"pending": 0, "oldest_age_s": None},
-               "inference": {"p50_ms": None, "p95_ms": None, "count": 0},
-               "cpu_percent": 0.0, "rss_mb": 1.0, "disk_free_mb": 1.0}
-    text = prometheus_text(payload)
-    assert 'smartgate_link_up{link="we\\"ird\\\\link"} 1' in text
-    samples = [line for line in text.splitlines() if not line.startswith("#")]
-    # Unknown figures (null in telemetry) are left out, not reported as 0.
-    assert not any(line.startswith(("smartgate_backlog_oldest_age_seconds", "smartgate_inference_latency_ms"))
-                   for line in samples)
-
-
-def scan(scan_id: str, columns: int = 200) -> Scan:
-    pixels = np.random.default_rng(1).integers(0, 65535, size=(2, 64, columns), dtype=np.uint16)
-    return Scan(pixels=pixels, scan_id=scan_id, bits=16, pixel_mm=5.0)
-
-
-def test_archive_prunes_the_oldest_scans_to_its_size(tmp_path: Path) -> None:
-    archive = ScanArchive(tmp_path / "scans", tmp_path / "samples", max_mb=1)
-    for i in range(8):
-        archive.store_scan(scan(f"S{i}", columns=1000))  # ~250 kB each, incompressible
-        time.sleep(0.01)
-    kept = sorted(p.stem for p in (tmp_path / "scans").glob("*.npz"))
-    assert archive.size_bytes() <= 1024 * 1024
-    assert "S7" in kept
-    assert "S0" not in kept
-    assert kept == [f"S{i}" for i in range(8 - len(kept), 8)]  # oldest first
-    with pytest.raises(ArchiveError, match="not in the archive"):
-        archive.load_scan("S0")
-    assert archive.load_scan("S7").scan_id == "S7"
-
-
-def test_archive_refuses_unsafe_names_and_missing_scans(tmp_path: Path) -> None:
-    archive = ScanArchive(tmp_path / "scans", tmp_path / "samples", max_mb=10)
-    with pytest.raises(ArchiveError, match="not a valid id"):
-        archive.load_scan("../../etc/passwd")
-    with pytest.raises(ArchiveError, match="not a valid id"):
-        archive.transaction("..")
-    record = transaction_record(1, scan_id="GONE")
-    archive.record_transaction(record)
-    with pytest.raises(ArchiveError, match="no longer in the archive"):
-        archive.store_sample(transaction_id=record["transaction_id"], finding="clean", labels=[])
-    no_scan = {**transaction_record(2), "scan": None}
-    archive.record_transaction(no_scan)
-    with pytest.raises(ArchiveError, match="has no scan"):
-        archive.store_sample(transaction_id=no_scan["transaction_id"], finding="clean", labels=[])
-    with pytest.raises(ArchiveError, match="finding"):
-        archive.store_sample(transaction_id=record["transaction_id"], finding="dunno", labels=[])
-    assert list((tmp_path / "samples").iterdir()) == []
