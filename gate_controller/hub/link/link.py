@@ -276,7 +276,7 @@ class HubLink:
         client = new_client(self.config, client_id=self.client_id, connect_timeout_s=self._connect_timeout_s,
                             tls=self._tls, password=self._password, will_topic=self.status_topic, will=will)
         session = Session(number=number, client=client, connack=self._loop.create_future(),
-                           closed=self._loop.create_future())
+                          suback=self._loop.create_future(), closed=self._loop.create_future())
         self._bind_callbacks(session)
         return session
 
@@ -353,6 +353,8 @@ class HubLink:
         self._wake.set()
 
     def _on_suback(self, s: Session, failures: list[str]) -> None:
+        if not s.suback.done():
+            s.suback.set_result(None)
         if failures:
             logger.error("hub link: broker refused a subscription (%s): check the broker ACL for %s",
                          ", ".join(failures), self.config.username or self.client_id)
@@ -372,6 +374,17 @@ class HubLink:
             self._publisher.publish_direct(s, self.status_topic, self._birth_payload(), retain=True, wait=False)
         except HubError as err:
             return str(err)
+        # The session counts as up once the broker holds its subscriptions, so that a command sent
+        # after `wait_connected` reaches the gate (one sent between CONNACK and SUBACK is lost with
+        # the clean session, and the hub sends it again when no reply comes).
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            acked: set[asyncio.Future[Any]] = {s.suback, s.closed, stop}
+            await asyncio.wait(acked, timeout=self._connect_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not s.suback.done() and s.alive and not self._stopping.is_set():
+            logger.warning("hub link: no SUBACK within %g s; carrying on without it", self._connect_timeout_s)
         self._connected_since = s.connected_at
         self._connected.set()
         if down_since is not None:
@@ -443,6 +456,8 @@ class HubLink:
         s.rows_inflight.clear()
         if not s.connack.done():
             s.connack.cancel()
+        if not s.suback.done():
+            s.suback.cancel()
         if not s.closed.done():
             s.closed.set_result("closed")
 

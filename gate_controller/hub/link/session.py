@@ -38,6 +38,8 @@ class Session:
     number: int
     client: mqtt.Client
     connack: asyncio.Future[None]
+    suback: asyncio.Future[None]
+    """Resolved when the broker acknowledged the session's subscriptions."""
     closed: asyncio.Future[str]
     alive: bool = True
     boundary: int = 0
