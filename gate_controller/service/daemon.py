@@ -11,6 +11,12 @@ with the safety loop clear), then publishes the clean ``offline`` birth, flushes
 closes storage last. SIGHUP (and the hub's ``config.reload``) validates the new file and applies
 what can change at run time; anything else keeps the running configuration (a reload never
 leaves half a configuration applied).
+
+Why one module of about 700 lines: `GateDaemon` is the composition root. It owns the one
+`TaskGroup` and every object in it, and its methods are the surface the hub's commands, the
+console, the control socket and systemd call into (commands, reload, status and telemetry
+snapshots). Each subsystem it composes lives in its own subpackage; splitting the root itself would
+spread the ownership of those tasks over several classes sharing private state.
 """
 
 from __future__ import annotations
