@@ -206,8 +206,12 @@ class Reviewer:
 
     def regions(self, analysis: ScanAnalysis) -> list[ReviewRegion]:
         """Connected anomaly cells -> labelled regions in scan pixels, strongest first."""
+        return self.regions_of(analysis, analysis.anomaly.max(axis=-1))
+
+    def regions_of(self, analysis: ScanAnalysis, best: FloatArray) -> list[ReviewRegion]:
+        """Regions where the per-cell score map ``best`` reaches the region threshold, kept when
+        their peak reaches the suspect threshold; labelled from the analysis' class probabilities."""
         anomaly = analysis.anomaly
-        best = anomaly.max(axis=-1)
         mask = (best >= self.region_threshold).astype(np.uint8)
         if not mask.any():
             return []

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -27,7 +26,7 @@ from inference.adaptation.normal import NormalModel, dequantized, pick_feature_t
 from inference.errors import InferenceError, ModelError
 from inference.preprocess import dequantize
 from inference.result import ReviewRegion, ReviewResult
-from inference.reviewer import MAX_REGIONS, Reviewer, ScanAnalysis
+from inference.reviewer import Reviewer, ScanAnalysis
 from inference.scan import Scan
 
 __all__ = ["ADAPTATION_ARRAYS", "ADAPTATION_FILE", "AdaptedReviewer"]
@@ -161,24 +160,6 @@ class AdaptedReviewer(Reviewer):
                                                                                 spec.input))
         return analysis, np.ascontiguousarray(dist[:, :valid])
 
-    def _regions(self, analysis: ScanAnalysis, score: FloatArray) -> list[ReviewRegion]:
-        mask = (score >= self.region_threshold).astype(np.uint8)
-        if not mask.any():
-            return []
-        count, labels_img, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        out: list[ReviewRegion] = []
-        for i in range(1, count):
-            cells = labels_img == i
-            peak = float(score[cells].max())
-            if peak < self.suspect_threshold:
-                continue
-            x0, y0, w, h = (int(v) for v in stats[i, :4])
-            label = analysis.labels[int(analysis.anomaly[cells].max(axis=0).argmax())]
-            px, py, pw, ph = self._box(analysis, x0, y0, x0 + w, y0 + h)
-            out.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=peak, label=label))
-        out.sort(key=lambda r: -r.score)
-        return out[:MAX_REGIONS]
-
     def cell_scores(self, analysis: ScanAnalysis, dist: FloatArray) -> FloatArray:
         score = np.asarray(score_of(dist, self.distance_threshold), dtype=np.float32)
         if self.network_threshold is not None and analysis.anomaly.size:
@@ -189,7 +170,7 @@ class AdaptedReviewer(Reviewer):
         t0 = self._clock()
         analysis, dist = self.analyse_distances(scan)
         score = self.cell_scores(analysis, dist)
-        regions = self._regions(analysis, score)
+        regions = self.regions_of(analysis, score)
         anomaly_score = float(score.max()) if score.size else 0.0
         cargo = self.not_empty_map(analysis)
         not_empty_score = float(cargo.max()) if cargo.size else 0.0
