@@ -123,7 +123,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _loo(args: argparse.Namespace) -> int:
-    from inference.training.loo import DEFAULT_SLICES, run_slices, slice_table
+    from inference.training.loo import DEFAULT_SLICES, run_joint, run_slices, slice_table
     from inference.training.train import TrainOptions
 
     base = TrainOptions(seed=args.seed, scans=args.scans, val_scans=args.val_scans,
@@ -131,8 +131,9 @@ def _loo(args: argparse.Namespace) -> int:
                         cache_dir=None if args.no_cache else args.cache, workers=args.workers, threads=args.threads)
     slices = tuple(parse_region([s]) for s in args.slice) if args.slice else DEFAULT_SLICES
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run_slices(base, slices, test_scans=args.test_scans, control_scans=args.control_scans,
-                         test_seed=args.test_seed, out_dir=args.out)
+    runner = run_joint if args.joint else run_slices
+    results = runner(base, slices, test_scans=args.test_scans, control_scans=args.control_scans,
+                     test_seed=args.test_seed, out_dir=args.out)
     table = slice_table(results)
     (args.out / "loo.md").write_text(table, encoding="utf-8")
     print(table)
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--slice", action="append", default=[], metavar="CATEGORY=VALUE",
                     help="a region to hold out (repeatable, one model each; default: energy=6/9, "
                          "chassis=flatbed, container=reefer, noise=high)")
+    lo.add_argument("--joint", action="store_true",
+                    help="one model with every slice held out at once, each slice tested on its own scans")
     lo.add_argument("--seed", type=int, default=d.seed)
     lo.add_argument("--scans", type=int, default=d.scans, help="training scans before the slice is removed")
     lo.add_argument("--steps", type=int, default=2000, help="training steps per slice (reduced budget)")

@@ -182,3 +182,12 @@ def test_calibrate_rewrites_thresholds_only(tmp_path: Path, capsys: pytest.Captu
     assert "test" not in after.metrics  # figures of the old thresholds are not kept
     assert "40 'random' mixture + 20 declared empty" in after.training["calibration"]
     assert Reviewer(model).suspect_threshold == after.thresholds.suspect
+
+
+def test_joint_leave_one_out_tests_each_slice_outside_the_others() -> None:
+    from inference.training.loo import _others, _union
+
+    slices = ({"energy": ("6/9",)}, {"chassis": ("flatbed",)}, {"chassis": ("skeletal",)})
+    assert _union(slices) == {"energy": ("6/9",), "chassis": ("flatbed", "skeletal")}
+    assert _others(slices, slices[0]) == {"chassis": ("flatbed", "skeletal")}
+    assert _others(slices, slices[1]) == {"energy": ("6/9",), "chassis": ("skeletal",)}
