@@ -29,7 +29,7 @@ from typing import Any
 
 from inference.training.train import TrainOptions, train
 
-__all__ = ["DEFAULT_SLICES", "run_joint", "run_slices", "slice_table"]
+__all__ = ["DEFAULT_SLICES", "other_slices", "run_joint", "run_slices", "slice_name", "slice_table"]
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ DEFAULT_SLICES: tuple[dict[str, tuple[str, ...]], ...] = (
 )
 
 
-def _name(region: dict[str, tuple[str, ...]]) -> str:
+def slice_name(region: dict[str, tuple[str, ...]]) -> str:
     return ",".join(f"{c}={'|'.join(v)}" for c, v in region.items())
 
 
@@ -59,7 +59,7 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
 
     results = []
     for region in slices:
-        name = _name(region)
+        name = slice_name(region)
         slice_dir = out_dir / name.replace("/", "-").replace("=", "_").replace(",", "+")
         t0 = time.monotonic()
         opts = replace(base, exclude=dict(region), out_dir=slice_dir, version=f"loo-{name}")
@@ -94,7 +94,7 @@ def _union(slices: tuple[dict[str, tuple[str, ...]], ...]) -> dict[str, tuple[st
     return union
 
 
-def _others(slices: tuple[dict[str, tuple[str, ...]], ...], region: dict[str, tuple[str, ...]],
+def other_slices(slices: tuple[dict[str, tuple[str, ...]], ...], region: dict[str, tuple[str, ...]],
             ) -> dict[str, tuple[str, ...]]:
     """The union of the slices other than ``region``, minus ``region``'s own values."""
     rest = _union(tuple(r for r in slices if r is not region))
@@ -122,9 +122,9 @@ def run_joint(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...]
     control = figures(collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=union))
     results = []
     for region in slices:
-        name = _name(region)
+        name = slice_name(region)
         held = collect_synthetic(reviewer, "test", test_seed, test_scans, only=region,
-                                 exclude=_others(slices, region) or None)
+                                 exclude=other_slices(slices, region) or None)
         row = {
             "slice": name,
             "train_s": round(train_s, 1),

@@ -185,9 +185,9 @@ def test_calibrate_rewrites_thresholds_only(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_joint_leave_one_out_tests_each_slice_outside_the_others() -> None:
-    from inference.training.loo import _others, _union
+    from inference.training.loo import _union, other_slices
 
     slices = ({"energy": ("6/9",)}, {"chassis": ("flatbed",)}, {"chassis": ("skeletal",)})
     assert _union(slices) == {"energy": ("6/9",), "chassis": ("flatbed", "skeletal")}
-    assert _others(slices, slices[0]) == {"chassis": ("flatbed", "skeletal")}
-    assert _others(slices, slices[1]) == {"energy": ("6/9",), "chassis": ("skeletal",)}
+    assert other_slices(slices, slices[0]) == {"chassis": ("flatbed", "skeletal")}
+    assert other_slices(slices, slices[1]) == {"energy": ("6/9",), "chassis": ("skeletal",)}
