@@ -225,6 +225,45 @@ def test_demo_with_mqtt_url_runs_the_daemon_on_that_broker(tmp_path: Path, broke
             assert body["lanes"][lane] == (status["phase"] if status["mode"] == "automatic" else status["mode"])
 
 
+@pytest.mark.skipif(MOSQUITTO_SUB is None, reason="needs mosquitto_sub (Debian's mosquitto-clients)")
+def test_demo_verdict_is_right_across_a_broker_restart(tmp_path: Path, broker: MosquittoBroker) -> None:
+    """The broker restarts once the hub has seen transactions: the demo's simulated hub (persistent
+    session) still receives every transaction and event, finds no seq gap, and the demo passes."""
+    assert MOSQUITTO_SUB is not None
+    trucks = 8
+    with MosquittoBroker(tmp_path / "external", tls=False, anonymous=True) as external:
+        path = write_config(tmp_path, broker, mqtt={"url": external.url}, lanes=2)
+        received = tmp_path / "sub.out"
+        with received.open("wb") as out:
+            sub = subprocess.Popen(
+                [MOSQUITTO_SUB, "-h", external.host, "-p", str(external.port), "-q", "1", "-v",
+                 "-i", "independent-hub", "-t", "smartgate/v1/#"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        demo = None
+        try:
+            _wait_subscribed(external, received)
+            demo = spawn("demo", "-c", str(path), "--mqtt", external.url, "--trucks", str(trucks), "--headless",
+                         "--speed", "4", log=tmp_path / "demo.log")
+            deadline = time.monotonic() + 180.0
+            while len(_read_sub(received)[0]) < 2:
+                assert demo.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no transaction before the restart"
+                time.sleep(0.2)
+            external.restart()
+            code = demo.wait(300.0)
+        finally:
+            if demo is not None and demo.poll() is None:
+                demo.kill()
+                demo.wait(10.0)
+            sub.terminate()
+            sub.wait(10.0)
+    log = (tmp_path / "demo.log").read_text()
+    assert code == 0, log[-3000:]
+    assert f"transactions received: {trucks} of {trucks} trucks" in log, log[-3000:]
+    assert "seq gaps: none" in log, log[-3000:]
+    assert "lost: none" in log, log[-3000:]
+
+
 def _wait_subscribed(external: MosquittoBroker, received: Path) -> None:
     """mosquitto_sub prints nothing when subscribed: publish probes until one comes back."""
     import paho.mqtt.publish as publish
