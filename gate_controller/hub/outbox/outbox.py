@@ -155,8 +155,9 @@ class Outbox:
 
     def add_observer(self, observer: Callable[[str, Mapping[str, Any]], None]) -> None:
         """``observer(kind, message)`` runs on the event loop after each committed ``transaction`` or
-        ``event``, with the message as published (without ``historical``). It must return at once:
-        the committing lane is waiting (the technician console's feed)."""
+        ``event``, with the message as published (without ``historical``), including the events the
+        outbox raises itself (``BACKLOG_FULL``). It must return at once: the committing lane is
+        waiting (the technician console's feed)."""
         self._observers.append(observer)
 
     def _observe(self, kind: str, message: Mapping[str, Any]) -> None:
@@ -165,6 +166,11 @@ class Outbox:
                 observer(kind, message)
             except Exception:  # an observer is a view; the commit stands whatever it does
                 logger.exception("outbox observer failed on a %s", kind)
+
+    def _observe_emitted(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Events the store wrote on the writer thread (``BACKLOG_FULL`` raised or cleared), on the loop."""
+        for message in messages:
+            self._observe("event", message)
 
     def add_listener(self, callback: Callable[[int], None]) -> None:
         """``callback(max_row_id)`` runs on the event loop after every commit that added rows."""
@@ -199,6 +205,7 @@ class Outbox:
         try:
             results = self._store.batch([item[0] for item in items], durable)
             max_id = self._max_row_id_locked()
+            emitted, self._store.emitted = self._store.emitted, []
         except Exception as caught:  # every waiter must hear of a failed commit, whatever failed
             err = caught if isinstance(caught, OutboxError) else OutboxError(f"outbox commit failed: {caught!r}")
             logger.error("%s", err)  # noqa: TRY400 - the message says it all; callers get the exception
@@ -210,6 +217,11 @@ class Outbox:
             for (_, _, fut, loop), result in zip(items, results, strict=True):
                 loop.call_soon_threadsafe(_settle, fut, result)
             items[-1][3].call_soon_threadsafe(self._notify, max_id)
+            if emitted:
+                loop = items[-1][3]
+                # One more turn of the loop: the waiters woken above observe their own commit
+                # first, so observers see the events in seq order.
+                loop.call_soon_threadsafe(loop.call_soon, self._observe_emitted, emitted)
         except RuntimeError:  # the loop closed while we committed: nobody is waiting any more
             logger.debug("outbox: event loop closed before a commit could be reported")
 

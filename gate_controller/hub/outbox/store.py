@@ -122,6 +122,9 @@ class Store:
                 self.sequenced += n
         self.dropped = {"telemetry": 0, "preview": 0, "image": 0}
         self._needs_fsync = False
+        self.emitted: list[Mapping[str, Any]] = []
+        """Events the store wrote itself (``BACKLOG_FULL``) in the last committed batch, as published;
+        `Outbox` hands them to its observers like any other event."""
         self.published: _Counters = self._counters()
         """The counters as of the last commit, replaced whole so other threads read them lock-free."""
 
@@ -149,6 +152,7 @@ class Store:
         before = self._snapshot()
         meta_before = (self.next_seq, self.full)
         results: list[Any] = []
+        self.emitted = []
         try:
             self._set_sync(durable)
             self.conn.execute("BEGIN IMMEDIATE")
@@ -181,6 +185,7 @@ class Store:
                 self.conn.execute("ROLLBACK")
             self._restore(before)
             self._needs_fsync = False
+            self.emitted = []  # rolled back: nothing was written
             raise OutboxError(f"outbox {self.path}: commit failed: {err}") from err
         self.published = self._counters()
         return results
@@ -311,7 +316,8 @@ class Store:
                 "dropped": dict(self.dropped),
             },
         }
-        self.insert("event", self.event_topic, body, msg_id=str(ULID()), created_at=now.timestamp())
+        committed = self.insert("event", self.event_topic, body, msg_id=str(ULID()), created_at=now.timestamp())
+        self.emitted.append({**body, "msg_id": committed.msg_id, "seq": committed.seq, "boot_id": self.boot_id})
         if not self._sync_full:
             self._needs_fsync = True
         log = logger.error if active else logger.info

@@ -23,6 +23,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from firmware_bridge.link import FrameNote
+from gate_controller.config import BacklogConfig
 from gate_controller.config.console import ConsoleConfig
 from gate_controller.console.app import ConsoleServer, ConsoleSources
 from gate_controller.console.watch import GateWatch
@@ -83,7 +84,7 @@ class Console:
 
 @asynccontextmanager
 async def console(tmp_path: Path, *, auth: bool = True, allow_commands: bool = True, tls: bool = False,
-                  attempts: int = 5) -> AsyncIterator[Console]:
+                  attempts: int = 5, limits: BacklogConfig | None = None) -> AsyncIterator[Console]:
     hash_text = PasswordHasher().hash(PASSWORD)
     (tmp_path / "console-password").write_text(hash_text + "\n")
     port = free_port()
@@ -94,7 +95,7 @@ async def console(tmp_path: Path, *, auth: bool = True, allow_commands: bool = T
         material = make_tls_material(tmp_path / "tls")
         data["tls"] = {"cert_file": str(material.server_cert), "key_file": str(material.server_key)}
     config = ConsoleConfig.model_validate(data, strict=False)
-    outbox = Outbox.open(tmp_path / "outbox.sqlite3", root_topic=ROOT, site=SITE, gate=GATE)
+    outbox = Outbox.open(tmp_path / "outbox.sqlite3", root_topic=ROOT, site=SITE, gate=GATE, limits=limits)
     replay = ReplayCache(tmp_path / "replay.sqlite3", window_s=86400)
     target = RecordingTarget()
     dispatcher = CommandDispatcher(key=COMMAND_KEY, target=target, outbox=outbox, replay=replay)
@@ -345,6 +346,33 @@ async def test_every_command_is_audited_as_an_event(tmp_path: Path) -> None:
     assert events[2]["lane"] is None
     # The outcome is shown to the user once, after the redirect.
     assert "refused: estop pressed" in page
+
+
+@sync
+async def test_alarms_page_shows_the_backlog_alarm_raised_and_cleared(tmp_path: Path) -> None:
+    """BACKLOG_FULL is written by the outbox itself (not by a lane): the alarms page still shows it."""
+    limits = BacklogConfig(max_messages=10, max_mb=100, max_previews=10, max_telemetry=10, min_free_disk_mb=1)
+    async with console(tmp_path, auth=False, allow_commands=False, limits=limits) as c, \
+            aiohttp.ClientSession() as http:
+        for i in range(10):
+            await c.outbox.complete_transaction(transaction_record(i))
+        await asyncio.sleep(0.05)
+        async with http.get(f"{c.base}/alarms") as response:
+            page = await response.text()
+        active = page.split('id="alarms-active"', 1)[1].split("</table>", 1)[0]
+        assert "<b>BACKLOG_FULL</b>" in active
+        assert "sev-error" in active
+        assert "&#34;max_messages&#34;: 10" in active or '"max_messages": 10' in active
+        rows = [r for r in await c.outbox.fetch_after(0, 100) if r.kind == "transaction"]
+        await c.outbox.acknowledge([r.id for r in rows])  # the hub caught up
+        await asyncio.sleep(0.05)
+        async with http.get(f"{c.base}/alarms") as response:
+            page = await response.text()
+        active = page.split('id="alarms-active"', 1)[1].split("</table>", 1)[0]
+        cleared = page.split('id="alarms-cleared"', 1)[1].split("</table>", 1)[0]
+        assert "BACKLOG_FULL" not in active
+        assert "No active alarm." in active
+        assert "<b>BACKLOG_FULL</b>" in cleared
 
 
 # --------------------------------------------------------------------------- feed

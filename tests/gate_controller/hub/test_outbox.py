@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -337,7 +337,7 @@ def test_commit_failure_is_an_outbox_error_and_consumes_no_seq(tmp_path: Path) -
             blocker.execute("BEGIN IMMEDIATE")
             try:
                 with pytest.raises(OutboxError, match="commit failed"):
-                    await outbox.complete_transaction(transaction_record(2))
+                    await outbox.complete_transaction(transaction_record(9))
             finally:
                 blocker.execute("ROLLBACK")
                 blocker.close()
@@ -367,3 +367,82 @@ def test_timestamps_use_the_injected_clock(tmp_path: Path) -> None:
     finally:
         outbox.close()
     assert json.loads(rows[0].payload)["ts"] == "2026-11-22T04:00:00.123Z"
+
+
+def test_observers_see_the_backlog_alarm_the_outbox_raises_itself(tmp_path: Path) -> None:
+    """BACKLOG_FULL is written on the writer thread inside another commit; observers (the console's
+    alarms page) get it on the loop like any other event, raised and cleared, in seq order."""
+    limits = BacklogConfig(max_messages=10, max_mb=100, max_previews=10, max_telemetry=10, min_free_disk_mb=1)
+
+    async def main() -> None:
+        outbox = open_outbox(tmp_path / "o.db", limits=limits)
+        seen: list[tuple[str, dict[str, object]]] = []
+        loop_thread: list[bool] = []
+
+        def observer(kind: str, message: Mapping[str, object]) -> None:
+            loop_thread.append(asyncio.get_running_loop() is loop)
+            seen.append((kind, dict(message)))
+
+        loop = asyncio.get_running_loop()
+        outbox.add_observer(observer)
+        try:
+            for i in range(12):
+                await outbox.complete_transaction(transaction_record(i))
+            await asyncio.sleep(0.05)  # the alarm is handed over one loop turn after its commit
+            alarms = [m for k, m in seen if k == "event"]
+            assert [(m["code"], m["active"]) for m in alarms] == [("BACKLOG_FULL", True)]
+            raised = alarms[0]
+            assert (raised["seq"], raised["boot_id"]) == (11, outbox.boot_id)
+            assert (raised["severity"], raised["type"], raised["lane"]) == ("error", "alarm", None)
+            wire = json.dumps({**raised, "historical": False}).encode()  # observers get it without the flag
+            assert contract_errors(f"{ROOT}/events", wire) == []
+            seqs = [m["seq"] for _, m in seen]
+            assert seqs == sorted(seqs) == list(range(1, 14))  # 12 transactions and the alarm, in order
+            # It is the same message the hub receives (same msg_id in the outbox row).
+            rows = [r for r in await all_rows(outbox) if r.kind == "event"]
+            assert [json.loads(r.payload)["msg_id"] for r in rows] == [raised["msg_id"]]
+            # Cleared by an acknowledgement (a commit no lane observes): still handed over.
+            transactions = [r for r in await all_rows(outbox) if r.kind == "transaction"]
+            await outbox.acknowledge([r.id for r in transactions[:8]])
+            await asyncio.sleep(0.05)
+            alarms = [m for k, m in seen if k == "event"]
+            assert [(m["code"], m["active"]) for m in alarms] == [("BACKLOG_FULL", True), ("BACKLOG_FULL", False)]
+            assert alarms[1]["severity"] == "info"
+            assert all(loop_thread)
+        finally:
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_commit_that_fails_hands_no_backlog_alarm_to_observers(tmp_path: Path) -> None:
+    """The alarm goes to observers only once committed: a failing commit that would have raised it
+    leaves the observers (and the outbox) without it."""
+    limits = BacklogConfig(max_messages=10, max_mb=100, max_previews=10, max_telemetry=10, min_free_disk_mb=1)
+
+    async def main() -> None:
+        outbox = open_outbox(tmp_path / "o.db", limits=limits)
+        seen: list[str] = []
+        outbox.add_observer(lambda kind, message: seen.append(str(message.get("code", kind))))
+        try:
+            for i in range(9):
+                await outbox.complete_transaction(transaction_record(i))
+            blocker = sqlite3.connect(tmp_path / "o.db", timeout=0)
+            blocker.execute("BEGIN EXCLUSIVE")  # the next commit cannot get its write lock
+            try:
+                outbox._store.conn.execute("PRAGMA busy_timeout = 50")
+                with pytest.raises(OutboxError):
+                    await outbox.complete_transaction(transaction_record(9))
+            finally:
+                blocker.rollback()
+                blocker.close()
+            await asyncio.sleep(0.05)
+            assert seen == ["transaction"] * 9
+            assert not [r for r in await all_rows(outbox) if r.kind == "event"]
+            await outbox.complete_transaction(transaction_record(10))
+            await asyncio.sleep(0.05)
+            assert seen == ["transaction"] * 10 + ["BACKLOG_FULL"]
+        finally:
+            outbox.close()
+
+    asyncio.run(main())
