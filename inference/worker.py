@@ -19,6 +19,12 @@ shutdown; ``async with ReviewWorker(...)`` does both. ``suspect_threshold``,
 ``not_empty_threshold`` and ``timeout_s`` may be reassigned at any time (config reload): the
 thresholds travel with every request, the timeout applies to the next call.
 
+With ``trusted_keys`` (the gate's ``inference.trusted_keys``) a model package is loaded only when
+its Ed25519 signature verifies with one of those keys, besides every file hash: a package altered
+on disk after it was installed (even with its manifest's hashes recomputed) is refused like a model
+that does not load, and the previous model keeps serving. Without (``None``), a package's hashes
+are checked but not its signature (``smartgate review --model`` on a workstation).
+
 Run as ``python -m inference.worker`` this module is the child side.
 """
 
@@ -66,6 +72,7 @@ class ReviewWorker:
         backoff_max_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         python: str = sys.executable,
+        trusted_keys: Sequence[Path] | None = None,
     ) -> None:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 (got {num_threads})")
@@ -81,6 +88,8 @@ class ReviewWorker:
         self._backoff_max = backoff_max_s
         self._clock = clock
         self._python = python
+        self.trusted_keys = [Path(p) for p in trusted_keys] if trusted_keys is not None else None
+        """Public keys (PEM files) a package must be signed with; None: hashes only."""
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self._next_id = 0
@@ -239,6 +248,10 @@ class ReviewWorker:
         args = [self._python, "-m", "inference.worker", "--threads", str(self.num_threads)]
         if self.model_path is not None:
             args += ["--model", str(self.model_path)]
+        if self.trusted_keys is not None:
+            args.append("--require-signature")
+            for key in self.trusted_keys:
+                args += ["--trusted-key", str(key)]
         env = dict(os.environ)
         root = _PACKAGE_ROOT
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -341,6 +354,9 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.worker")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--require-signature", action="store_true",
+                        help="load a model package only when signed by a --trusted-key")
+    parser.add_argument("--trusted-key", type=Path, action="append", default=[])
     args = parser.parse_args(argv)
     # The protocol owns the original stdout; anything else printing (native runtime banners,
     # stray prints) goes to stderr so it can never corrupt the pipe.
@@ -356,9 +372,19 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
 
     from inference.errors import SmartGateError
-    from inference.package.loader import open_reviewer
+    from inference.package.build import verify_package
+    from inference.package.keys import load_public_keys
+    from inference.package.loader import is_package, open_reviewer
+    from inference.package.manifest import PackageError
 
     try:
+        if args.require_signature and args.model is not None and is_package(args.model):
+            try:
+                package = verify_package(args.model, load_public_keys(args.trusted_key))
+            except PackageError as err:
+                raise PackageError(f"package refused by the review worker: {err}") from err
+            logging.getLogger(__name__).info("package %s %s: signature by key %s and every hash verified",
+                                             package.manifest.name, package.manifest.version, package.signed_by)
         reviewer = open_reviewer(args.model, args.threads)
     except (SmartGateError, ValueError) as err:
         send({"type": "error", "error": str(err)})

@@ -196,8 +196,9 @@ class DriftConfig(Section):
 
 class InferenceConfig(Section):
     model_path: FilePath | None = None
-    """A .tflite with its metadata .json beside it, or a model package directory; null uses the model
-    shipped with smartgate. A package activated in ``storage.state_dir``/models takes precedence."""
+    """A .tflite with its metadata .json beside it, or a model package directory (signed by one of
+    ``trusted_keys``); null uses the model shipped with smartgate. A package activated in
+    ``storage.state_dir``/models takes precedence."""
     mode: ReviewMode = "live"
     """live: review verdicts decide; shadow: the review runs and is published, every scan goes to an officer."""
     lane_modes: dict[Name, ReviewMode] = Field(default_factory=dict)

@@ -10,8 +10,8 @@
 2. ``model.activate`` (name, version, sha256 = the package's manifest digest) re-verifies the
    package on disk, replays the gate's labelled samples through the current and the new model in
    a child process (canary), and only when the new one does no worse switches the store's
-   ``active`` entry and reloads the review worker (no restart, no gap). The previous package is
-   kept.
+   ``active`` entry and reloads the review worker (no restart, no gap; the worker verifies the
+   signature once more before it loads the package). The previous package is kept.
 3. For the next ``canary.watch_scans`` reviews the live suspect share is watched; above
    ``canary.max_suspect_share`` the switch is rolled back automatically.
 
@@ -267,6 +267,7 @@ class ModelManager:
             self._signature = signature
             self._history_seen = len(history)
             path = self.model_path()
+            ok = True
             if path != self.reviewer.model_path:
                 ok = await self.reviewer.reload(path)
                 if not ok:
@@ -278,3 +279,22 @@ class ModelManager:
                 await self._event(code, type_="alarm" if code == "MODEL_ROLLED_BACK" else "state",
                                   severity="warning" if code == "MODEL_ROLLED_BACK" else "info",
                                   local=True, **{k: v for k, v in entry.items() if k != "step"}, step=step)
+            if not ok:
+                await self._refused_locally(path, new[-1] if new else {})
+
+    async def _refused_locally(self, path: Path | None, last: Mapping[str, Any]) -> None:
+        """The review worker refused what ``smartgate model activate|rollback`` made active (a file
+        changed since, a signature that no longer verifies): the previous model keeps serving, and
+        a local activation is undone in the store so that the store says what runs."""
+        error = self.reviewer.last_error
+        if last.get("step") == "activated":
+            with contextlib.suppress(PackageError):
+                await asyncio.to_thread(self.store.rollback, reason=f"the review worker refused it: {error}")
+            await asyncio.to_thread(self._sync_marks)
+            await self._event("MODEL_ROLLED_BACK", type_="alarm", severity="error", reason="load", local=True,
+                              name=last.get("name"), version=last.get("version"), detail=error,
+                              kept=str(self.reviewer.model_path or "shipped model"))
+        else:
+            await self._event("MODEL_PACKAGE", type_="alarm", severity="error", source="local", ok=False,
+                              path=str(path) if path else None, error=error,
+                              kept=str(self.reviewer.model_path or "shipped model"))

@@ -154,12 +154,15 @@ class GateDaemon:
         policy = config.policy
         store = await asyncio.to_thread(PackageStore, config.storage.models_dir)
         fallback_model = config.inference.model_path
+        keys = [resolve_secret_path(p, base_dir=self.config_dir) for p in config.inference.trusted_keys]
+        # The worker checks a package's signature too before loading it: a package altered on disk
+        # after it was installed is refused and the previous model keeps serving.
         reviewer = ReviewWorker(
             store.active_path() or fallback_model, config.inference.threads, config.inference.timeout_s,
             suspect_threshold=policy.suspect_threshold, not_empty_threshold=policy.not_empty_threshold,
+            trusted_keys=keys,
         )
         self.reviewer = reviewer
-        keys = [resolve_secret_path(p, base_dir=self.config_dir) for p in config.inference.trusted_keys]
         self.models = ModelManager(
             store=store, trusted_keys=keys,
             reviewer=reviewer, emit=outbox.emit_event, samples_dir=config.storage.samples_dir,

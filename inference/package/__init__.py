@@ -1,7 +1,8 @@
 """Signed model packages: build, verify, install, activate, roll back (docs/commissioning.md).
 
 The review runtime (`inference.package.loader`) only checks a package's hashes; signatures are
-checked where packages enter the gate (`PackageStore.install_archive`) and again on activation.
+checked where packages enter the gate (`PackageStore.install_archive`), again on activation, and
+by the review worker before it loads a package (``ReviewWorker(trusted_keys=...)``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Where the review finds its network: a ``.tflite`` file, or a model package directory.
 
 The review worker and ``smartgate review --model`` accept both. For a package every file's hash
-is checked against its manifest before the interpreter sees it (the signature was checked when
-the package was installed or activated; the worker has no keys).
+is checked against its manifest before the interpreter sees it. The signature is checked where
+packages enter the gate (install, activation) and, with the gate's trusted keys, by the review
+worker before it loads one (`inference.worker`); ``smartgate review --model`` checks hashes only.
 """
 
 from __future__ import annotations

@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference.package import build_package, generate_key, load_private_key
+from inference.package.loader import resolve_model_path
 from inference.result import ReviewResult
 from inference.reviewer import Reviewer
+from inference.runtime import DEFAULT_MODEL_PATH
 from inference.worker import ReviewWorker
-from tests.support.inference import copy_model, reviewer, scan_with, shipped_model, synthetic
+from tests.support.inference import copy_model, edit_after_signing, reviewer, scan_with, shipped_model, synthetic
 
 __all__ = ["reviewer", "shipped_model"]  # fixtures used by name
 
@@ -200,3 +203,57 @@ def test_bad_arguments() -> None:
         ReviewWorker(num_threads=0)
     with pytest.raises(ValueError):
         ReviewWorker(timeout_s=0)
+
+
+def test_worker_refuses_a_package_whose_signature_does_not_verify(tmp_path: Path) -> None:
+    """With the gate's trusted keys the worker checks the signature before it loads a package: a
+    manifest altered after signing (hashes recomputed, so every hash check passes) and a package
+    signed by an untrusted key are refused with a clear error, and the previous model keeps serving."""
+    generate_key(tmp_path / "hub.key", tmp_path / "hub.pub")
+    generate_key(tmp_path / "rogue.key", tmp_path / "rogue.pub")
+    hub, rogue = load_private_key(tmp_path / "hub.key"), load_private_key(tmp_path / "rogue.key")
+    good, edited, foreign = tmp_path / "good", tmp_path / "edited", tmp_path / "foreign"
+    build_package(DEFAULT_MODEL_PATH, good, key=hub, name="xray", version="2.0.1")
+    build_package(DEFAULT_MODEL_PATH, edited, key=hub, name="xray", version="2.0.2")
+    build_package(DEFAULT_MODEL_PATH, foreign, key=rogue, name="xray", version="2.0.3")
+    edit_after_signing(edited)
+    assert resolve_model_path(edited) is not None  # every hash matches: only the signature can tell
+    scan = synthetic(209, cargo="cartons").scan
+    trusted = [tmp_path / "hub.pub"]
+
+    async def run() -> None:
+        async with ReviewWorker(good, timeout_s=20.0, trusted_keys=trusted) as worker:
+            assert worker.model_info is not None
+            assert worker.model_info.version == "2.0.1"
+            pid = worker.pid
+            for package in (edited, foreign):
+                assert await worker.reload(package) is False
+                assert worker.last_error is not None
+                assert "package refused by the review worker" in worker.last_error
+                assert "signature does not verify with any trusted key" in worker.last_error
+                assert str(package) in worker.last_error
+                assert worker.pid == pid  # the previous child kept serving throughout
+                assert worker.model_path == good
+                assert worker.model_info.version == "2.0.1"
+                result = await worker.review(scan)
+                assert result.error is None
+                assert result.version == "2.0.1"
+        # Starting on a refused package: no model, every review unavailable with the reason.
+        worker = ReviewWorker(edited, timeout_s=20.0, trusted_keys=trusted)
+        try:
+            assert await worker.start() is False
+            result = await worker.review(scan)
+            assert result.verdict == "unavailable"
+            assert "signature does not verify" in (result.error or "")
+        finally:
+            await worker.close()
+        # No trusted key configured: no package can be verified, none is loaded.
+        async with ReviewWorker(good, timeout_s=20.0, trusted_keys=[]) as worker:
+            assert worker.model_info is None
+            assert "no trusted keys configured" in (worker.last_error or "")
+        # Without keys (a workstation's `smartgate review --model`) only the hashes are checked.
+        async with ReviewWorker(edited, timeout_s=20.0) as worker:
+            assert worker.model_info is not None
+            assert worker.model_info.version == "2.0.2"
+
+    asyncio.run(run())

@@ -18,6 +18,7 @@ from inference.synthetic import SyntheticScan, generate_scan
 
 __all__ = [
     "copy_model",
+    "edit_after_signing",
     "overlaps",
     "reviewer",
     "rewrite_metadata",
@@ -83,3 +84,19 @@ def shipped_version() -> str:
     from inference.model_spec import load_spec
 
     return load_spec(metadata_path_for(DEFAULT_MODEL_PATH)).version
+
+
+def edit_after_signing(package: Path, suspect: float = 0.99) -> None:
+    """Change a signed package's suspect threshold and recompute every hash and size in its
+    manifest, as someone who can write the package directory but has no signing key would: the
+    package is consistent (hashes right) but its signature no longer covers its manifest."""
+    manifest_path = package / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    meta = package / manifest["metadata_file"]
+    spec = json.loads(meta.read_text())
+    spec["thresholds"]["suspect"] = suspect
+    meta.write_text(json.dumps(spec, indent=1))
+    for name, entry in manifest["files"].items():
+        entry["sha256"] = file_sha256(package / name)
+        entry["bytes"] = (package / name).stat().st_size
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")

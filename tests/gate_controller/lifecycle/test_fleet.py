@@ -31,7 +31,7 @@ from inference.synthetic import generate_scan
 from inference.worker import ReviewWorker
 from tests.support.broker import BROKER_MARKS, HUB_USER, MosquittoBroker, running_broker
 from tests.support.hub import GATE, ROOT, SITE, Collector, mqtt_config, write_key
-from tests.support.inference import shipped_version
+from tests.support.inference import edit_after_signing, shipped_version
 
 pytestmark = [*BROKER_MARKS, pytest.mark.slow]
 
@@ -70,7 +70,7 @@ async def gate(broker: MosquittoBroker, tmp_path: Path, keys: dict[str, Path], *
                model: Path | None = None) -> AsyncIterator[Gate]:
     outbox = Outbox.open(tmp_path / "outbox.sqlite3", root_topic=ROOT, site=SITE, gate=GATE)
     store = PackageStore(tmp_path / "models")
-    worker = ReviewWorker(model)
+    worker = ReviewWorker(model, trusted_keys=[keys["pub"]])  # as the daemon: the worker checks signatures too
     models = ModelManager(store=store, trusted_keys=[keys["pub"]], reviewer=worker, emit=outbox.emit_event,
                           samples_dir=samples, canary=canary or CanaryConfig(), fallback_model=model)
     hub = HubLink(mqtt_config(broker, write_key(tmp_path)), site=SITE, gate=GATE, outbox=outbox,
@@ -229,6 +229,56 @@ def test_live_suspect_share_rolls_back(broker: MosquittoBroker, tmp_path: Path, 
             rolled = events(collector, "MODEL_ROLLED_BACK")[0]["detail"]
             assert "live suspect share" in rolled["reason"]
             assert rolled["rolled_back"]["version"] == "2.0.0"
+
+    asyncio.run(main())
+
+
+def test_package_edited_after_activation_is_refused_by_the_worker(broker: MosquittoBroker, tmp_path: Path,
+                                                                  keys: dict[str, Path],
+                                                                  clean_scans: list[Scan]) -> None:
+    """A package activated locally (`smartgate model activate`, which verifies it) and edited on
+    disk before the daemon picks the switch up, its manifest's hashes recomputed: the review worker
+    checks the signature, refuses it, the previous package keeps serving, the store is put back,
+    and a MODEL_ROLLED_BACK alarm says why."""
+    for version in ("2.0.1", "2.0.2"):
+        build_package(DEFAULT_MODEL_PATH, tmp_path / f"pkg-{version}", key=load_private_key(keys["hub"]),
+                      name="xray", version=version)
+
+    async def main() -> None:
+        with Collector(broker, client_id="c-edited") as collector:
+            async with gate(broker, tmp_path, keys, samples=tmp_path / "none") as g:
+                for version in ("2.0.1", "2.0.2"):
+                    assert await g.models.install(pack(tmp_path / f"pkg-{version}"), source="test") is not None
+                first = g.store.verified("xray", "2.0.1", g.models.keys())
+                await g.models.activate("xray", "2.0.1", first.manifest.digest, by="ops@hub")
+                assert (await g.worker.review(clean_scans[0])).version == "2.0.1"
+                pid = g.worker.pid
+                # What `smartgate model activate` does, then the edit.
+                second = g.store.verified("xray", "2.0.2", g.models.keys())
+                g.store.activate(second, reason="activated locally")
+                edit_after_signing(g.store.path_of("xray", "2.0.2"))
+                await g.models.poll()
+                assert g.worker.pid == pid
+                assert g.worker.model_path == g.store.path_of("xray", "2.0.1")
+                active = g.store.active()
+                assert active is not None
+                assert active.version == "2.0.1"
+                result = await g.worker.review(clean_scans[1])
+                assert result.error is None
+                assert result.version == "2.0.1"
+                await g.models.poll()  # the refusal is audited once, not at every poll
+                await asyncio.to_thread(collector.wait_for, lambda c: len(events(c, "MODEL_ROLLED_BACK")) == 1)
+            rolled = events(collector, "MODEL_ROLLED_BACK")
+            assert len(rolled) == 1
+            detail = rolled[0]["detail"]
+            assert rolled[0]["type"] == "alarm"
+            assert rolled[0]["severity"] == "error"
+            assert (detail["reason"], detail["version"], detail["local"]) == ("load", "2.0.2", True)
+            assert "package refused by the review worker" in detail["detail"]
+            assert "signature does not verify" in detail["detail"]
+            assert detail["kept"] == str(tmp_path / "models" / "xray" / "2.0.1")
+            local = [e["detail"] for e in events(collector, "MODEL_ACTIVATED") if e["detail"].get("local")]
+            assert [e["version"] for e in local] == ["2.0.2"]
 
     asyncio.run(main())
 
