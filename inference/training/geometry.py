@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from inference.model_spec import InputSpec, NormalizationSpec
 from inference.synthetic import ANOMALY_CLASSES
 
-__all__ = ["Geometry"]
+__all__ = ["WIDTHS", "Geometry"]
+
+WIDTHS: tuple[int, int, int, int] = (32, 56, 80, 112)
+"""Channels of the network's stages (`inference.training.model`); recorded in the metadata
+(``training.widths``) so that fine-tuning rebuilds the same network around the saved weights."""
 
 
 @dataclass(frozen=True)
