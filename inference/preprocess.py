@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from inference.conditioning import T_FLOOR, ConditioningReport, condition_channel
+from inference.conditioning import T_FLOOR, ConditioningReport, RowCorrection, row_correction
 from inference.errors import ScanFormatError
 from inference.model_spec import InputSpec, NormalizationSpec, QuantizationSpec
 from inference.scan import Scan
@@ -46,6 +46,7 @@ __all__ = [
 MIN_SCAN_ROWS = 16
 MIN_SCAN_COLUMNS = 16
 MAX_MODEL_COLUMNS = 8192  # ~160 m at 20 mm: far beyond any vehicle, bounds the work per scan
+_BAND_PIXELS = 1 << 17  # 512 KB of float32 per band: stays in L2 through conversion and halving
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -69,27 +70,57 @@ class PreparedScan:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _downscale(plane: FloatArray, out_w: int, out_h: int) -> FloatArray:
-    """Average pairs of pixels while the remaining factor is >= 2, then interpolate linearly.
+def _halvings(w: int, h: int, out_w: int, out_h: int) -> list[tuple[bool, bool]]:
+    """The 2x reductions, (x, y) per step, while the remaining factor is >= 2 (see `_resampled`)."""
+    steps: list[tuple[bool, bool]] = []
+    while True:
+        halve_x, halve_y = w / out_w >= 2.0, h / out_h >= 2.0
+        if not (halve_x or halve_y):
+            return steps
+        steps.append((halve_x, halve_y))
+        w, h = (w // 2 if halve_x else w), (h // 2 if halve_y else h)
+
+
+def _halve(x: FloatArray, steps: list[tuple[bool, bool]]) -> FloatArray:
+    for halve_x, halve_y in steps:
+        w = x.shape[1] // 2 if halve_x else x.shape[1]
+        h = x.shape[0] // 2 if halve_y else x.shape[0]
+        src = x[: h * (2 if halve_y else 1), : w * (2 if halve_x else 1)]
+        x = np.asarray(cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+    return x
+
+
+def _resampled(correction: RowCorrection, raw: npt.NDArray[Any], out_w: int, out_h: int) -> FloatArray:
+    """The channel's transmission on the model grid: pairs of pixels averaged while the
+    remaining factor is >= 2, then a linear interpolation.
 
     A linear resize by exactly 1/2 samples halfway between two pixels, i.e. it is the 2-pixel
     box average (area resampling) at the speed of OpenCV's linear path; OpenCV's own area
     resize is several times slower on non-square factors. The last linear step changes the size
     by less than 2x, so every output pixel still averages the noise of the pixels it covers.
+
+    The 2x steps average disjoint pairs of rows, so a band of ``2**k`` rows (k the number of
+    row halvings) reduces on its own to exactly its share of the result: each band is
+    converted, corrected and halved while it is in cache, and no float plane of the whole scan
+    is made. Rows beyond the last whole group, which the halving would crop, are not converted.
     """
-    x: npt.NDArray[Any] = plane
-    while True:
-        halve_x = x.shape[1] / out_w >= 2.0
-        halve_y = x.shape[0] / out_h >= 2.0
-        if not (halve_x or halve_y):
-            break
-        w = x.shape[1] // 2 if halve_x else x.shape[1]
-        h = x.shape[0] // 2 if halve_y else x.shape[0]
-        src = x[: h * (2 if halve_y else 1), : w * (2 if halve_x else 1)]
-        x = cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)
-    if x.shape != (out_h, out_w):
-        x = cv2.resize(x, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    return np.asarray(x, dtype=np.float32)
+    rows, cols = raw.shape
+    steps = _halvings(cols, rows, out_w, out_h)
+    if not steps:
+        x = correction.transmission(raw, 0, rows)
+    else:
+        group = 1 << sum(halve_y for _, halve_y in steps)
+        used = rows // group * group
+        groups = used // group
+        bands = -(-groups // max(1, _BAND_PIXELS // (cols * group)))
+        band = group * -(-groups // bands)  # even bands: no sliver of a row or two at the end
+        buffer = np.empty((min(band, used), cols), dtype=np.float32)
+        parts = [_halve(correction.transmission(raw, r0, min(r0 + band, used), out=buffer[:min(band, used - r0)]),
+                        steps) for r0 in range(0, used, band)]
+        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if x.shape == (out_h, out_w):
+        return x
+    return np.asarray(cv2.resize(x, (out_w, out_h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
 
 
 def _check(scan: Scan, inp: InputSpec) -> int:
@@ -122,8 +153,8 @@ def _attenuations(scan: Scan, width: int, rows: int) -> tuple[list[FloatArray], 
     report = ConditioningReport()
     planes = []
     for c in range(scan.channels):
-        trans = condition_channel(scan, c, report)
-        small = _downscale(trans, width, rows)
+        correction = row_correction(scan, c, report)
+        small = _resampled(correction, scan.pixels[c], width, rows)
         np.maximum(small, np.float32(T_FLOOR), out=small)
         att = np.asarray(cv2.log(small), dtype=np.float32)
         np.negative(att, out=att)
