@@ -124,6 +124,9 @@ class LaneTimeouts(Section):
     """A loop must stay clear this long before it counts a new vehicle (gaps between tractor and trailer)."""
     backout_s: Annotated[float, Field(ge=0.5, le=60.0)] = 3.0
     """Stop loop clear this long with the barrier down: the vehicle left the stop line without passing."""
+    reverse_min_s: Annotated[float, Field(ge=0.0, le=60.0)] = 2.5
+    """Least time a vehicle backing out needs from the stop line to the entry loop: an entry loop rising
+    sooner after the vehicle left the stop line is the next vehicle arriving, not it reversing (0: off)."""
 
 
 class LaneConfig(Section):

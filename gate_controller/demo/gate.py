@@ -260,7 +260,7 @@ class SimulatedGate:
         if phase in ("released", "passing"):
             await rig.plc.vehicle_drives_through(vehicle, timeout_s=30.0)
         else:
-            await rig.plc.vehicle_backs_out(vehicle)  # turns off to the inspection area
+            rig.plc.vehicle_turns_off(vehicle)  # to the inspection area, by the side exit before the barrier
         deadline = time.monotonic() + (60.0 if self.expect_delivery else 0.0)
         while self.per_lane_tx.get(rig.config.id, 0) <= before and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)  # the hub task counts arrivals; a bounded poll keeps this simple

@@ -160,7 +160,27 @@ class LaneCore:
         return Passage(record=record, phase=Phase.ARRIVING, arrived=now, arrival_base=now, since=now,
                         ambiguous=ambiguous)
 
+    def _distrust(self, passage: Passage) -> None:
+        """Which vehicle this passage is became unknown: it is cancelled, never decided or carried out."""
+        passage.ambiguous = True
+        passage.early = passage.early_at = None
+        if passage.decider is not None:
+            passage.decider.cancel()
+            passage.decider = None
+
+    def _front_gone_unseen(self, passage: Passage) -> None:
+        """``passage`` ends without its vehicle seen going on: the one behind, admitted while it had
+        left the stop line, may have it still in front of it in the scan zone."""
+        behind = self._arriving
+        if behind is not None and behind.front_unseen is passage:
+            behind.front_unseen = None
+            if not passage.safety_seen:
+                log.warning("lane %s: %s ended without its vehicle seen past the barrier: %s behind it "
+                            "cannot be told from it, cancelled", self.id, passage.id, behind.id)
+                self._distrust(behind)
+
     def _abort(self, passage: Passage) -> None:
+        self._front_gone_unseen(passage)
         passage.authorized_up = False
         passage.aborted = True
         self._to_phase(passage, Phase.LOWERING)
@@ -183,6 +203,7 @@ class LaneCore:
 
     async def _finish(self, passage: Passage, *, cancelled: bool) -> None:
         """Publish a passage's transaction and take it off the lane."""
+        self._front_gone_unseen(passage)
         if passage.decider is not None:
             passage.decider.cancel()
             passage.decider = None

@@ -378,9 +378,7 @@ class Lane(PassageTracking, BarrierControl):
                 if cur is not None and cur.phase is Phase.PASSING:
                     cur.safety_clear_since = now
         if "exit_loop" in changed and image.inputs.get("exit_loop"):
-            cur = self._current
-            if cur is not None and cur.phase is Phase.PASSING:
-                cur.exit_seen = True
+            self._exit_rose(now)
 
     async def _watchdog_changed(self, tripped: bool) -> None:
         if tripped and "watchdog" not in self._faults:

@@ -115,6 +115,9 @@ class Passage:
     safety_seen: bool = False
     safety_clear_since: float | None = None
     exit_seen: bool = False
+    front_unseen: Passage | None = None
+    """The passage in front, when this vehicle arrived after that one left the stop line but before it
+    was seen going on: this passage is trusted only once it is (else it is cancelled)."""
 
     @property
     def id(self) -> str:

@@ -38,17 +38,25 @@ class PassageTracking(LaneCore):
         if self._entry_fell_at is not None and now - self._entry_fell_at < self._config.timeouts.entry_gap_s:
             return  # a gap between tractor and trailer, not a new vehicle
         cur = self._current
+        front_unseen = None
         if (cur is not None and self._arriving is None and cur.stop_clear_since is not None
                 and cur.phase in (Phase.COLLECTING, Phase.DECIDING, Phase.STOPPED, Phase.RELEASED)
                 and not cur.safety_seen):
-            # The vehicle that left the stop line without passing is reversing out over the entry
-            # loop; nobody can enter the lane behind it while it does.
-            log.info("lane %s: %s reversed out of the lane", self.id, cur.id)
-            if cur.phase is Phase.RELEASED:
-                self._abort(cur)
+            left_s = now - cur.stop_clear_since
+            if left_s < self._config.timeouts.reverse_min_s:
+                # Too soon for the vehicle that left the stop line to have reversed the whole scan
+                # zone: this is the next one, queued behind, while the one in front clears the
+                # barrier (or turns off). The passage in front keeps its own timers.
+                log.info("lane %s: entry loop %.1f s after %s left the stop line: the next vehicle",
+                         self.id, left_s, cur.id)
+                # Admitted on timing alone: until the vehicle in front is seen going on (safety loop,
+                # exit detector), it may still be in the scan zone ahead of this one.
+                front_unseen = cur
             else:
-                await self._finish(cur, cancelled=cur.phase is not Phase.STOPPED)
-            return
+                # The vehicle that left the stop line without passing is reversing out over the
+                # entry loop; nobody can enter the lane behind it while it does.
+                await self._reversed_out(cur)
+                return
         ambiguous = False
         if self._arriving is not None:
             # One vehicle in the scan zone at a time: a second arrival before the first reached the
@@ -59,6 +67,7 @@ class PassageTracking(LaneCore):
         passage = self._new_passage(now, ambiguous=ambiguous)
         if self._current is not None:
             self._current.ocr_closed = True  # reads from now on belong to the new vehicle
+        passage.front_unseen = front_unseen
         self._arriving = passage
         # Reads of the pre-arrival window belong to the vehicle now arriving.
         horizon = now - self._config.timeouts.pre_arrival_s
@@ -69,11 +78,31 @@ class PassageTracking(LaneCore):
         log.info("lane %s: vehicle arriving, transaction %s%s", self.id, passage.id,
                  " (ambiguous)" if ambiguous else "")
 
+    async def _reversed_out(self, cur: Passage) -> None:
+        log.info("lane %s: %s reversed out of the lane", self.id, cur.id)
+        if cur.phase is Phase.RELEASED:
+            self._abort(cur)
+        else:
+            await self._finish(cur, cancelled=cur.phase is not Phase.STOPPED)
+
     async def _stop_rose(self, now: float) -> None:
         cur = self._current
         gap = self._stop_fell_at is not None and now - self._stop_fell_at < self._config.timeouts.entry_gap_s
         if cur is not None:
             if cur.phase in (Phase.COLLECTING, Phase.DECIDING, Phase.STOPPED, Phase.RELEASED):
+                behind = self._arriving
+                if behind is not None and cur.stop_clear_since is not None and not gap:
+                    # The vehicle in front left the stop line and another one is in the scan zone
+                    # behind it: whoever is on the stop loop now may be either. Neither passage is
+                    # vouched for; a release in front is withdrawn before anyone drives under it.
+                    log.warning("lane %s: a vehicle on the stop line after %s left it, with %s behind: "
+                                "both cancelled", self.id, cur.id, behind.id)
+                    self._distrust(behind)
+                    if cur.phase is Phase.RELEASED:
+                        self._abort(cur)
+                    else:
+                        await self._finish(cur, cancelled=True)
+                    return
                 cur.stop_clear_since = None  # the same vehicle rolled back onto the loop
                 return
             if gap:
@@ -116,13 +145,38 @@ class PassageTracking(LaneCore):
         if cur is None:
             return
         if cur.phase is Phase.RELEASED and cur.authorized_up:
-            cur.safety_seen = True
-            cur.stop_clear_since = None
-            self._to_phase(cur, Phase.PASSING)
+            self._passing(cur)
         elif cur.phase is Phase.PASSING:
             cur.safety_clear_since = None
         elif cur.phase is Phase.LOWERING:
             log.warning("lane %s: vehicle under the barrier while it is lowering (PLC interlock holds it)", self.id)
+
+    def _passing(self, cur: Passage) -> None:
+        """The released vehicle is seen going on, under the barrier or past it."""
+        cur.safety_seen = True
+        cur.stop_clear_since = None
+        self._to_phase(cur, Phase.PASSING)
+        behind = self._arriving
+        if behind is not None and behind.front_unseen is cur:
+            behind.front_unseen = None
+
+    def _exit_rose(self, now: float) -> None:
+        """The exit detector sees a vehicle past the barrier."""
+        cur = self._current
+        if cur is None:
+            return
+        if cur.phase is Phase.PASSING:
+            cur.exit_seen = True
+        elif (cur.phase is Phase.RELEASED and cur.authorized_up and cur.stop_clear_since is not None
+              and self._image is not None and self._image.inputs["barrier_up"]):
+            # It left the stop line with the barrier open and is past it: it went through, even if
+            # the safety loop did not show it (a pulse shorter than a poll).
+            log.info("lane %s: %s seen by the exit detector: passed", self.id, cur.id)
+            self._passing(cur)
+            cur.exit_seen = True
+            if not self._image.loop_safety:
+                # Whenever it crossed the arm unseen, clear_s counts from now.
+                self._safety_clear_since = cur.safety_clear_since = now
 
     def _attach(self, obs: OcrObservation | ScanObservation) -> None:
         accepting = [p for p in (self._current, self._arriving)
@@ -149,11 +203,7 @@ class PassageTracking(LaneCore):
                 # taken for its trailer. Which reads are whose is unknown: neither is vouched for.
                 log.warning("lane %s: second scan %s for %s (first %s): two vehicles taken for one, "
                             "transaction cancelled", self.id, obs.scan_id, target.id, target.scan.scan_id)
-                target.ambiguous = True
-                target.early = target.early_at = None
-                if target.decider is not None:
-                    target.decider.cancel()
-                    target.decider = None
+                self._distrust(target)
                 return
             target.scan = obs
             return

@@ -162,6 +162,9 @@ def lane_config(
     timeout_section: dict[str, Any] = {
         "arrival_s": 30.0, "collect_s": 5.0, "ocr_settle_s": 0.1, "decision_s": 2.0, "pass_s": 30.0,
         "clear_s": 0.1, "hold_s": 60.0, "pre_arrival_s": 5.0, "entry_gap_s": 0.05, "backout_s": 0.5,
+        # The fast simulated vehicles reverse from the stop line to the entry loop in 0.05 s: every
+        # entry after a vehicle left the stop line is that vehicle reversing unless a test says otherwise.
+        "reverse_min_s": 0.0,
     }
     timeout_section.update(timeouts or {})
     return LaneConfig.model_validate({

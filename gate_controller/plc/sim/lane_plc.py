@@ -50,6 +50,7 @@ class Spot(Enum):
     ENTRY = "entry"  # on the entry loop (start of the scan zone)
     ZONE = "zone"  # in the scan zone, between the loops
     STOP = "stop"  # on the stop loop, in front of the barrier
+    TO_ARM = "to_arm"  # off the stop loop, driving to the barrier, not yet on the safety loop
     UNDER = "under"  # on the safety loop, under the barrier arm
     EXIT = "exit"  # past the barrier, on the exit detector when there is one
     GONE = "gone"
@@ -106,6 +107,7 @@ class VirtualLanePlc:
         travel_s: tuple[float, float] = (1.5, 3.0),
         watchdog_s: float = 3.0,
         move_s: float = 1.0,
+        to_arm_s: float = 0.0,
         tick_s: float = 0.02,
         version: int = 0x0104,
         clock: Callable[[], float] = time.monotonic,
@@ -121,6 +123,8 @@ class VirtualLanePlc:
         self.travel_s = travel_s
         self.watchdog_s = watchdog_s
         self.move_s = move_s
+        self.to_arm_s = to_arm_s
+        """From leaving the stop loop to reaching the safety loop when driving through (0: the loops touch)."""
         self.tick_s = tick_s
         self._clock = clock
         self._rng = random.Random(seed)
@@ -425,13 +429,20 @@ class VirtualLanePlc:
         self._place(vehicle, Spot.STOP)
         return vehicle
 
-    async def vehicle_drives_through(self, vehicle: Vehicle | None = None, *, timeout_s: float = 60.0) -> Vehicle:
+    async def vehicle_drives_through(self, vehicle: Vehicle | None = None, *, timeout_s: float = 60.0,
+                                     to_arm_s: float | None = None) -> Vehicle:
         """Wait for the barrier to be fully up, then drive under it and away.
 
-        Raises `TimeoutError` (the vehicle stays at the stop line) if the barrier does not open.
+        ``to_arm_s`` (default: the PLC's) is how long the vehicle is on neither loop between leaving
+        the stop loop and reaching the safety loop. Raises `TimeoutError` (the vehicle stays at the
+        stop line) if the barrier does not open.
         """
         vehicle = vehicle or self._front((Spot.STOP,))
         await self.wait_for(lambda: self.position >= 1.0, timeout_s=timeout_s)
+        gap_s = self.to_arm_s if to_arm_s is None else to_arm_s
+        if gap_s > 0:
+            self._place(vehicle, Spot.TO_ARM)
+            await asyncio.sleep(gap_s)
         self._place(vehicle, Spot.UNDER)
         await asyncio.sleep(self.move_s)
         self._place(vehicle, Spot.EXIT)
@@ -439,12 +450,20 @@ class VirtualLanePlc:
         self._place(vehicle, Spot.GONE)
         return vehicle
 
-    async def vehicle_backs_out(self, vehicle: Vehicle | None = None) -> Vehicle:
-        """The vehicle reverses out of the lane over the entry loop."""
+    def vehicle_turns_off(self, vehicle: Vehicle | None = None) -> Vehicle:
+        """The vehicle leaves the stop line by a side exit before the barrier (to the inspection area),
+        over no loop."""
+        vehicle = vehicle or self._front((Spot.STOP,))
+        self._place(vehicle, Spot.GONE)
+        return vehicle
+
+    async def vehicle_backs_out(self, vehicle: Vehicle | None = None, *, reverse_s: float | None = None) -> Vehicle:
+        """The vehicle reverses out of the lane over the entry loop; from the stop line it needs
+        ``reverse_s`` (default ``move_s``) to get back to the entry loop."""
         vehicle = vehicle or self._front((Spot.STOP, Spot.ZONE, Spot.ENTRY))
         if vehicle.spot is Spot.STOP:
             self._place(vehicle, Spot.ZONE)
-            await asyncio.sleep(self.move_s)
+            await asyncio.sleep(self.move_s if reverse_s is None else reverse_s)
         self._place(vehicle, Spot.ENTRY)
         await asyncio.sleep(self.move_s)
         self._place(vehicle, Spot.GONE)
