@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-dev
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint imports typecheck pytest venv deb-test bench model clean
+.PHONY: demo test lint imports typecheck pytest venv deb-test bench model test-train clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install python3.11 and python3.11-venv (apt-get install python3.11 python3.11-venv)"; exit 1; }
@@ -84,6 +84,11 @@ $(TRAIN_STAMP): setup.cfg pyproject.toml
 model: $(TRAIN_STAMP)
 	$(TRAIN_VENV)/bin/python -m inference.training train --seed $(SEED)
 	$(TRAIN_VENV)/bin/python -m inference.training evaluate --scans 2000 --roc-dir docs/img --write-metadata
+
+# The hub's fine-tuning (`python -m inference.training adapt`) end to end: its TensorFlow part runs in
+# the training venv (without that venv, `make test` skips this one test).
+test-train: $(STAMP) $(TRAIN_STAMP)
+	$(PY) -m pytest tests/inference/test_site_finetune.py
 
 clean:
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache

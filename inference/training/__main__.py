@@ -1,4 +1,5 @@
-"""``python -m inference.training train|calibrate|evaluate|loo``: see docs/retraining.md."""
+"""``python -m inference.training train|calibrate|evaluate|loo|adapt``: see docs/retraining.md and, for
+``adapt`` (fine-tuning on one site's scans at the hub), docs/commissioning.md."""
 
 from __future__ import annotations
 
@@ -140,6 +141,40 @@ def _loo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    import functools
+
+    from inference.package import build_package, load_private_key
+    from inference.training.site import SiteOptions, fine_tune
+
+    if not 0.05 <= args.holdout <= 0.5 or not 0.0 < args.target_false_alarm < 0.5:
+        raise SystemExit("--holdout must be in [0.05, 0.5] and --target-false-alarm in (0, 0.5)")
+    if args.steps < 1 or args.batch < 1 or args.tip_per_scan < 0 or not 0.0 <= args.synthetic_share < 1.0:
+        raise SystemExit("--steps and --batch must be >= 1, --tip-per-scan >= 0, --synthetic-share in [0, 1)")
+    key = load_private_key(args.key)  # before hours of training: a bad key fails now
+    opts = SiteOptions(clean_dir=args.clean, version=args.version, name=args.name, model=args.model,
+                       weights=args.weights, samples=list(args.samples), seed=args.seed, steps=args.steps,
+                       batch=args.batch, learning_rate=args.learning_rate, holdout=args.holdout,
+                       tip_per_scan=args.tip_per_scan, threats_per_class=args.threats_per_class,
+                       synthetic_scans=args.synthetic_scans, synthetic_share=args.synthetic_share,
+                       target_false_alarm=args.target_false_alarm, min_scans=args.min_scans,
+                       representative=args.representative, threads=args.threads,
+                       cache_dir=None if args.no_cache else args.cache)
+    report = fine_tune(opts, args.out, sign=functools.partial(build_package, key=key))
+    v = report["validation"]
+    print(f"{args.out}: {opts.name or report['base_model']['name']} {args.version}, fine-tuned from "
+          f"{report['base_model']['name']} {report['base_model']['version']} in {report['timing_s']['total']:.0f} s")
+    print(f"held out: {v['held_out_clean_scans']} clean site scans, {v['tip_scans']} TIP scans, "
+          f"{v['field_samples']} field samples")
+    for when in ("before", "after"):
+        m = v[when]
+        det = ", ".join(f"{lb} {d['rate']:.0%}" if d["rate"] is not None else f"{lb} -"
+                        for lb, d in m["detection"].items())
+        print(f"  {when:6} suspect >= {m['thresholds']['suspect']:.3f}: false alarms {m['false_alarm']:.1%}; "
+              f"TIP detection {det}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from inference.training.train import TrainOptions  # no TensorFlow import at module level
 
@@ -215,6 +250,43 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--workers", type=int, default=d.workers)
     lo.add_argument("--threads", type=int, default=d.threads)
     lo.set_defaults(func=_loo)
+    from inference.training.site import SiteOptions
+
+    so = SiteOptions(clean_dir=Path(), version="0")
+    a = sub.add_parser("adapt", help="fine-tune the network on one site's clean scans with threat image "
+                                     "projection; writes a signed model package")
+    a.add_argument("--clean", type=Path, required=True,
+                   help="directory of the site's officer-confirmed clean scans (.npz, as smartgate model adapt)")
+    a.add_argument("--samples", type=Path, action="append", default=[],
+                   help="directory of labelled field samples (NAME.npz + NAME.json); repeatable")
+    a.add_argument("--out", type=Path, required=True, help="new package directory")
+    a.add_argument("--key", type=Path, required=True, help="Ed25519 private key that signs the package")
+    a.add_argument("--version", required=True, help="package version (above every version the gates have)")
+    a.add_argument("--name", default=None, help="package name (default: the base model's)")
+    a.add_argument("--model", type=Path, default=None, help="base model (.tflite or package); default: shipped")
+    a.add_argument("--weights", type=Path, default=None,
+                   help="float weights of the base model (Keras checkpoint NAME.weights.h5 from `train`); "
+                        "default: the one beside the base model, else dequantized from its .tflite")
+    a.add_argument("--seed", type=int, default=so.seed)
+    a.add_argument("--steps", type=int, default=so.steps)
+    a.add_argument("--batch", type=int, default=so.batch)
+    a.add_argument("--learning-rate", type=float, default=so.learning_rate)
+    a.add_argument("--holdout", type=float, default=so.holdout, help="share of site scans held out for calibration")
+    a.add_argument("--tip-per-scan", type=int, default=so.tip_per_scan, help="TIP training scans per clean scan")
+    a.add_argument("--threats-per-class", type=int, default=so.threats_per_class,
+                   help="generator threats cut out per class for training (half as many others for validation)")
+    a.add_argument("--synthetic-scans", type=int, default=so.synthetic_scans,
+                   help="generated training-world scans replayed against forgetting (0: none)")
+    a.add_argument("--synthetic-share", type=float, default=so.synthetic_share,
+                   help="share of batches drawn from them")
+    a.add_argument("--target-false-alarm", type=float, default=so.target_false_alarm)
+    a.add_argument("--min-scans", type=int, default=so.min_scans)
+    a.add_argument("--representative", type=int, default=so.representative,
+                   help="tiles for the int8 quantizer's ranges")
+    a.add_argument("--threads", type=int, default=so.threads, help="TensorFlow intra-op threads")
+    a.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "smartgate-train-cache")
+    a.add_argument("--no-cache", action="store_true")
+    a.set_defaults(func=_adapt)
     return parser
 
 

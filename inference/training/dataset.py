@@ -53,6 +53,7 @@ __all__ = [
     "field_example",
     "in_region",
     "load_field_samples",
+    "projected_example",
     "split_seed",
     "synthetic_example",
     "world_key",
@@ -248,6 +249,28 @@ def field_example(sample: FieldSample, g: Geometry) -> Example:
         bag[0] = 1
     tag = f"field:{sample.finding}"
     return Example(x=_quant_x(x, padded), targets=targets, weights=weights, bag=bag, width=width, tag=tag)
+
+
+def projected_example(original: Scan, projected: Scan, label: str, g: Geometry, *, visible: float = 0.03,
+                      ) -> Example:
+    """A threat projected into a clean scan (`inference.adaptation.tip`) as a training example:
+    the object's own pixels (where the projection attenuated the scan by more than ``visible``,
+    ln units, in any channel) are the mask of ``label``, every other anomaly channel is a dense
+    negative, and the load (``not_empty``) is known to be there but not where (a bag label)."""
+    if original.pixels.shape != projected.pixels.shape:
+        raise ValueError("the projected scan must have the original's shape")
+    before = np.log(original.pixels.astype(np.float32) + 1.0)
+    after = np.log(projected.pixels.astype(np.float32) + 1.0)
+    mask = (before - after).max(axis=0) > visible
+    x, width = normalize_scan(projected, g.input_spec(), g.normalization())
+    padded = _pad_width(width, g)
+    targets, weights = _targets_from_masks({label: mask}, width, padded, g)
+    weights[:, -(-width // g.stride):, :] = 0  # padding is not part of the scan
+    weights[..., 0] = 0
+    bag = np.zeros(len(g.outputs), dtype=np.uint8)
+    bag[0] = 1
+    return Example(x=_quant_x(x, padded), targets=targets, weights=weights, bag=bag, width=width,
+                   tag=f"tip:{label}")
 
 
 # --- example sets -------------------------------------------------------------------------------

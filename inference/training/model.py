@@ -12,11 +12,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from inference.training.geometry import WIDTHS, Geometry
 
-__all__ = ["WIDTHS", "build_export_model", "build_model"]
+__all__ = ["CONV_LAYERS", "WIDTHS", "build_export_model", "build_folded_model", "build_model", "fold_batch_norm",
+           "set_folded_weights"]
+
+CONV_LAYERS = ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "head")
+"""The convolutions in order; each ``cN`` is conv + batch norm + ReLU6, ``head`` a 1 x 1 conv."""
+FoldedWeights = dict[str, tuple[Any, Any]]
+"""Per layer of `CONV_LAYERS`: (kernel ``(kh, kw, in, out)``, bias ``(out,)``) with batch norm folded in."""
+
+
+def _layout(widths: tuple[int, int, int, int]) -> list[tuple[str, int, int, int]]:
+    """(name, filters, stride, dilation) of the ``cN`` blocks."""
+    return [("c1", widths[0], 2, 1), ("c2", widths[1], 2, 1), ("c3", widths[1], 1, 1), ("c4", widths[2], 2, 1),
+            ("c5", widths[2], 1, 1), ("c6", widths[3], 1, 2), ("c7", widths[3], 1, 4)]
 
 
 def _cbr(x: Any, filters: int, stride: int = 1, dilation: int = 1, name: str = "") -> Any:
@@ -29,15 +42,55 @@ def _cbr(x: Any, filters: int, stride: int = 1, dilation: int = 1, name: str = "
 def build_model(g: Geometry, widths: tuple[int, int, int, int] = WIDTHS) -> Any:
     """Training model: any width, outputs logits ``(batch, rows/8, width/8, 1 + labels)``."""
     inp = tf.keras.Input((g.rows, None, len(g.channels)), name="scan")
-    x = _cbr(inp, widths[0], 2, name="c1")
-    x = _cbr(x, widths[1], 2, name="c2")
-    x = _cbr(x, widths[1], name="c3")
-    x = _cbr(x, widths[2], 2, name="c4")
-    x = _cbr(x, widths[2], name="c5")
-    x = _cbr(x, widths[3], dilation=2, name="c6")
-    x = _cbr(x, widths[3], dilation=4, name="c7")
+    x = inp
+    for name, filters, stride, dilation in _layout(widths):
+        x = _cbr(x, filters, stride, dilation, name=name)
     logits = tf.keras.layers.Conv2D(len(g.outputs), 1, name="head")(x)
     return tf.keras.Model(inp, logits, name="smartgate_xray")
+
+
+def build_folded_model(g: Geometry, widths: tuple[int, int, int, int] = WIDTHS) -> Any:
+    """The same network with every batch norm folded into its convolution (conv with bias +
+    ReLU6): what the int8 model computes. Fine-tuning starts from it, because the folded weights
+    are what a shipped ``.tflite`` holds (`inference.training.base_weights`), and a handful of
+    site scans is too few to re-estimate batch statistics anyway."""
+    inp = tf.keras.Input((g.rows, None, len(g.channels)), name="scan")
+    x = inp
+    for name, filters, stride, dilation in _layout(widths):
+        x = tf.keras.layers.Conv2D(filters, 3, strides=stride, dilation_rate=dilation, padding="same",
+                                   use_bias=True, name=f"{name}_conv")(x)
+        x = tf.keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
+    logits = tf.keras.layers.Conv2D(len(g.outputs), 1, name="head")(x)
+    return tf.keras.Model(inp, logits, name="smartgate_xray")
+
+
+def fold_batch_norm(trained: Any) -> FoldedWeights:
+    """The folded weights of a `build_model` network (inference-mode batch norm)."""
+    out: FoldedWeights = {}
+    for name in CONV_LAYERS[:-1]:
+        kernel = trained.get_layer(f"{name}_conv").get_weights()[0]
+        bn = trained.get_layer(f"{name}_bn")
+        gamma, beta, mean, var = bn.get_weights()
+        factor = gamma / np.sqrt(var + bn.epsilon)
+        out[name] = ((kernel * factor).astype(np.float32), (beta - mean * factor).astype(np.float32))
+    kernel, bias = trained.get_layer("head").get_weights()
+    out["head"] = (kernel.astype(np.float32), bias.astype(np.float32))
+    return out
+
+
+def _folded_layer(name: str) -> str:
+    return name if name == "head" else f"{name}_conv"
+
+
+def set_folded_weights(model: Any, weights: FoldedWeights) -> None:
+    """Load folded weights into a `build_folded_model` network; shapes must match exactly."""
+    for name in CONV_LAYERS:
+        layer = model.get_layer(_folded_layer(name))
+        kernel, bias = weights[name]
+        want = [tuple(w.shape) for w in layer.get_weights()]
+        if want != [tuple(kernel.shape), tuple(bias.shape)]:
+            raise ValueError(f"layer {name}: weights {kernel.shape}/{bias.shape} do not fit the network {want}")
+        layer.set_weights([kernel, bias])
 
 
 def build_export_model(trained: Any, g: Geometry) -> Any:

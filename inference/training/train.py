@@ -18,7 +18,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,13 @@ from inference.training.dataset import (
 )
 from inference.training.geometry import WIDTHS, Geometry
 
-__all__ = ["TrainOptions", "recalibrate", "train"]
+__all__ = ["TrainOptions", "convert_int8", "make_train_step", "recalibrate", "train", "weights_path_for"]
 
 _log = logging.getLogger(__name__)
 
 MODEL_NAME = "smartgate-xray-anomaly"
 MODEL_STEM = "xray_anomaly"
+WEIGHTS_SUFFIX = ".weights.h5"
 # Weight of positive cells in the loss, per output channel. Missing an object is the costly
 # error, and weapons (small, thin steel, often superposed on machinery) and compact dense
 # masses are the hardest classes: they get more weight. ``not_empty`` is a balanced task.
@@ -196,6 +197,51 @@ def _representative(batches: _Batches, count: int) -> Iterator[list[npt.NDArray[
         yield [x]
 
 
+def make_train_step(model: Any, optimizer: Any, g: Geometry) -> Any:
+    """The compiled training step ``step(x, t, w, valid, bag) -> loss``: weighted per-cell binary
+    cross-entropy (positives weighted by `POS_WEIGHT`) plus the bag loss of labels known to be
+    present without a location."""
+    import tensorflow as tf
+
+    chan_weight = tf.constant([POS_WEIGHT.get(name, 3.0) for name in g.outputs], dtype=tf.float32)
+
+    def train_step(x: Any, t: Any, w: Any, valid: Any, bag: Any) -> Any:
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=t, logits=logits)
+            pos_w = 1.0 + (chan_weight - 1.0) * t
+            dense = tf.reduce_sum(bce * w * pos_w) / (tf.reduce_sum(w) + 1.0)
+            masked = tf.where(valid > 0, logits, tf.fill(tf.shape(logits), -30.0))
+            bag_logit = tf.reduce_max(masked, axis=(1, 2))
+            bag_bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(bag_logit), logits=bag_logit)
+            bag_loss = tf.reduce_sum(bag_bce * bag) / (tf.reduce_sum(bag) + 1.0)
+            loss = dense * len(g.outputs) + bag_loss
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    return tf.function(train_step, reduce_retracing=True)
+
+
+def convert_int8(export: Any, representative: Callable[[], Iterator[list[npt.NDArray[np.float32]]]]) -> bytes:
+    """Full-integer (int8 in, int8 out) conversion of a fixed-shape export model."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(export)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
+def weights_path_for(model_path: Path) -> Path:
+    """Where `train` keeps the float weights of ``model_path`` (a Keras checkpoint of
+    `build_model`, for fine-tuning at the hub; generated, never in git)."""
+    return model_path.with_name(model_path.stem + WEIGHTS_SUFFIX)
+
+
 def train(opts: TrainOptions) -> Path:
     """Run the whole pipeline; returns the path of the written ``.tflite``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -229,24 +275,7 @@ def train(opts: TrainOptions) -> Path:
     # Weight averaging (EMA): the exported weights are the moving average of the trained ones.
     optimizer = tf.keras.optimizers.Adam(learning_rate=schedule, use_ema=opts.ema > 0,
                                          ema_momentum=opts.ema if opts.ema > 0 else 0.99)
-    chan_weight = tf.constant([POS_WEIGHT.get(name, 3.0) for name in g.outputs], dtype=tf.float32)
-
-    def train_step(x: Any, t: Any, w: Any, valid: Any, bag: Any) -> Any:
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=t, logits=logits)
-            pos_w = 1.0 + (chan_weight - 1.0) * t
-            dense = tf.reduce_sum(bce * w * pos_w) / (tf.reduce_sum(w) + 1.0)
-            masked = tf.where(valid > 0, logits, tf.fill(tf.shape(logits), -30.0))
-            bag_logit = tf.reduce_max(masked, axis=(1, 2))
-            bag_bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(bag_logit), logits=bag_logit)
-            bag_loss = tf.reduce_sum(bag_bce * bag) / (tf.reduce_sum(bag) + 1.0)
-            loss = dense * len(g.outputs) + bag_loss
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
-
-    step = tf.function(train_step, reduce_retracing=True)
+    step = make_train_step(model, optimizer, g)
     batches = _Batches(data, g, rng)
     t_train = time.monotonic()
     running = 0.0
@@ -264,20 +293,14 @@ def train(opts: TrainOptions) -> Path:
         _recompute_batch_norm(model, batches, 60)
 
     export = build_export_model(model, g)
-    converter = tf.lite.TFLiteConverter.from_keras_model(export)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: _representative(batches, 300)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    flatbuffer = converter.convert()
+    flatbuffer = convert_int8(export, lambda: _representative(batches, 300))
 
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     model_path = opts.out_dir / f"{MODEL_STEM}.tflite"
     model_path.write_bytes(flatbuffer)
     # The float weights (EMA, batch norm re-estimated) beside the int8 model: what fine-tuning
     # at the hub (`python -m inference.training adapt`) starts from.
-    model.save_weights(str(opts.out_dir / f"{MODEL_STEM}.weights.h5"))
+    model.save_weights(str(weights_path_for(model_path)))
     spec = _initial_spec(model_path, g, opts, {
         "seed": opts.seed,
         "framework": f"tensorflow {tf.__version__}",

@@ -1,0 +1,78 @@
+"""The float weights a fine-tuning run starts from (no TensorFlow here).
+
+Two sources, best first:
+
+* the Keras checkpoint `python -m inference.training train` writes beside the model
+  (``xray_anomaly.weights.h5``, float32, batch norm not yet folded; generated, not in git);
+* the int8 ``.tflite`` itself: its convolutions hold the folded weights quantized per output
+  channel (``w = scale_o * q``, bias ``b = scale_in * scale_o * q``), which are read back and
+  dequantized here. That loses the int8 rounding (well under 1 % of a weight's range per
+  channel), which the fine-tuning steps absorb; it is what lets a site fine-tune a model whose
+  training run is gone, such as the shipped one.
+
+Either way the result is the per-layer folded kernels and biases of
+`inference.training.model.build_folded_model`, and the fine-tuning run checks them against the
+base ``.tflite`` on real tiles before it trains (`inference.training.site`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.errors import ModelError
+
+__all__ = ["LAYER_NAMES", "dequantized_weights"]
+
+LAYER_NAMES = ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "head")
+"""`inference.training.model.CONV_LAYERS` (repeated here: that module imports TensorFlow)."""
+_LAYER_IN_NAME = re.compile(r"/(c\d|head)(?:_conv)?(?:_\d+)?/")
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def _per_channel(values: npt.NDArray[Any], scales: npt.NDArray[Any], zero_points: npt.NDArray[Any],
+                 axis: int) -> FloatArray:
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    scale = np.asarray(scales, dtype=np.float64).reshape(shape) if np.size(scales) > 1 else float(scales[0])
+    zero = (np.asarray(zero_points, dtype=np.float64).reshape(shape) if np.size(zero_points) > 1
+            else float(zero_points[0]) if np.size(zero_points) else 0.0)
+    return ((values.astype(np.float64) - zero) * scale).astype(np.float32)
+
+
+def dequantized_weights(model_path: Path) -> dict[str, tuple[FloatArray, FloatArray]]:
+    """Per layer of `LAYER_NAMES`: the folded (kernel ``(kh, kw, in, out)``, bias ``(out,)``) of
+    the int8 network in ``model_path``. A model of another architecture is a `ModelError`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interp = Interpreter(model_path=str(model_path), num_threads=1)
+        interp.allocate_tensors()
+        ops = interp._get_ops_details()  # the op graph is only exposed here
+    except (ValueError, RuntimeError, OSError) as err:
+        raise ModelError(f"{model_path}: cannot read the network: {err}") from err
+    tensors = {int(t["index"]): t for t in interp.get_tensor_details()}
+    convs = [op for op in ops if op["op_name"] == "CONV_2D"]
+    if len(convs) != len(LAYER_NAMES):
+        raise ModelError(f"{model_path}: {len(convs)} convolutions, the smartgate network has {len(LAYER_NAMES)} "
+                         "(another architecture cannot be fine-tuned from it)")
+    out: dict[str, tuple[FloatArray, FloatArray]] = {}
+    for name, op in zip(LAYER_NAMES, convs, strict=True):
+        _, filter_index, bias_index = (int(i) for i in op["inputs"][:3])
+        filt, bias = tensors[filter_index], tensors[bias_index]
+        found = _LAYER_IN_NAME.search(str(filt["name"]))
+        if found is not None and found.group(1) != name:
+            raise ModelError(f"{model_path}: convolution {len(out) + 1} is {found.group(1)}, expected {name}")
+        fq, bq = filt["quantization_parameters"], bias["quantization_parameters"]
+        if filt["dtype"] != np.int8 or len(fq["scales"]) == 0:
+            raise ModelError(f"{model_path}: layer {name} is not an int8 quantized convolution")
+        q = interp.get_tensor(filter_index)            # (out, kh, kw, in)
+        kernel = _per_channel(q, fq["scales"], fq["zero_points"], int(fq["quantized_dimension"]))
+        b = _per_channel(interp.get_tensor(bias_index), bq["scales"], bq["zero_points"], 0)
+        out[name] = (np.ascontiguousarray(kernel.transpose(1, 2, 3, 0)), b)
+    return out
