@@ -60,8 +60,8 @@ def site_records(reviewer: Reviewer, val: Sequence[Path], samples: Sequence[Fiel
     return records + collect_field(reviewer, samples)
 
 
-def _summary(records: list[ScanRecord], suspect: float, not_empty: float, labels: Sequence[str]) -> dict[str, Any]:
-    m = compute_metrics(records, suspect, not_empty, labels)
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    """The figures of `compute_metrics` a package's manifest and report carry."""
     return {"thresholds": m["thresholds"], "false_alarm": m["false_alarm_scan_rate"],
             "anomaly_free_scans": m["anomaly_free_scans"],
             "detection": {lb: {"objects": d["objects"], "detected": d["detected"], "rate": d["detection_rate"]}
@@ -83,13 +83,14 @@ def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: S
     empties = [r for r in records if r.declared == "empty" and r.not_empty_truth is False]
     not_empty = not_empty_threshold(records, TARGET_FALSE_NOT_EMPTY) if empties else spec.thresholds.not_empty
     region = round(suspect * 0.6, 4)
+    after = compute_metrics(records, suspect, not_empty, labels)
     base = Reviewer(base_path, num_threads=1)
     before = site_records(base, val, samples, threats, seed=seed)
     validation = {
         "held_out_clean_scans": len(val), "tip_scans": sum(r.source == "site:tip" for r in records),
         "field_samples": len(samples), "target_false_alarm": target_false_alarm,
-        "before": _summary(before, base.suspect_threshold, base.not_empty_threshold, labels),
-        "after": _summary(records, suspect, not_empty, labels),
+        "before": _summary(compute_metrics(before, base.suspect_threshold, base.not_empty_threshold, labels)),
+        "after": _summary(after),
         "note": ("'after' false alarms are on the scans the threshold was chosen on (at most the target by "
                  "construction); detection is on TIP objects never used in training"),
     }
@@ -101,7 +102,7 @@ def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: S
         + "; not_empty " + ("recalibrated on held-out declared-empty scans" if empties else "kept from the base")
         + "; measured with LiteRT")}
     return spec.model_copy(update={"thresholds": thresholds, "envelope": envelope, "training": training,
-                                   "metrics": {"validation": validation["after"], "site": validation}}), validation
+                                   "metrics": {"validation": after, "site": validation}}), validation
 
 
 def merge_envelope(base: EnvelopeSpec, site: EnvelopeSpec) -> EnvelopeSpec:
