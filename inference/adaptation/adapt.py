@@ -10,11 +10,17 @@
 2. The normal-traffic model (`inference.adaptation.normal`) is fitted on the network's features of
    the fitting scans, ``folds`` times with one fold left out, so every fitting scan also gets an
    unbiased score (its largest cell distance under a model that never saw it).
-3. The distance threshold is the ``1 - target_false_alarm / 2`` quantile of those scores, and
-   the network's own anomaly probability gets a site threshold at the same quantile of its
-   scan maxima on the fitting scans (the network is not fitted, so no cross-validation is
-   needed): a cell is anomalous when either says so, and the two halves of the false-alarm
-   budget add up to at most ``target_false_alarm``.
+3. The distance threshold is the ``1 - target_false_alarm / 2`` quantile of those scores. The
+   network's own anomaly probability keeps the shipped threshold unless the site's clean scans
+   show that it flags more than half the budget of them (the lower bound of the 95 % Wilson
+   interval of its rate on the fitting scans is above ``target_false_alarm / 2``); only then it
+   moves up to that quantile of their scan maxima. It never moves down: a few dozen clean scans
+   cannot show that detection would survive. A cell is anomalous when either says so, and the
+   two halves of the false-alarm budget add up to at most ``target_false_alarm``. The cargo
+   channel's threshold (declared-empty checks) follows the same rule on the fitting scans
+   declared empty, with ``target_false_not_empty``: a scanner whose empty boxes look loaded
+   to the shipped model (a reefer's machinery unit, a heavy floor) gets a threshold above
+   them, and the validation reports how many of the other clean scans are still called loaded.
 4. Threat image projection (`inference.adaptation.tip`) puts generator threats into the
    validation scans; detection is measured per class, before (the network's own verdict) and
    after (the adapted review) adaptation, with the false alarms of both on the validation scans.
@@ -61,6 +67,7 @@ class AdaptOptions:
     holdout: float = 0.3
     folds: int = 5
     target_false_alarm: float = 0.01
+    target_false_not_empty: float = 0.01
     threats_per_class: int = 6
     seed: int = 20261206
     threads: int = 1
@@ -86,6 +93,10 @@ def _scan_files(directory: Path) -> list[Path]:
     return out
 
 
+def _declared_empty(scan: Scan) -> bool:
+    return scan.declared is not None and scan.declared.strip().lower() == "empty"
+
+
 def _scans(paths: Sequence[Path]) -> Iterator[Scan]:
     for path in paths:
         yield load_scan(path)
@@ -103,6 +114,32 @@ def _rate(hits: int, n: int) -> dict[str, Any]:
     return {"detected": hits, "of": n, "rate": round(hits / n, 4) if n else None}
 
 
+def _wilson_low(hits: int, n: int, z: float = 1.96) -> float:
+    """Lower bound of the 95 % Wilson interval of a rate ``hits / n``."""
+    if n == 0:
+        return 0.0
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    margin = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
+    return max(0.0, (centre - margin) / (1 + z * z / n))
+
+
+def _site_threshold(shipped: float, clean_maxima: Sequence[float], budget: float) -> tuple[float, dict[str, Any]]:
+    """Keep the shipped threshold unless the site's clean scans show that it flags more than
+    ``budget`` of them (the lower 95 % bound of its rate on them is above the budget); then move it
+    to the ``1 - budget`` quantile of their maxima. Never lower: a few dozen clean scans cannot show
+    that the threshold may come down without losing detection."""
+    n = len(clean_maxima)
+    hits = sum(m >= shipped for m in clean_maxima)
+    raise_it = _wilson_low(hits, n) > budget
+    threshold = shipped
+    if raise_it:
+        q = float(np.quantile(clean_maxima, 1.0 - budget))
+        threshold = max(shipped, float(np.nextafter(np.float32(q), np.float32(1.0))))
+    return threshold, {"shipped": round(shipped, 6), "site_flagged": hits, "of": n, "raised": raise_it,
+                       "threshold": round(threshold, 6)}
+
+
 class _Judge:
     """Before (the network's own review) and after (the adapted review) on the same scans."""
 
@@ -111,9 +148,16 @@ class _Judge:
         self.adapted = adapted
 
     def clean(self, scan: Scan) -> tuple[bool, bool]:
-        before = self.base.review(scan).verdict == "suspect"
+        """Anomaly false alarm on a clean scan, before and after (declared-empty checks apart)."""
+        base = self.base.analyse(scan).anomaly
+        before = bool(base.size and base.max() >= self.base.suspect_threshold)
         analysis, dist = self.adapted.analyse_distances(scan)
         return before, bool(self.adapted.cell_scores(analysis, dist).max() >= 0.5)
+
+    def called_loaded(self, scan: Scan, not_empty_threshold: float) -> tuple[bool, bool]:
+        """Whether the box is called loaded, before (shipped threshold) and after (site threshold)."""
+        score = float(self.base.not_empty_map(self.base.analyse(scan)).max())
+        return score >= self.base.not_empty_threshold, score >= not_empty_threshold
 
     def threat(self, scan: Scan, box: tuple[int, int, int, int]) -> tuple[bool, bool]:
         """Detected when the flagged cells reach into the object's box (one cell of slack)."""
@@ -162,11 +206,14 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     folds = [NormalAccumulator(rows, dims) for _ in range(options.folds)]
     stats = []
     network_max: list[float] = []
+    empty_not_empty: list[float] = []  # cargo scores of the fitting scans declared empty
     for i, scan in enumerate(_scans(fit)):
         folds[i % options.folds].add(adapted.valid_features(scan))
         analysis = adapted.analyse(scan)
         stats.append(analysis.input_stats)
         network_max.append(float(analysis.anomaly.max()) if analysis.anomaly.size else 0.0)
+        if _declared_empty(scan):
+            empty_not_empty.append(float(adapted.not_empty_map(analysis).max()))
     total = folds[0]
     for acc in folds[1:]:
         total = total.plus(acc)
@@ -182,10 +229,17 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     quantile = 1.0 - options.target_false_alarm / 2
     threshold = float(np.quantile(cv_scores, quantile))
     network_q = float(np.quantile(network_max, quantile))
-    # A network whose anomaly output is saturated on this site's clean scans (it "sees threats
-    # everywhere") has nothing left to separate: only the feature distances decide then.
-    network_threshold: float | None = (max(float(np.nextafter(np.float32(network_q), np.float32(1.0))), 0.05)
-                                       if network_q < _NETWORK_SATURATED else None)
+    # The network keeps the shipped threshold unless this site's clean scans show it over-flags.
+    # A network whose anomaly output is saturated on them (it "sees threats everywhere") has
+    # nothing left to separate: only the feature distances decide then.
+    network_threshold: float | None = None
+    network_fit: dict[str, Any] = {"used": False, "site_quantile": round(network_q, 6)}
+    if network_q < _NETWORK_SATURATED:
+        network_threshold, network_fit = _site_threshold(base.suspect_threshold, network_max,
+                                                         options.target_false_alarm / 2)
+        network_fit["used"] = True
+    not_empty_threshold, not_empty_fit = _site_threshold(base.not_empty_threshold, empty_not_empty,
+                                                         options.target_false_not_empty)
     adapted.normal = total.model()
     adapted.distance_threshold = threshold
     adapted.network_threshold = network_threshold
@@ -198,10 +252,17 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     # 3. validation: held-out clean scans, and TIP threats projected into them
     judge = _Judge(base, adapted)
     fa_before = fa_after = 0
+    empty_counts = {"n": 0, "before": 0, "after": 0}
+    loaded_counts = {"n": 0, "before": 0, "after": 0}
     for scan in _scans(val):
         b, a = judge.clean(scan)
         fa_before += b
         fa_after += a
+        counts = empty_counts if _declared_empty(scan) else loaded_counts
+        b, a = judge.called_loaded(scan, not_empty_threshold)
+        counts["n"] += 1
+        counts["before"] += b
+        counts["after"] += a
     threats = extract_threats(tuple(base.spec.labels), options.threats_per_class, seed=options.seed)
     by_label: dict[str, list[ThreatObject]] = {}
     for threat in threats:
@@ -236,7 +297,15 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
             "false_alarm": {"before": _rate(fa_before, n_val), "after": _rate(fa_after, n_val)},
             "tip_detection": {label: {"before": _rate(c["before"], c["n"]), "after": _rate(c["after"], c["n"])}
                               for label, c in sorted(detection.items())},
+            # Declared-empty boxes called loaded (false alarms of the declared-empty check), and the
+            # other clean scans (as a rule loaded) still called loaded at the site threshold.
+            "declared_empty_called_loaded": {"before": _rate(empty_counts["before"], empty_counts["n"]),
+                                             "after": _rate(empty_counts["after"], empty_counts["n"])},
+            "others_called_loaded": {"before": _rate(loaded_counts["before"], loaded_counts["n"]),
+                                     "after": _rate(loaded_counts["after"], loaded_counts["n"])},
         },
+        "network_fit": network_fit,
+        "not_empty_fit": not_empty_fit,
         "field_samples": field,
         "timing_s": {"features": round(t_fit - t_start, 1), "total": round(t_val - t_start, 1)},
         "options": {"holdout": options.holdout, "folds": options.folds, "threats_per_class": options.threats_per_class,
@@ -249,7 +318,8 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
             "score": "d^2 / (d^2 + distance_threshold^2); suspect at 0.5"}
     spec = base.spec
     region = float(threshold * np.sqrt(_REGION_SCORE / (1 - _REGION_SCORE)))
-    thresholds = {**spec.thresholds.model_dump(), "suspect": 0.5, "region": _REGION_SCORE}
+    thresholds = {**spec.thresholds.model_dump(), "suspect": 0.5, "region": _REGION_SCORE,
+                  "not_empty": not_empty_threshold}
     report["normalization"] = {"before": list(spec.normalization.scale), "after": list(normalization.scale)}
     files = {ADAPTATION_FILE: (json.dumps(meta, indent=1) + "\n").encode(),
              ADAPTATION_ARRAYS: adapted.normal.to_bytes(), ENVELOPE_FILE: envelope.to_json().encode(),
@@ -320,4 +390,9 @@ def adapt_cli_summary(report: dict[str, Any]) -> Sequence[str]:
         b, a = d["before"], d["after"]
         lines.append(f"  {label:14} TIP detection {b['rate'] if b['rate'] is not None else 0:.1%} before, "
                      f"{a['rate'] if a['rate'] is not None else 0:.1%} after ({a['of']} projected)")
+    empty = v.get("declared_empty_called_loaded")
+    if empty and empty["before"]["of"]:
+        lines.append(f"  declared-empty boxes called loaded: {empty['before']['detected']}/{empty['before']['of']} "
+                     f"before, {empty['after']['detected']}/{empty['after']['of']} after (not-empty threshold "
+                     f"{report['not_empty_fit']['shipped']:.4f} -> {report['not_empty_fit']['threshold']:.4f})")
     return lines
