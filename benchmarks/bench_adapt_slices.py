@@ -14,9 +14,10 @@ Per slice:
 2. An independent test set of the same site, never shown to the adaptation (other seeds):
    ``--test-clean`` clean scans (70 % loaded, 30 % empty boxes declared empty) and
    ``--test-anomalies`` generated scans per anomaly class, each reviewed by the base model and
-   by the adapted package as the gate reviews them. A clean scan called ``suspect`` (an anomaly,
-   or an empty box called loaded) or ``unavailable`` is a false alarm; an object counts as
-   detected when the verdict is ``suspect`` with a region on it.
+   by the adapted package as the gate reviews them, plus ``--test-anomalies`` boxes declared
+   empty but loaded. A clean scan called ``suspect`` (an anomaly, or an empty box called loaded)
+   or ``unavailable`` is a false alarm; a misdeclared box is caught when called ``suspect``; an
+   object counts as detected when the verdict is ``suspect`` with a region on it.
 
     .venv/bin/python benchmarks/bench_adapt_slices.py --model /tmp/smartgate-loo/joint/xray_anomaly.tflite \\
         [--scans 100] [--test-clean 100] [--test-anomalies 30] [--slice energy=6/9 ...] [--json FILE]
@@ -56,14 +57,15 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def _judge(reviewer: Reviewer, syn: Any) -> bool:
-    """Clean scan: flagged (a false alarm). Anomaly scan: detected with a region on an object."""
+def _judge(reviewer: Reviewer, syn: Any, group: str) -> bool:
+    """Clean or empty scan: called suspect (a false alarm). Declared empty but loaded: called
+    suspect (the misdeclaration caught). Anomaly: suspect with a region on an object."""
     result = reviewer.review(syn.scan)
     if result.verdict == "unavailable":
-        return not syn.regions  # a false alarm on a clean scan, a miss on an anomaly
+        return group in ("clean", "empty")  # a false alarm on a clean scan, a miss otherwise
     if result.verdict != "suspect":
         return False
-    if not syn.regions:
+    if group not in ANOMALY_CLASSES:
         return True
     boxes = [(r.x, r.y, r.w, r.h) for r in syn.regions]
     return any(_overlaps((g.x, g.y, g.w, g.h), b) for g in result.regions for b in boxes)
@@ -75,12 +77,13 @@ def _test(reviewers: dict[str, Reviewer], region: Region, others: Region, seed: 
     plan = [("clean", "clean", seed + i) if i % 10 < 7 else ("empty", "empty", seed + i) for i in range(clean)]
     for k, label in enumerate(ANOMALY_CLASSES):
         plan += [(label, label, seed + 50_000 * (k + 1) + i) for i in range(per_class)]
+    plan += [("misdeclared", "misdeclared_empty", seed + 300_000 + i) for i in range(per_class)]
     for group, kind, s in plan:
         syn = generate_scenario(s, kind, world="random", only=region, exclude=others or None)
         if group in ANOMALY_CLASSES and not syn.regions:
             continue  # the object fell outside the detector column
         for name, reviewer in reviewers.items():
-            hit = _judge(reviewer, syn)
+            hit = _judge(reviewer, syn, group)
             counts[name].setdefault(group, [0, 0])
             counts[name][group][0] += int(hit)
             counts[name][group][1] += 1
@@ -140,11 +143,11 @@ def main() -> int:
                               f"{d['after']['detected']}/{d['after']['of']}" for lb, d in v["tip_detection"].items()))
             nf = report["not_empty_fit"]
             print(f"  thresholds    network {report['network_fit']}, not-empty {nf['shipped']} -> {nf['threshold']}")
-            for group in ("clean", "empty", *ANOMALY_CLASSES):
+            for group in ("clean", "empty", "misdeclared", *ANOMALY_CLASSES):
                 b, a = test["before"].get(group), test["after"].get(group)
                 if b is None or a is None:
                     continue
-                what = "detected" if group in ANOMALY_CLASSES else "false alarms"
+                what = "false alarms" if group in ("clean", "empty") else "detected"
                 print(f"  test {group:13} {what:12} {b['hits']}/{b['of']} before, {a['hits']}/{a['of']} after")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
