@@ -158,3 +158,23 @@ def test_normalization_fit_undoes_a_harder_spectrum(tmp_path: Path) -> None:
     high, diff = (n / b for n, b in zip(norm.scale, base.spec.normalization.scale, strict=True))
     assert diff > 1.8  # low - high grows much more than 1.5x: the high channel does not move with it
     assert high == 1.0  # the first channel is the reference
+
+
+def test_site_thresholds_move_up_only_on_evidence_of_over_flagging() -> None:
+    from inference.adaptation.adapt import _site_threshold, _wilson_low
+
+    assert _wilson_low(0, 64) == 0.0
+    assert 0.0 < _wilson_low(3, 64) < 3 / 64 < 0.1
+    quiet = [0.1 + 0.001 * i for i in range(64)]  # every clean maximum below the shipped 0.9
+    assert _site_threshold(0.9, quiet, 0.005)[0] == 0.9
+    one = [*quiet[:-1], 0.95]  # one of 64 flagged: no evidence the rate exceeds 0.5 %
+    threshold, fit = _site_threshold(0.9, one, 0.005)
+    assert threshold == 0.9
+    assert fit["site_flagged"] == 1
+    assert not fit["raised"]
+    loud = [*quiet[:50], *[0.91 + 0.005 * i for i in range(14)]]  # 14 of 64 flagged
+    threshold, fit = _site_threshold(0.9, loud, 0.005)
+    assert fit["raised"]
+    assert threshold > 0.97
+    assert _site_threshold(0.999, loud, 0.005)[0] == 0.999  # never below the shipped threshold
+    assert _site_threshold(0.9, [], 0.01)[0] == 0.9  # nothing to judge by: unchanged
