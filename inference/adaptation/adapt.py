@@ -66,7 +66,7 @@ _SCALE_TOLERANCE = 0.15
 class AdaptOptions:
     holdout: float = 0.3
     folds: int = 5
-    target_false_alarm: float = 0.01
+    target_false_alarm: float = 0.02
     target_false_not_empty: float = 0.01
     threats_per_class: int = 6
     seed: int = 20261206
