@@ -102,6 +102,8 @@ class GateDaemon:
         self.config = config
         self.config_path = config_path
         self._mqtt_url = mqtt_url
+        self.early_stop: list[str] = []
+        """Stop signals received between the state lock and the loop's own handlers (`run_daemon`)."""
         """Replaces the file's ``mqtt.url``, also on reload (`smartgate run --mqtt-url`)."""
         self.config_dir = config_path.resolve().parent
         self._clock = time.monotonic
@@ -212,6 +214,8 @@ class GateDaemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if self.early_stop:  # a stop signal that came before the loop's handlers were in place
+            self.request_stop(self.early_stop[0])
         try:
             await control.start()
             await telemetry.start_server()
@@ -732,8 +736,19 @@ def run_daemon(config_path: Path, *, mqtt_url: str | None = None) -> int:
     except OSError as err:
         log.error("cannot lock the state directory %s: %s", config.storage.state_dir, err)  # noqa: TRY400
         return EX_CONFIG
+    # From here on a SIGTERM/SIGINT (systemd stopping a daemon that is still starting) is a
+    # request to stop cleanly, honoured as soon as the loop runs, not an abrupt death.
+    early_stop: list[str] = []
+
+    def _early(signum: int, _frame: object) -> None:
+        early_stop.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, _early) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         daemon = GateDaemon(config, config_path, mqtt_url=mqtt_url)
+        daemon.early_stop = early_stop
         return asyncio.run(daemon.run())
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         instance.release()

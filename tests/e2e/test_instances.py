@@ -186,6 +186,26 @@ def test_killed_demo_leaves_no_process(tmp_path: Path, broker: MosquittoBroker, 
     assert not left, f"processes of the killed demo still running after 5 s: {[names[p] for p in sorted(left)]}"
 
 
+def test_sigterm_while_starting_stops_the_daemon_cleanly(tmp_path: Path, broker: MosquittoBroker,
+                                                         reaper: set[int]) -> None:
+    """systemd may stop a daemon that is still starting: the SIGTERM that arrives as soon as the
+    state directory is locked is a clean stop (exit 0), not a death by signal."""
+    path = write_config(tmp_path, broker)
+    state_dir = tmp_path / "state"
+    daemon = spawn("run", "-c", str(path), log=tmp_path / "daemon.log")
+    reaper.add(daemon.pid)
+    deadline = time.monotonic() + 30.0
+    while lock_pid(state_dir) != daemon.pid:
+        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+        assert time.monotonic() < deadline, "the daemon never locked its state directory"
+        time.sleep(0.002)
+    daemon.send_signal(signal.SIGTERM)
+    code = daemon.wait(60.0)
+    log = (tmp_path / "daemon.log").read_text()
+    assert code == 0, log[-3000:]
+    assert "stopping (SIGTERM)" in log, log[-3000:]
+
+
 @pytest.mark.skipif(MOSQUITTO_SUB is None, reason="needs mosquitto_sub (Debian's mosquitto-clients)")
 def test_demo_with_mqtt_url_runs_the_daemon_on_that_broker(tmp_path: Path, broker: MosquittoBroker) -> None:
     assert MOSQUITTO_SUB is not None
