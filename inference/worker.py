@@ -245,7 +245,9 @@ class ReviewWorker:
         return True
 
     async def _spawn(self) -> None:
-        args = [self._python, "-m", "inference.worker", "--threads", str(self.num_threads)]
+        # -P: the child imports this very package (PYTHONPATH below), never an `inference` that
+        # happens to lie in the working directory.
+        args = [self._python, "-P", "-m", "inference.worker", "--threads", str(self.num_threads)]
         if self.model_path is not None:
             args += ["--model", str(self.model_path)]
         if self.trusted_keys is not None:

@@ -257,3 +257,23 @@ def test_worker_refuses_a_package_whose_signature_does_not_verify(tmp_path: Path
             assert worker.model_info.version == "2.0.2"
 
     asyncio.run(run())
+
+
+def test_worker_imports_its_own_package_whatever_the_working_directory(
+        reviewer: Reviewer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `inference` package in the daemon's working directory (another checkout) is not what the
+    worker child runs."""
+    decoy = tmp_path / "inference"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
+    (decoy / "worker.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    syn = synthetic(202, cargo="cartons")
+
+    async def run() -> ReviewResult:
+        async with ReviewWorker(num_threads=1, timeout_s=20.0) as worker:
+            return await worker.review(syn.scan)
+
+    result = asyncio.run(run())
+    assert result.verdict == reviewer.review(syn.scan).verdict
+    assert result.verdict != "unavailable", result.error
