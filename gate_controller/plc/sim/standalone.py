@@ -25,6 +25,7 @@ console commands (one per line; UNIT defaults to the first unit):
   stop [UNIT]              the front vehicle drives to the stop line
   through [UNIT]           it waits for the barrier to be up, drives under it and away
   back [UNIT]              it reverses out over the entry loop
+  turn [UNIT]              it leaves the stop line by the side exit before the barrier (no loop sees it)
   estop on|off [UNIT]      press / release the emergency stop
   key manual|remote [UNIT] the lane key switch
   local up|down [UNIT]     the local raise/lower buttons (key switch in manual)
@@ -145,6 +146,8 @@ async def console_command(line: str, plcs: dict[int, VirtualLanePlc], servers: l
         return unit(0).vehicle_drives_through()
     elif verb == "back":
         return unit(0).vehicle_backs_out()
+    elif verb == "turn":
+        emit(f"vehicle {unit(0).vehicle_turns_off().id}: gone by the side exit")
     elif verb == "estop":
         unit(1).press_estop(flag(args[0] if args else "", "on", "off"))
     elif verb == "key":

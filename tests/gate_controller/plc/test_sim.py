@@ -131,6 +131,39 @@ async def test_vehicles_drive_the_loops_and_wait_for_the_barrier() -> None:
 
 
 @run_async
+async def test_a_vehicle_between_stop_and_safety_loop_and_one_turning_off_are_on_no_loop() -> None:
+    plc = fast_plc(to_arm_s=0.3, watchdog_s=30.0)
+    await plc.start()
+    try:
+        truck = plc.add_vehicle(Spot.STOP)
+        plc.write_raw("coil", 0, [True])
+        drive = asyncio.create_task(plc.vehicle_drives_through(truck, timeout_s=2.0))
+        await plc.wait_for(lambda: truck.spot is Spot.TO_ARM, timeout_s=2.0)
+        assert not any(plc.inputs[n] for n in ("loop_entry", "loop_stop", "loop_safety"))
+        await plc.wait_for(lambda: plc.inputs["loop_safety"], timeout_s=2.0)
+        await drive
+        (left, _), (under, _) = [h for h in truck.history if h[1] in (Spot.TO_ARM, Spot.UNDER)]
+        assert under - left >= 0.29
+        other = plc.add_vehicle(Spot.STOP)
+        assert plc.inputs["loop_stop"]
+        plc.vehicle_turns_off(other)
+        assert plc.vehicles == []
+        assert [s for _, s in other.history] == [Spot.STOP, Spot.GONE]
+        assert not any(plc.inputs[n] for n in ("loop_entry", "loop_stop", "loop_safety"))
+        from gate_controller.plc.sim.standalone import console_command
+
+        said: list[str] = []
+        plc.add_vehicle(Spot.STOP)
+        assert await console_command("turn", {1: plc}, [], said.append) is None
+        assert plc.vehicles == []
+        assert said[-1].endswith("gone by the side exit")
+        with pytest.raises(LookupError):
+            await console_command("turn", {1: plc}, [], said.append)
+    finally:
+        await plc.stop()
+
+
+@run_async
 async def test_faults_stuck_limit_switch_frozen_coil_and_key_switch() -> None:
     plc = fast_plc(watchdog_s=30.0)
     await plc.start()
