@@ -39,6 +39,7 @@ class PassageTracking(LaneCore):
             return  # a gap between tractor and trailer, not a new vehicle
         cur = self._current
         front_unseen = None
+        ambiguous = False
         if (cur is not None and self._arriving is None and cur.stop_clear_since is not None
                 and cur.phase in (Phase.COLLECTING, Phase.DECIDING, Phase.STOPPED, Phase.RELEASED)
                 and not cur.safety_seen):
@@ -49,15 +50,20 @@ class PassageTracking(LaneCore):
                 # barrier (or turns off). The passage in front keeps its own timers.
                 log.info("lane %s: entry loop %.1f s after %s left the stop line: the next vehicle",
                          self.id, left_s, cur.id)
-                # Admitted on timing alone: until the vehicle in front is seen going on (safety loop,
-                # exit detector), it may still be in the scan zone ahead of this one.
-                front_unseen = cur
+                if cur.phase in (Phase.COLLECTING, Phase.DECIDING):
+                    # It left the stop line before its decision was carried out: it may be waiting in
+                    # the scan zone ahead of the new one. Neither passage is vouched for.
+                    await self._finish(cur, cancelled=True)
+                    ambiguous = True
+                else:
+                    # Admitted on timing alone: until the vehicle in front is seen going on (safety
+                    # loop, exit detector), it may still be in the scan zone ahead of this one.
+                    front_unseen = cur
             else:
                 # The vehicle that left the stop line without passing is reversing out over the
                 # entry loop; nobody can enter the lane behind it while it does.
                 await self._reversed_out(cur)
                 return
-        ambiguous = False
         if self._arriving is not None:
             # One vehicle in the scan zone at a time: a second arrival before the first reached the
             # stop line means a back-out or a tailgater; neither passage can be trusted.

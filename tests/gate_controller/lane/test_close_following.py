@@ -221,6 +221,25 @@ async def test_a_truck_in_front_that_is_never_seen_going_on_leaves_the_one_behin
         rig.plc.move(b, Spot.GONE)
 
 
+@run_async
+async def test_a_truck_that_leaves_the_stop_line_before_its_decision_leaves_both_manual() -> None:
+    async with lane_rig(timeouts=TIMEOUTS, plc_settings=PLC, plc=lane_plc()) as rig:
+        a = await rig.plc.vehicle_arrives()
+        rig.ocr("MSCU1234565")  # no scan yet: A waits at the stop line for it
+        await rig.plc.vehicle_to_stop_line(a)
+        await rig.until(lambda: rig.lane.phase is Phase.COLLECTING, what="A collecting")
+        rig.plc.vehicle_turns_off(a)
+        await asyncio.sleep(1.0)
+        b = await truck(rig, "TGHU9876544", "BBB222")
+        await rig.until(lambda: len(rig.journal.completed) == 1, timeout_s=2.0, what="A cancelled at once")
+        await rig.plc.vehicle_to_stop_line(b)
+        await rig.until(lambda: len(rig.journal.completed) == 2, timeout_s=4.0, what="B cancelled")
+        assert [r["decision"]["reasons"] for r in rig.journal.completed] == [["CANCELLED"], ["CANCELLED"]]
+        assert rig.journal.opened == []
+        assert not any(w.value for w in rig.plc.writes_of("barrier_raise"))
+        rig.plc.move(b, Spot.GONE)
+
+
 @pytest.mark.slow
 def test_bumper_to_bumper_traffic_is_decided_automatically_and_never_crosses() -> None:
     """benchmarks/bench_close_following.py, every truck bumper to bumper, run five times faster."""
