@@ -107,7 +107,8 @@ class PassageTracking(LaneCore):
                     if cur.phase is Phase.RELEASED:
                         self._abort(cur)
                     else:
-                        await self._finish(cur, cancelled=True)
+                        # A vehicle held at the barrier that left the stop line ends as decided.
+                        await self._finish(cur, cancelled=cur.phase is not Phase.STOPPED)
                     return
                 cur.stop_clear_since = None  # the same vehicle rolled back onto the loop
                 return

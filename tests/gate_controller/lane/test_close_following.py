@@ -240,6 +240,31 @@ async def test_a_truck_that_leaves_the_stop_line_before_its_decision_leaves_both
         rig.plc.move(b, Spot.GONE)
 
 
+@run_async
+async def test_the_stop_loop_again_after_the_held_truck_left_with_another_behind_is_nobodys() -> None:
+    # B waits in the scan zone while A is held for inspection. A leaves by the side exit; then a
+    # vehicle is on the stop loop: A coming back or B, the loops cannot tell.
+    async with lane_rig(decider=ScriptedDecider().then("inspect"), timeouts=TIMEOUTS, plc_settings=PLC,
+                        plc=lane_plc()) as rig:
+        a = await truck(rig, "MSCU1234565", "AAA111")
+        await rig.plc.vehicle_to_stop_line(a)
+        await rig.until(lambda: rig.lane.phase is Phase.STOPPED, what="A to inspection")
+        await asyncio.sleep(1.0)  # a truck length behind A (more than entry_gap_s)
+        b = await truck(rig, "TGHU9876544", "BBB222")
+        await rig.until(lambda: len(rig.decider.calls) == 2, timeout_s=3.0, what="B decided on the way")
+        rig.plc.vehicle_turns_off(a)
+        await asyncio.sleep(1.0)
+        await rig.plc.vehicle_to_stop_line(b)
+        await rig.until(lambda: len(rig.journal.completed) == 2, timeout_s=4.0, what="both over")
+        first, second = rig.journal.completed
+        assert first["decision"]["action"] == "inspect"
+        assert "CANCELLED" not in first["decision"]["reasons"]  # A left as it was told to
+        assert second["decision"]["reasons"] == ["CANCELLED"]
+        assert [r["decision"]["action"] for r in rig.journal.opened] == ["inspect"]
+        assert not any(w.value for w in rig.plc.writes_of("barrier_raise"))
+        rig.plc.move(b, Spot.GONE)
+
+
 @pytest.mark.slow
 def test_bumper_to_bumper_traffic_is_decided_automatically_and_never_crosses() -> None:
     """benchmarks/bench_close_following.py, every truck bumper to bumper, run five times faster."""
