@@ -90,6 +90,15 @@ def lock_pid(state_dir: Path) -> int | None:
         return None
 
 
+def wait_locked(proc: subprocess.Popen[bytes], state_dir: Path, log: Path, *, poll_s: float = 0.1) -> None:
+    """Until the daemon ``proc`` holds the lock of ``state_dir`` (its log on failure)."""
+    deadline = time.monotonic() + 30.0
+    while lock_pid(state_dir) != proc.pid:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the daemon never locked its state directory"
+        time.sleep(poll_s)
+
+
 @pytest.fixture
 def reaper() -> Iterator[set[int]]:
     """Pids a test started; whatever of them is still alive at the end is killed."""
@@ -124,11 +133,7 @@ def test_second_daemon_and_demo_exit_75_naming_the_lock_and_its_holder(
     state_dir = tmp_path / "state"
     first = spawn("run", "-c", str(path), log=tmp_path / "first.log")
     reaper.add(first.pid)
-    deadline = time.monotonic() + 30.0
-    while lock_pid(state_dir) != first.pid:
-        assert first.poll() is None, (tmp_path / "first.log").read_text()
-        assert time.monotonic() < deadline, "the first daemon never locked its state directory"
-        time.sleep(0.1)
+    wait_locked(first, state_dir, tmp_path / "first.log")
 
     second = smartgate("run", "-c", str(path), timeout=30.0)
     assert second.returncode == 75, second.stderr
@@ -194,11 +199,7 @@ def test_sigterm_while_starting_stops_the_daemon_cleanly(tmp_path: Path, broker:
     state_dir = tmp_path / "state"
     daemon = spawn("run", "-c", str(path), log=tmp_path / "daemon.log")
     reaper.add(daemon.pid)
-    deadline = time.monotonic() + 30.0
-    while lock_pid(state_dir) != daemon.pid:
-        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
-        assert time.monotonic() < deadline, "the daemon never locked its state directory"
-        time.sleep(0.002)
+    wait_locked(daemon, state_dir, tmp_path / "daemon.log", poll_s=0.002)
     daemon.send_signal(signal.SIGTERM)
     code = daemon.wait(60.0)
     log = (tmp_path / "daemon.log").read_text()
