@@ -8,6 +8,7 @@ which an independent `mosquitto_sub` watches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -153,11 +154,7 @@ def test_second_daemon_and_demo_exit_75_naming_the_lock_and_its_holder(
     # The lock goes with its holder: the next daemon starts.
     third = spawn("run", "-c", str(path), log=tmp_path / "third.log")
     reaper.add(third.pid)
-    deadline = time.monotonic() + 30.0
-    while lock_pid(state_dir) != third.pid:
-        assert third.poll() is None, (tmp_path / "third.log").read_text()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_locked(third, state_dir, tmp_path / "third.log")
     third.send_signal(signal.SIGTERM)
     assert third.wait(30.0) == 0
 
@@ -209,19 +206,12 @@ def test_sigterm_while_starting_stops_the_daemon_cleanly(tmp_path: Path, broker:
 
 @pytest.mark.skipif(MOSQUITTO_SUB is None, reason="needs mosquitto_sub (Debian's mosquitto-clients)")
 def test_demo_with_mqtt_url_runs_the_daemon_on_that_broker(tmp_path: Path, broker: MosquittoBroker) -> None:
-    assert MOSQUITTO_SUB is not None
     trucks = 4
     with MosquittoBroker(tmp_path / "external", tls=False, anonymous=True) as external:
         # The config names a broker that does not exist: only --mqtt can make this demo work.
         path = write_config(tmp_path, broker, mqtt={"url": f"mqtt://127.0.0.1:{free_port()}"}, lanes=2)
         received = tmp_path / "sub.out"
-        with received.open("wb") as out:
-            sub = subprocess.Popen(
-                [MOSQUITTO_SUB, "-h", external.host, "-p", str(external.port), "-q", "1", "-v",
-                 "-i", "independent-hub", "-t", "smartgate/v1/#"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            _wait_subscribed(external, received)
+        with independent_subscriber(external, received):
             result = smartgate("demo", "-c", str(path), "--mqtt", external.url, "--trucks", str(trucks),
                                "--headless", "--speed", "4", timeout=300.0)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
@@ -231,9 +221,6 @@ def test_demo_with_mqtt_url_runs_the_daemon_on_that_broker(tmp_path: Path, broke
                 if (len(transactions) >= trucks and births) or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        finally:
-            sub.terminate()
-            sub.wait(10.0)
     assert len(transactions) == trucks, sorted(transactions)
     assert births, "no birth (status online) seen by the independent subscriber"
     # Telemetry from the daemon gives each lane's phase and mode apart (and the old one-word field).
@@ -247,24 +234,18 @@ def test_demo_with_mqtt_url_runs_the_daemon_on_that_broker(tmp_path: Path, broke
 
 
 @pytest.mark.skipif(MOSQUITTO_SUB is None, reason="needs mosquitto_sub (Debian's mosquitto-clients)")
-def test_demo_verdict_is_right_across_a_broker_restart(tmp_path: Path, broker: MosquittoBroker) -> None:
+def test_demo_verdict_is_right_across_a_broker_restart(tmp_path: Path, broker: MosquittoBroker,
+                                                       reaper: set[int]) -> None:
     """The broker restarts once the hub has seen transactions: the demo's simulated hub (persistent
     session) still receives every transaction and event, finds no seq gap, and the demo passes."""
-    assert MOSQUITTO_SUB is not None
     trucks = 8
     with MosquittoBroker(tmp_path / "external", tls=False, anonymous=True) as external:
         path = write_config(tmp_path, broker, mqtt={"url": external.url}, lanes=2)
         received = tmp_path / "sub.out"
-        with received.open("wb") as out:
-            sub = subprocess.Popen(
-                [MOSQUITTO_SUB, "-h", external.host, "-p", str(external.port), "-q", "1", "-v",
-                 "-i", "independent-hub", "-t", "smartgate/v1/#"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        demo = None
-        try:
-            _wait_subscribed(external, received)
+        with independent_subscriber(external, received):
             demo = spawn("demo", "-c", str(path), "--mqtt", external.url, "--trucks", str(trucks), "--headless",
                          "--speed", "4", log=tmp_path / "demo.log")
+            reaper.add(demo.pid)
             deadline = time.monotonic() + 180.0
             while len(_read_sub(received)[0]) < 2:
                 assert demo.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
@@ -272,17 +253,29 @@ def test_demo_verdict_is_right_across_a_broker_restart(tmp_path: Path, broker: M
                 time.sleep(0.2)
             external.restart()
             code = demo.wait(300.0)
-        finally:
-            if demo is not None and demo.poll() is None:
-                demo.kill()
-                demo.wait(10.0)
-            sub.terminate()
-            sub.wait(10.0)
     log = (tmp_path / "demo.log").read_text()
     assert code == 0, log[-3000:]
     assert f"transactions received: {trucks} of {trucks} trucks" in log, log[-3000:]
     assert "seq gaps: none" in log, log[-3000:]
     assert "lost: none" in log, log[-3000:]
+
+
+@contextlib.contextmanager
+def independent_subscriber(external: MosquittoBroker, received: Path) -> Iterator[None]:
+    """An independent hub (`mosquitto_sub`, QoS 1, everything under smartgate/v1/) writing what it
+    receives to ``received``; subscribed when the block starts, stopped when it ends."""
+    assert MOSQUITTO_SUB is not None
+    with received.open("wb") as out:
+        sub = subprocess.Popen(
+            [MOSQUITTO_SUB, "-h", external.host, "-p", str(external.port), "-q", "1", "-v",
+             "-i", "independent-hub", "-t", "smartgate/v1/#"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait_subscribed(external, received)
+        yield
+    finally:
+        sub.terminate()
+        sub.wait(10.0)
 
 
 def _wait_subscribed(external: MosquittoBroker, received: Path) -> None:
