@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ import numpy.typing as npt
 
 from inference.errors import ScanFormatError
 
-__all__ = ["Scan", "load_scan", "pixel_bytes_sha256", "save_scan"]
+__all__ = ["Scan", "held_out", "load_scan", "pixel_bytes_sha256", "readable_scans", "save_scan"]
+
+_log = logging.getLogger(__name__)
 
 _DTYPES: dict[int, type[np.unsignedinteger[Any]]] = {8: np.uint8, 16: np.uint16}
 
@@ -175,3 +178,24 @@ def load_scan(path: str | Path) -> Scan:
                     declared=declared, meta=extra)
     except ScanFormatError as err:
         raise ScanFormatError(f"{source}: {err}") from err
+
+
+def readable_scans(directory: str | Path) -> list[Path]:
+    """The readable ``.npz`` scans of ``directory``, sorted; unreadable ones are logged and skipped.
+    Only the paths are kept: pixels are loaded again when used, so memory stays flat in N."""
+    out = []
+    for path in sorted(Path(directory).glob("*.npz")):
+        try:
+            load_scan(path)
+        except ScanFormatError as err:
+            _log.warning("skipping %s: %s", path, err)
+            continue
+        out.append(path)
+    return out
+
+
+def held_out(name: str, fraction: float) -> bool:
+    """Whether ``name`` (a scan id or file name) falls in the held-out ``fraction`` of a split
+    by its SHA-256: the same name lands on the same side in every run."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction

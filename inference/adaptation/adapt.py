@@ -31,7 +31,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -49,7 +48,7 @@ from inference.adaptation.tip import ThreatObject, extract_threats, project
 from inference.errors import ModelError, ScanFormatError
 from inference.model_spec import NormalizationSpec
 from inference.reviewer import Reviewer
-from inference.scan import Scan, load_scan
+from inference.scan import Scan, held_out, load_scan, readable_scans
 
 __all__ = ["AdaptOptions", "adapt"]
 
@@ -73,24 +72,6 @@ class AdaptOptions:
     threads: int = 1
     min_scans: int = 20
     reference_scans: int = 24
-
-
-def _held_out(scan_id: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(scan_id.encode()).digest()[:4], "big")
-    return h / 2**32 < fraction
-
-
-def _scan_files(directory: Path) -> list[Path]:
-    """Readable scans of ``directory``; pixels are loaded again when used, so memory stays flat in N."""
-    out = []
-    for path in sorted(Path(directory).glob("*.npz")):
-        try:
-            load_scan(path)
-        except ScanFormatError as err:
-            log.warning("skipping %s: %s", path, err)
-            continue
-        out.append(path)
-    return out
 
 
 def _declared_empty(scan: Scan) -> bool:
@@ -147,17 +128,16 @@ class _Judge:
         self.base = base
         self.adapted = adapted
 
-    def clean(self, scan: Scan) -> tuple[bool, bool]:
-        """Anomaly false alarm on a clean scan, before and after (declared-empty checks apart)."""
-        base = self.base.analyse(scan).anomaly
-        before = bool(base.size and base.max() >= self.base.suspect_threshold)
-        analysis, dist = self.adapted.analyse_distances(scan)
-        return before, bool(self.adapted.cell_scores(analysis, dist).max() >= 0.5)
-
-    def called_loaded(self, scan: Scan, not_empty_threshold: float) -> tuple[bool, bool]:
-        """Whether the box is called loaded, before (shipped threshold) and after (site threshold)."""
-        score = float(self.base.not_empty_map(self.base.analyse(scan)).max())
-        return score >= self.base.not_empty_threshold, score >= not_empty_threshold
+    def clean(self, scan: Scan, not_empty_threshold: float) -> tuple[tuple[bool, bool], tuple[bool, bool]]:
+        """On a clean scan, before and after: the anomaly false alarm (declared-empty checks apart),
+        and whether the box is called loaded (shipped, then site not-empty threshold). The base
+        network runs once for both."""
+        analysis = self.base.analyse(scan)
+        before = bool(analysis.anomaly.size and analysis.anomaly.max() >= self.base.suspect_threshold)
+        loaded = float(self.base.not_empty_map(analysis).max())
+        a_analysis, dist = self.adapted.analyse_distances(scan)
+        after = bool(self.adapted.cell_scores(a_analysis, dist).max() >= 0.5)
+        return (before, after), (loaded >= self.base.not_empty_threshold, loaded >= not_empty_threshold)
 
     def threat(self, scan: Scan, box: tuple[int, int, int, int]) -> tuple[bool, bool]:
         """Detected when the flagged cells reach into the object's box (one cell of slack)."""
@@ -185,12 +165,12 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
 
     t_start = time.perf_counter()
     model_path = resolve_model_path(model) or DEFAULT_MODEL_PATH
-    scans = _scan_files(clean_dir)
+    scans = readable_scans(clean_dir)
     if len(scans) < options.min_scans:
         raise ModelError(f"{clean_dir}: {len(scans)} readable clean scans, at least {options.min_scans} needed "
                          "(50 to 500 recommended)")
-    fit = [p for p in scans if not _held_out(p.stem, options.holdout)]
-    val = [p for p in scans if _held_out(p.stem, options.holdout)]
+    fit = [p for p in scans if not held_out(p.stem, options.holdout)]
+    val = [p for p in scans if held_out(p.stem, options.holdout)]
     if len(val) < 5 or len(fit) < options.folds * 2:
         raise ModelError(f"{clean_dir}: split gives {len(fit)} fitting and {len(val)} validation scans; add scans")
     adapted = AdaptedReviewer(model_path, options.threads)
@@ -255,14 +235,13 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     empty_counts = {"n": 0, "before": 0, "after": 0}
     loaded_counts = {"n": 0, "before": 0, "after": 0}
     for scan in _scans(val):
-        b, a = judge.clean(scan)
+        (b, a), (loaded_before, loaded_after) = judge.clean(scan, not_empty_threshold)
         fa_before += b
         fa_after += a
         counts = empty_counts if _declared_empty(scan) else loaded_counts
-        b, a = judge.called_loaded(scan, not_empty_threshold)
         counts["n"] += 1
-        counts["before"] += b
-        counts["after"] += a
+        counts["before"] += loaded_before
+        counts["after"] += loaded_after
     threats = extract_threats(tuple(base.spec.labels), options.threats_per_class, seed=options.seed)
     by_label: dict[str, list[ThreatObject]] = {}
     for threat in threats:

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from inference.adaptation.tip import ThreatObject, extract_threats, project
-from inference.errors import ModelError, ScanFormatError
+from inference.errors import ModelError
 from inference.model_spec import ModelSpec, QuantizationSpec, file_sha256, load_spec, metadata_path_for
-from inference.scan import Scan, load_scan
+from inference.scan import Scan, held_out, load_scan, readable_scans
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -93,23 +93,6 @@ class SiteOptions:
     threads: int = 2
     field_every: int = 4
     cache_dir: Path | None = Path(tempfile.gettempdir()) / "smartgate-train-cache"
-
-
-def _held_out(name: str, fraction: float) -> bool:
-    digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
-
-
-def _clean_scans(directory: Path) -> list[Path]:
-    out = []
-    for path in sorted(Path(directory).glob("*.npz")):
-        try:
-            load_scan(path)
-        except ScanFormatError as err:
-            _log.warning("skipping %s: %s", path, err)
-            continue
-        out.append(path)
-    return out
 
 
 def _clean(path: Path, scan: Scan) -> FieldSample:
@@ -216,11 +199,11 @@ def fine_tune(opts: SiteOptions, out: Path, *, sign: Callable[..., Any]) -> dict
         raise ModelError(f"{out} is not empty")
     if opts.weights is not None and not opts.weights.is_file():
         raise ModelError(f"--weights {opts.weights}: no such file")
-    paths = _clean_scans(opts.clean_dir)
+    paths = readable_scans(opts.clean_dir)
     if len(paths) < opts.min_scans:
         raise ModelError(f"{opts.clean_dir}: {len(paths)} readable clean scans, at least {opts.min_scans} needed")
-    fit = [p for p in paths if not _held_out(p.stem, opts.holdout)]
-    val = [p for p in paths if _held_out(p.stem, opts.holdout)]
+    fit = [p for p in paths if not held_out(p.stem, opts.holdout)]
+    val = [p for p in paths if held_out(p.stem, opts.holdout)]
     if len(val) < 3 or len(fit) < 3:
         raise ModelError(f"{opts.clean_dir}: split gives {len(fit)} training and {len(val)} held-out scans; "
                          "add scans")
@@ -228,7 +211,7 @@ def fine_tune(opts: SiteOptions, out: Path, *, sign: Callable[..., Any]) -> dict
     samples_val: list[FieldSample] = []
     for directory in opts.samples:
         for sample in load_field_samples(directory):
-            (samples_val if _held_out(sample.path.name, opts.holdout) else samples_train).append(sample)
+            (samples_val if held_out(sample.path.name, opts.holdout) else samples_train).append(sample)
 
     # 1-2. training examples: clean site scans, TIP scans, labelled samples
     train_threats = _by_label(extract_threats(g.labels, opts.threats_per_class, seed=opts.seed))

@@ -12,7 +12,6 @@ calibrate on 1800 validation scans.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import platform
@@ -38,6 +37,7 @@ from inference.model_spec import (
     TilingSpec,
     file_sha256,
 )
+from inference.scan import held_out
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -87,20 +87,15 @@ class TrainOptions:
     widths: tuple[int, int, int, int] = WIDTHS
 
 
-def _holdout(sample: FieldSample, fraction: float) -> bool:
-    digest = hashlib.sha256(sample.path.name.encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
-
-
 def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[FieldSample]]:
     """The field samples of ``opts.samples``: (for training, held out for calibration), split
     by file-name hash so every run and `recalibrate` hold out the same ones."""
     train: list[FieldSample] = []
-    held_out: list[FieldSample] = []
+    calibration: list[FieldSample] = []
     for directory in opts.samples:
         for sample in load_field_samples(directory):
-            (held_out if _holdout(sample, opts.field_holdout) else train).append(sample)
-    return train, held_out
+            (calibration if held_out(sample.path.name, opts.field_holdout) else train).append(sample)
+    return train, calibration
 
 
 class _Batches:
