@@ -25,9 +25,13 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference.training.train import TrainOptions, train
+
+if TYPE_CHECKING:
+    from inference.reviewer import Reviewer
+    from inference.training.evaluate import ScanRecord
 
 __all__ = ["DEFAULT_SLICES", "other_slices", "run_joint", "run_slices", "slice_name", "slice_table"]
 
@@ -54,36 +58,55 @@ def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
 def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
                control_scans: int, test_seed: int, out_dir: Path) -> list[dict[str, Any]]:
     """Train one model per slice (held out) and measure it on the slice and on the whole stream."""
-    from inference.reviewer import Reviewer
-    from inference.training.evaluate import collect_synthetic, compute_metrics
+    from inference.training.evaluate import collect_synthetic
 
-    results = []
+    results: list[dict[str, Any]] = []
     for region in slices:
         name = slice_name(region)
         slice_dir = out_dir / name.replace("/", "-").replace("=", "_").replace(",", "+")
-        t0 = time.monotonic()
-        opts = replace(base, exclude=dict(region), out_dir=slice_dir, version=f"loo-{name}")
-        model_path = train(opts)
-        train_s = time.monotonic() - t0
-        reviewer = Reviewer(model_path, num_threads=1)
-        labels = reviewer.spec.labels
-        held = collect_synthetic(reviewer, "test", test_seed, test_scans, only=region)
-        control = collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=region)
-        row = {
-            "slice": name,
-            "train_s": round(train_s, 1),
-            "steps": base.steps,
-            "held_out": _figures(compute_metrics(held, reviewer.suspect_threshold, reviewer.not_empty_threshold,
-                                                 labels)),
-            "control": _figures(compute_metrics(control, reviewer.suspect_threshold,
-                                                reviewer.not_empty_threshold, labels)),
-            "thresholds": {"suspect": reviewer.suspect_threshold, "not_empty": reviewer.not_empty_threshold},
-            "training": reviewer.spec.training.get("data"),
-        }
-        _log.info("slice %s: %s", name, json.dumps(row))
-        results.append(row)
-        (out_dir / "loo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        reviewer, train_s = _train_reviewer(replace(base, exclude=dict(region), out_dir=slice_dir,
+                                                    version=f"loo-{name}"))
+        held = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, test_scans, only=region))
+        control = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=region))
+        _keep(results, _row(name, reviewer, train_s, base.steps, held=held, control=control), out_dir)
     return results
+
+
+def _train_reviewer(opts: TrainOptions) -> tuple[Reviewer, float]:
+    """Train with ``opts``; the trained model's reviewer and the seconds it took."""
+    from inference.reviewer import Reviewer
+
+    t0 = time.monotonic()
+    model_path = train(opts)
+    return Reviewer(model_path, num_threads=1), time.monotonic() - t0
+
+
+def _measure(reviewer: Reviewer, records: list[ScanRecord]) -> dict[str, Any]:
+    from inference.training.evaluate import compute_metrics
+
+    return _figures(compute_metrics(records, reviewer.suspect_threshold, reviewer.not_empty_threshold,
+                                    reviewer.spec.labels))
+
+
+def _row(name: str, reviewer: Reviewer, train_s: float, steps: int, *, held: dict[str, Any],
+         control: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "slice": name,
+        "train_s": round(train_s, 1),
+        "steps": steps,
+        "model": str(reviewer.model_path),
+        "held_out": held,
+        "control": control,
+        "thresholds": {"suspect": reviewer.suspect_threshold, "not_empty": reviewer.not_empty_threshold},
+        "training": reviewer.spec.training.get("data"),
+    }
+
+
+def _keep(results: list[dict[str, Any]], row: dict[str, Any], out_dir: Path) -> None:
+    """Log a slice's row and rewrite ``loo.json`` with every row so far (a long run keeps its results)."""
+    _log.info("slice %s: %s", row["slice"], json.dumps(row))
+    results.append(row)
+    (out_dir / "loo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def _union(slices: tuple[dict[str, tuple[str, ...]], ...]) -> dict[str, tuple[str, ...]]:
@@ -105,39 +128,17 @@ def other_slices(slices: tuple[dict[str, tuple[str, ...]], ...], region: dict[st
 def run_joint(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
               control_scans: int, test_seed: int, out_dir: Path) -> list[dict[str, Any]]:
     """One model trained without any of the slices; each slice tested on its own scans."""
-    from inference.reviewer import Reviewer
-    from inference.training.evaluate import collect_synthetic, compute_metrics
+    from inference.training.evaluate import collect_synthetic
 
     union = _union(slices)
-    t0 = time.monotonic()
-    opts = replace(base, exclude=union, out_dir=out_dir / "joint", version="loo-joint")
-    model_path = train(opts)
-    train_s = time.monotonic() - t0
-    reviewer = Reviewer(model_path, num_threads=1)
-    labels = reviewer.spec.labels
-
-    def figures(records: list[Any]) -> dict[str, Any]:
-        return _figures(compute_metrics(records, reviewer.suspect_threshold, reviewer.not_empty_threshold, labels))
-
-    control = figures(collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=union))
-    results = []
+    reviewer, train_s = _train_reviewer(replace(base, exclude=union, out_dir=out_dir / "joint",
+                                                version="loo-joint"))
+    control = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=union))
+    results: list[dict[str, Any]] = []
     for region in slices:
-        name = slice_name(region)
-        held = collect_synthetic(reviewer, "test", test_seed, test_scans, only=region,
-                                 exclude=other_slices(slices, region) or None)
-        row = {
-            "slice": name,
-            "train_s": round(train_s, 1),
-            "steps": base.steps,
-            "model": str(model_path),
-            "held_out": figures(held),
-            "control": control,
-            "thresholds": {"suspect": reviewer.suspect_threshold, "not_empty": reviewer.not_empty_threshold},
-            "training": reviewer.spec.training.get("data"),
-        }
-        _log.info("slice %s: %s", name, json.dumps(row))
-        results.append(row)
-        (out_dir / "loo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        held = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, test_scans, only=region,
+                                                    exclude=other_slices(slices, region) or None))
+        _keep(results, _row(slice_name(region), reviewer, train_s, base.steps, held=held, control=control), out_dir)
     return results
 
 
