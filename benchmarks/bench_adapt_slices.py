@@ -41,6 +41,7 @@ from inference.package.loader import open_reviewer
 from inference.reviewer import Reviewer
 from inference.scan import save_scan
 from inference.synthetic import ANOMALY_CLASSES, generate_scenario
+from inference.training.evaluate import overlaps
 from inference.training.loo import DEFAULT_SLICES, other_slices, slice_name
 
 Region = dict[str, tuple[str, ...]]
@@ -51,10 +52,6 @@ def _parse(text: str) -> Region:
     if not value:
         raise SystemExit(f"--slice wants CATEGORY=VALUE, got {text!r}")
     return {category: tuple(value.split("|"))}
-
-
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def _judge(reviewer: Reviewer, syn: Any, group: str) -> bool:
@@ -68,7 +65,7 @@ def _judge(reviewer: Reviewer, syn: Any, group: str) -> bool:
     if group not in ANOMALY_CLASSES:
         return True
     boxes = [(r.x, r.y, r.w, r.h) for r in syn.regions]
-    return any(_overlaps((g.x, g.y, g.w, g.h), b) for g in result.regions for b in boxes)
+    return any(overlaps((g.x, g.y, g.w, g.h), b) for g in result.regions for b in boxes)
 
 
 def _test(reviewers: dict[str, Reviewer], region: Region, others: Region, seed: int, clean: int,

@@ -44,6 +44,7 @@ __all__ = [
     "declared_empty_metrics",
     "flagged_share_at",
     "not_empty_threshold",
+    "overlaps",
     "plot_roc",
     "score_scan",
     "suspect_threshold",
@@ -73,7 +74,8 @@ class ScanRecord:
     flagged_curve: list[float] = field(default_factory=list)  # flagged share at t = 0.02, 0.04, ... 0.98
 
 
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two boxes ``(x, y, w, h)`` share a pixel."""
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
@@ -99,7 +101,7 @@ def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]]
                         "predicted": analysis.labels[int(per_class.argmax())]})
         gt_boxes.append((r["x"], r["y"], r["w"], r["h"]))
     false_scores = [reg.score for reg in found
-                    if not any(_overlaps((reg.x, reg.y, reg.w, reg.h), b) for b in gt_boxes)]
+                    if not any(overlaps((reg.x, reg.y, reg.w, reg.h), b) for b in gt_boxes)]
     signals = reviewer.envelope_signals(analysis)
     reason = reviewer.assess(signals)
     best = anomaly.max(axis=-1)

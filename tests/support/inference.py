@@ -15,6 +15,7 @@ from inference.reviewer import Reviewer
 from inference.runtime import DEFAULT_MODEL_PATH
 from inference.scan import Scan
 from inference.synthetic import SyntheticScan, generate_scan
+from inference.training.evaluate import overlaps
 
 __all__ = [
     "copy_model",
@@ -69,10 +70,6 @@ def scan_with(scan: Scan, **changes: Any) -> Scan:
                                  "pixel_mm": scan.pixel_mm, "declared": scan.declared, "meta": scan.meta}
     fields.update(changes)
     return Scan(**fields)
-
-
-def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def to_8bit(scan: Scan) -> Scan:
