@@ -31,6 +31,13 @@ def parse_region(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return region
 
 
+def _widths(text: str) -> tuple[int, int, int, int]:
+    parts = tuple(int(v) for v in text.split(","))
+    if len(parts) != 4 or min(parts) < 1:
+        raise argparse.ArgumentTypeError("four positive channel counts, e.g. 32,56,80,112")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
 def _train(args: argparse.Namespace) -> int:
     from inference.training.train import TrainOptions, train
 
@@ -41,7 +48,8 @@ def _train(args: argparse.Namespace) -> int:
                         workers=args.workers, threads=args.threads,
                         target_false_alarm=args.target_false_alarm,
                         target_false_not_empty=args.target_false_not_empty,
-                        exclude=parse_region(args.exclude))
+                        exclude=parse_region(args.exclude), widths=args.widths, peak_loss=args.peak_loss,
+                        hard_cells=args.hard_cells)
     path = train(opts)
     print(path)
     return 0
@@ -205,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration: highest share of anomaly-free validation scans called suspect")
     t.add_argument("--target-false-not-empty", type=float, default=d.target_false_not_empty,
                    help="calibration: highest share of empty declared-empty validation boxes called loaded")
+    t.add_argument("--widths", type=_widths, default=d.widths, metavar="A,B,C,D",
+                   help="channels of the network's four stages")
+    t.add_argument("--peak-loss", type=float, default=d.peak_loss,
+                   help="weight of the loss on each tile's highest clean and object cells (0: off)")
+    t.add_argument("--hard-cells", type=int, default=d.hard_cells,
+                   help="clean cells per tile that the peak loss pushes down")
     t.set_defaults(func=_train)
     c = sub.add_parser("calibrate", help="re-pick the thresholds of an existing model on validation scans "
                                          "(and held-out field samples); rewrites its metadata only")

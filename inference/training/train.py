@@ -49,7 +49,8 @@ from inference.training.dataset import (
 )
 from inference.training.geometry import WIDTHS, Geometry
 
-__all__ = ["TrainOptions", "convert_int8", "make_train_step", "recalibrate", "train", "weights_path_for"]
+__all__ = ["TrainOptions", "convert_int8", "decision_loss", "make_train_step", "recalibrate", "train",
+           "weights_path_for"]
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class TrainOptions:
     exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)  # leave-one-out: region held out
     ema: float = 0.998
     widths: tuple[int, int, int, int] = WIDTHS
+    peak_loss: float = 0.0  # weight of the scan-decision loss (`make_train_step`); 0: off
+    hard_cells: int = 8
 
 
 def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[FieldSample]]:
@@ -192,10 +195,40 @@ def _representative(batches: _Batches, count: int) -> Iterator[list[npt.NDArray[
         yield [x]
 
 
-def make_train_step(model: Any, optimizer: Any, g: Geometry) -> Any:
+def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int) -> Any:
+    """The loss of the gate's decision on a batch of tiles (TensorFlow tensors shaped like the
+    training step's): a scan is suspect when its highest anomaly cell, any class, reaches the
+    threshold. Per tile, the ``hard_cells`` highest cells free of every anomaly (positive weight
+    in every anomaly channel, inside the scan) are asked to score low, and the highest cell over
+    an object to score high; tiles without such cells add nothing."""
+    import tensorflow as tf
+
+    anomaly = tf.reduce_max(logits[..., 1:], axis=-1)
+    positive = tf.reduce_max(t[..., 1:], axis=-1) > 0
+    clean = (~positive) & (tf.reduce_min(w[..., 1:], axis=-1) > 0) & (valid[..., 0] > 0)
+    floor = tf.fill(tf.shape(anomaly), -30.0)
+    flat = tf.reshape(tf.where(clean, anomaly, floor), (tf.shape(anomaly)[0], -1))
+    top = tf.math.top_k(flat, k=hard_cells).values
+    counted = tf.cast(top > -29.0, tf.float32)
+    neg = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(top), logits=top)
+    neg_loss = tf.reduce_sum(neg * counted) / (tf.reduce_sum(counted) + 1.0)
+    peak = tf.reduce_max(tf.where(positive, anomaly, floor), axis=(1, 2))
+    has = tf.cast(tf.reduce_any(positive, axis=(1, 2)), tf.float32)
+    pos = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(peak), logits=peak)
+    pos_loss = tf.reduce_sum(pos * has) / (tf.reduce_sum(has) + 1.0)
+    return neg_loss + pos_loss
+
+
+def make_train_step(model: Any, optimizer: Any, g: Geometry, *, peak_loss: float = 0.0,
+                    hard_cells: int = 8) -> Any:
     """The compiled training step ``step(x, t, w, valid, bag) -> loss``: weighted per-cell binary
     cross-entropy (positives weighted by `POS_WEIGHT`) plus the bag loss of labels known to be
-    present without a location."""
+    present without a location.
+
+    With ``peak_loss`` > 0, `decision_loss` is added with that weight. The per-cell term alone
+    spends its effort on every cell of an object and on the many easy background cells, while
+    the threshold is set by the few clean cells that score highest (machinery, clutter,
+    structures) and an object is found by its highest cell."""
     import tensorflow as tf
 
     chan_weight = tf.constant([POS_WEIGHT.get(name, 3.0) for name in g.outputs], dtype=tf.float32)
@@ -211,6 +244,8 @@ def make_train_step(model: Any, optimizer: Any, g: Geometry) -> Any:
             bag_bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(bag_logit), logits=bag_logit)
             bag_loss = tf.reduce_sum(bag_bce * bag) / (tf.reduce_sum(bag) + 1.0)
             loss = dense * len(g.outputs) + bag_loss
+            if peak_loss > 0:
+                loss += peak_loss * decision_loss(logits, t, w, valid, hard_cells)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
@@ -270,7 +305,7 @@ def train(opts: TrainOptions) -> Path:
     # Weight averaging (EMA): the exported weights are the moving average of the trained ones.
     optimizer = tf.keras.optimizers.Adam(learning_rate=schedule, use_ema=opts.ema > 0,
                                          ema_momentum=opts.ema if opts.ema > 0 else 0.99)
-    step = make_train_step(model, optimizer, g)
+    step = make_train_step(model, optimizer, g, peak_loss=opts.peak_loss, hard_cells=opts.hard_cells)
     batches = _Batches(data, g, rng)
     t_train = time.monotonic()
     running = 0.0
@@ -312,6 +347,8 @@ def train(opts: TrainOptions) -> Path:
         "tile": [g.rows, g.tile_width],
         "parameters": int(model.count_params()),
         "widths": list(opts.widths),
+        "peak_loss": opts.peak_loss,
+        "hard_cells": opts.hard_cells,
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
