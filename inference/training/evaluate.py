@@ -180,11 +180,21 @@ def _clamp(t: float, floor: float) -> float:
     return float(min(max(t, floor), 0.99))
 
 
+SUSPECT_LOGIT_STEP = 0.02
+"""How far (logit) above the highest allowed anomaly-free score the suspect threshold goes: less
+than a step of any int8 logit output, so the threshold never skips a level of the model."""
+
+
 def suspect_threshold(records: Sequence[ScanRecord], target_false_alarm: float) -> float:
     """The lowest (most sensitive) value whose false-alarm rate on anomaly-free scans stays within
-    target (0.5 without any anomaly-free scan)."""
+    target (0.5 without any anomaly-free scan). Chosen in logit space: the model outputs logits,
+    so scores are resolved right up to 1, and a confident model's operating point can lie above
+    0.99."""
     fa = _bound([r.anomaly_score for r in records if not r.has_anomaly], target_false_alarm)
-    return 0.5 if fa is None else _clamp(fa + 1.0 / 256.0, 0.05)
+    if fa is None:
+        return 0.5
+    threshold = 1.0 / (1.0 + float(np.exp(-(_logit(fa) + SUSPECT_LOGIT_STEP))))
+    return float(min(max(threshold, 0.05), 1.0 - 1e-6))
 
 
 def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: float) -> float:

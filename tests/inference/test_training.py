@@ -147,6 +147,19 @@ def test_threshold_choice_and_metrics() -> None:
     assert 0.33 < not_empty < 0.37
 
 
+def test_suspect_threshold_of_a_confident_model_lies_above_099() -> None:
+    # Logit outputs resolve scores right up to 1: a confident model's clean tail above 0.99 still
+    # gets a threshold that keeps false alarms within target (a cap at 0.99 would flag 10 %).
+    logits = np.linspace(2.0, 9.0, 200)
+    clean = [_rec(float(1 / (1 + np.exp(-v))), False) for v in logits]
+    objects = [_rec(float(1 / (1 + np.exp(-v))), True) for v in np.linspace(8.5, 12.0, 40)]
+    threshold = suspect_threshold(clean + objects, 0.02)
+    assert 0.999 < threshold < 1.0
+    m = compute_metrics(clean + objects, threshold, 0.5, ["weapon"])
+    assert 0.015 <= m["false_alarm_scan_rate"] <= 0.02
+    assert m["detection"]["weapon"]["detection_rate"] > 0.8
+
+
 def test_not_empty_threshold_when_the_groups_overlap() -> None:
     empties = [_rec(0.0, False, ne, False, "empty") for ne in np.linspace(0.0, 0.5, 101)]
     loaded = [_rec(0.0, False, ne, True, "empty") for ne in np.linspace(0.45, 1.0, 20)]
