@@ -12,7 +12,7 @@ from inference.synthetic import ANOMALY_CLASSES
 
 __all__ = ["WIDTHS", "Geometry"]
 
-WIDTHS: tuple[int, int, int, int] = (24, 48, 64, 96)
+WIDTHS: tuple[int, int, int, int] = (32, 56, 80, 112)
 """Channels of the network's stages (`inference.training.model`); recorded in the metadata
 (``training.widths``) so that fine-tuning rebuilds the same network around the saved weights."""
 

@@ -67,14 +67,14 @@ POS_WEIGHT: dict[str, float] = {"not_empty": 1.0, "dense_object": 4.0, "weapon":
 @dataclass
 class TrainOptions:
     seed: int = 7
-    scans: int = 8000
+    scans: int = 12000
     val_scans: int = 1200
     val_empty_scans: int = 600
     steps: int = 6000
     batch: int = 16
     learning_rate: float = 2e-3
     out_dir: Path = Path(__file__).resolve().parent.parent / "models"
-    version: str = "2.0.0"
+    version: str = "2.1.0"
     cache_dir: Path | None = Path(tempfile.gettempdir()) / "smartgate-train-cache"
     samples: list[Path] = field(default_factory=list)
     field_holdout: float = 0.2
@@ -86,7 +86,7 @@ class TrainOptions:
     exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)  # leave-one-out: region held out
     ema: float = 0.998
     widths: tuple[int, int, int, int] = WIDTHS
-    peak_loss: float = 0.0  # weight of the scan-decision loss (`make_train_step`); 0: off
+    peak_loss: float = 1.0  # weight of `decision_loss`; 0: off
     hard_cells: int = 8
 
 
@@ -349,6 +349,7 @@ def train(opts: TrainOptions) -> Path:
         "widths": list(opts.widths),
         "peak_loss": opts.peak_loss,
         "hard_cells": opts.hard_cells,
+        "threads": opts.threads,
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
