@@ -1,8 +1,8 @@
 """The network: a small fully convolutional net producing per-cell logits at stride 8.
 
-Sized for the gate computer: with the stage widths of `geometry.WIDTHS` (24/48/64/96) about
-0.24 M parameters, ~340 M multiply-accumulates per 256 x 256 tile, int8 (32/56/80/112 would be
-0.34 M and ~490 M). Dilated convolutions at
+Sized for the gate computer: with the stage widths of `geometry.WIDTHS` (32/56/80/112) about
+0.34 M parameters, ~490 M multiply-accumulates per 256 x 256 tile, int8 (model 2.0.0 had
+24/48/64/96: 0.24 M and ~340 M). Dilated convolutions at
 the end give each cell a receptive field of about 135 model pixels (1.7 m), enough to see a
 pallet around a concealed object or the wheels and engine of a car. TensorFlow is only imported
 here and in train.py (the ``train`` extra).
