@@ -131,7 +131,7 @@ class EnvelopeSpec(_Strict):
     """The training envelope: beyond these limits a scan is unlike anything the model was
     trained or calibrated on, and its verdict is ``unavailable`` (reason ``unfamiliar``).
 
-    ``max_flagged_share``: share of the scan's cells at or above the region threshold (a model
+    ``max_flagged_share``: share of the scan's cells at or above the metadata's region threshold (a model
     out of its depth flags roof lines, chassis and wheels everywhere). ``max_noise``: pulse to
     pulse noise of the attenuation in air, model units. ``min_air_fraction``: air level as a
     fraction of full scale (source off, detector saturated dark). ``max_repaired_share``: share

@@ -233,7 +233,9 @@ class Reviewer:
         return out[:MAX_REGIONS]
 
     def envelope_signals(self, analysis: ScanAnalysis) -> dict[str, float]:
-        """The guard's signals for one analysed scan (see `EnvelopeSpec`)."""
+        """The guard's signals for one analysed scan (see `EnvelopeSpec`). The flagged share is
+        measured at the metadata's region threshold, the one the envelope was measured at: a
+        threshold override (config, commissioning) moves the verdict, not the guard."""
         report = analysis.report
         best = analysis.anomaly.max(axis=-1) if analysis.anomaly.size else np.zeros((1, 1), np.float32)
         rows = max(int(report.get("rows", analysis.scan_rows)), 1)
@@ -241,7 +243,7 @@ class Reviewer:
                        | set(report.get("noisy_rows", [])))
         noise = float(report.get("noise", float("nan")))
         return {
-            "flagged_share": round(float((best >= self.region_threshold).mean()), 4),
+            "flagged_share": round(float((best >= self.spec.region_threshold).mean()), 4),
             "noise": round(noise, 5) if np.isfinite(noise) else 0.0,
             "air_fraction": round(min(report.get("air_fraction", [1.0]) or [1.0]), 4),
             "repaired_share": round(repaired / rows, 4),

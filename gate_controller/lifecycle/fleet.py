@@ -35,7 +35,7 @@ from typing import Any
 from gate_controller.config.schema import CanaryConfig
 from gate_controller.core.ports import CommandRefused, EventSeverity, EventType
 from inference.package import PackageError, PackageStore, TrustedKey, VerifiedPackage, load_public_keys
-from inference.result import ReviewResult
+from inference.result import REASON_UNFAMILIAR, ReviewResult
 from inference.worker import ReviewWorker
 
 __all__ = ["CANARY_TIMEOUT_S", "EmitEvent", "ModelManager"]
@@ -214,14 +214,18 @@ class ModelManager:
     # ------------------------------------------------------------------ live watch
 
     def observe(self, lane: str, result: ReviewResult) -> None:
-        """Every review's result (GateDecider.on_review): the post-switch suspect-share watch."""
+        """Every review's result (GateDecider.on_review): the post-switch suspect-share watch. A
+        scan the new model's guard calls unfamiliar (``unavailable``) stops the truck as a suspect
+        one does (manual), so it counts as a suspect here: a model that stops every truck either
+        way is rolled back. An unreadable scan (``unavailable`` for an error) is no figure of the
+        model and is skipped."""
         watch = self._watch
-        if watch is None or result.verdict == "unavailable":
+        if watch is None or (result.verdict == "unavailable" and result.reason != REASON_UNFAMILIAR):
             return
         if (result.model, result.version) != (watch.name, watch.version):
             return
         watch.scans += 1
-        watch.suspects += result.verdict == "suspect"
+        watch.suspects += result.verdict != "clear"
         watch.remaining -= 1
         limit = self.canary.max_suspect_share * self.canary.watch_scans
         if watch.suspects > limit:

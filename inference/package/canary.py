@@ -74,20 +74,22 @@ def replay(model: Path | None, samples: Sequence[CanarySample], threads: int = 1
 
 
 def _figures(verdicts: dict[str, str], samples: Sequence[CanarySample], usable: set[str]) -> dict[str, int]:
+    """Counts over the usable samples. ``unavailable`` (the guard) counts against the model: a
+    false alarm on a clean sample (the truck is stopped for an officer) and a miss on a positive."""
     clean = [s for s in samples if not s.positive and s.name in usable]
     positive = [s for s in samples if s.positive and s.name in usable]
     return {
         "clean": len(clean),
-        "false_alarms": sum(verdicts[s.name] == "suspect" for s in clean),
+        "false_alarms": sum(verdicts.get(s.name, "unavailable") in ("suspect", "unavailable") for s in clean),
         "positives": len(positive),
-        "detected": sum(verdicts[s.name] == "suspect" for s in positive),
+        "detected": sum(verdicts.get(s.name, "unavailable") == "suspect" for s in positive),
     }
 
 
 def compare(current: dict[str, Any], candidate: dict[str, Any], samples: Sequence[CanarySample]) -> dict[str, Any]:
-    usable = {s.name for s in samples
-              if current["verdicts"].get(s.name, "unavailable") != "unavailable"
-              and candidate["verdicts"].get(s.name, "unavailable") != "unavailable"}
+    # The samples the current model can review; a candidate that cannot review them fails on them
+    # (a candidate calling every scan unavailable would otherwise compare nothing and pass).
+    usable = {s.name for s in samples if current["verdicts"].get(s.name, "unavailable") != "unavailable"}
     cur = _figures(current["verdicts"], samples, usable)
     cand = _figures(candidate["verdicts"], samples, usable)
     reasons = []

@@ -49,7 +49,8 @@ def _train(args: argparse.Namespace) -> int:
                         target_false_alarm=args.target_false_alarm,
                         target_false_not_empty=args.target_false_not_empty,
                         exclude=parse_region(args.exclude), widths=args.widths, peak_loss=args.peak_loss,
-                        hard_cells=args.hard_cells)
+                        hard_cells=args.hard_cells, learning_rate=args.learning_rate,
+                        init_weights=args.init_weights)
     path = train(opts)
     print(path)
     return 0
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the loss on each tile's highest clean and object cells (0: off)")
     t.add_argument("--hard-cells", type=int, default=d.hard_cells,
                    help="clean cells per tile that the peak loss pushes down")
+    t.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak learning rate")
+    t.add_argument("--init-weights", type=Path, default=None,
+                   help="start from these float weights (a .weights.h5 that train wrote) instead of at random")
     t.set_defaults(func=_train)
     c = sub.add_parser("calibrate", help="re-pick the thresholds of an existing model on validation scans "
                                          "(and held-out field samples); rewrites its metadata only")

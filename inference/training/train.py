@@ -87,6 +87,7 @@ class TrainOptions:
     ema: float = 0.998
     widths: tuple[int, int, int, int] = WIDTHS
     peak_loss: float = 1.0  # weight of `decision_loss`; 0: off
+    init_weights: Path | None = None  # start from these weights (`weights_path_for`) instead of at random
     hard_cells: int = 8
 
 
@@ -197,17 +198,20 @@ def _representative(batches: _Batches, count: int) -> Iterator[list[npt.NDArray[
 
 def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int) -> Any:
     """The loss of the gate's decision on a batch of tiles (TensorFlow tensors shaped like the
-    training step's): a scan is suspect when its highest anomaly cell, any class, reaches the
-    threshold. Per tile, the ``hard_cells`` highest cells free of every anomaly (positive weight
-    in every anomaly channel, inside the scan) are asked to score low, and the highest cell over
-    an object to score high; tiles without such cells add nothing."""
+    training step's): a scan is suspect when its highest anomaly cell reaches the threshold, and
+    the region is labelled with the class scoring highest there. Per tile and anomaly class, the
+    ``hard_cells`` highest cells free of every anomaly (positive weight in every anomaly channel,
+    inside the scan) are asked to score low in that class, and the highest cell over an object
+    of that class to score high in it; tiles without such cells add nothing. Taken per class, so
+    one class cannot stand in for the others (the region's label stays meaningful)."""
     import tensorflow as tf
 
-    anomaly = tf.reduce_max(logits[..., 1:], axis=-1)
-    positive = tf.reduce_max(t[..., 1:], axis=-1) > 0
-    clean = (~positive) & (tf.reduce_min(w[..., 1:], axis=-1) > 0) & (valid[..., 0] > 0)
+    anomaly = logits[..., 1:]
+    positive = t[..., 1:] > 0
+    clean = (~tf.reduce_any(positive, axis=-1)) & (tf.reduce_min(w[..., 1:], axis=-1) > 0) & (valid[..., 0] > 0)
     floor = tf.fill(tf.shape(anomaly), -30.0)
-    flat = tf.reshape(tf.where(clean, anomaly, floor), (tf.shape(anomaly)[0], -1))
+    masked = tf.transpose(tf.where(clean[..., None], anomaly, floor), (0, 3, 1, 2))
+    flat = tf.reshape(masked, (tf.shape(anomaly)[0], tf.shape(anomaly)[3], -1))
     top = tf.math.top_k(flat, k=hard_cells).values
     counted = tf.cast(top > -29.0, tf.float32)
     neg = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(top), logits=top)
@@ -299,6 +303,9 @@ def train(opts: TrainOptions) -> Path:
         _log.info("field samples: %d for training, %d held out for calibration", len(field_train), len(field_val))
 
     model = build_model(g, opts.widths)
+    if opts.init_weights is not None:
+        model.load_weights(str(opts.init_weights))
+        _log.info("starting from the weights in %s", opts.init_weights)
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=opts.learning_rate * 0.1, decay_steps=max(1, opts.steps - 100),
         warmup_target=opts.learning_rate, warmup_steps=min(100, opts.steps // 10), alpha=0.05)

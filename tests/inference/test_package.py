@@ -207,3 +207,23 @@ def test_worker_reload_switches_without_restart_and_keeps_serving_on_failure(
             assert (await worker.review(scan)).version == "4.0.0"
 
     asyncio.run(main())
+
+
+def test_canary_counts_a_candidates_unavailable_verdicts_against_it() -> None:
+    """A candidate whose guard calls every scan unavailable would stop every truck (manual): it
+    fails the canary on the samples the current model reviews, it does not compare nothing and pass."""
+    from inference.package.canary import CanarySample, compare
+
+    samples = [CanarySample(name=f"c{i}", scan_path=Path(f"c{i}.npz"), positive=False, declared=None) for i in range(3)]
+    samples += [CanarySample(name="p0", scan_path=Path("p0.npz"), positive=True, declared=None)]
+    current = {"model": "m", "version": "1", "verdicts": {"c0": "clear", "c1": "clear", "c2": "unavailable",
+                                                           "p0": "suspect"}}
+    alien = {"model": "m", "version": "2", "verdicts": dict.fromkeys(("c0", "c1", "c2", "p0"), "unavailable")}
+    result = compare(current, alien, samples)
+    assert result["passed"] is False
+    assert result["compared"] == 3  # c2: the current model cannot review it either
+    assert result["candidate"]["false_alarms"] == 2
+    assert result["candidate"]["detected"] == 0
+    same = compare(current, {**current, "version": "2"}, samples)
+    assert same["passed"] is True
+    assert (same["candidate"]["false_alarms"], same["candidate"]["detected"]) == (0, 1)

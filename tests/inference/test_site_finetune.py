@@ -28,7 +28,7 @@ from inference.scan import Scan, save_scan
 from inference.synthetic import generate_scan
 from inference.training.base_weights import LAYER_NAMES, dequantized_weights
 from inference.training.dataset import load_field_samples, projected_example
-from inference.training.geometry import Geometry
+from inference.training.geometry import WIDTHS, Geometry
 from inference.training.site import SiteOptions, fine_tune
 from inference.training.site_calibration import calibrate_site
 from inference.worker import ReviewWorker
@@ -75,7 +75,8 @@ def test_weights_read_back_from_the_int8_network() -> None:
 
     weights = dequantized_weights(DEFAULT_MODEL_PATH)
     assert tuple(weights) == LAYER_NAMES
-    widths = {"c1": 24, "c2": 48, "c3": 48, "c4": 64, "c5": 64, "c6": 96, "c7": 96, "head": 5}
+    a, b, c, d = WIDTHS  # the shipped model has the stage widths training uses by default
+    widths = {"c1": a, "c2": b, "c3": b, "c4": c, "c5": c, "c6": d, "c7": d, "head": 5}
     channels_in = len(G.channels)
     for name in LAYER_NAMES:
         kernel, bias = weights[name]
@@ -175,7 +176,7 @@ import tensorflow as tf
 from inference.runtime import DEFAULT_MODEL_PATH
 from inference.training.__main__ import main
 from inference.training.base_weights import dequantized_weights
-from inference.training.geometry import Geometry
+from inference.training.geometry import WIDTHS, Geometry
 from inference.training.model import build_model
 
 work, args = Path(sys.argv[1]), sys.argv[2:]

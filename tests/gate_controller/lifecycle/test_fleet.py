@@ -218,7 +218,7 @@ def test_live_suspect_share_rolls_back(broker: MosquittoBroker, tmp_path: Path, 
                     seen.append(review.verdict)
                     g.models.observe("L1", review)
                 await g.models.wait_idle()
-                assert seen.count("suspect") > 2, seen
+                assert seen.count("suspect") + seen.count("unavailable") > 2, seen
                 assert g.store.active() is None  # back to the configured (shipped) model
                 assert g.store.previous() is None
                 assert (await g.worker.review(clean_scans[0])).version == shipped_version()
