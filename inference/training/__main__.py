@@ -50,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
                         target_false_not_empty=args.target_false_not_empty,
                         exclude=parse_region(args.exclude), widths=args.widths, peak_loss=args.peak_loss,
                         hard_cells=args.hard_cells, learning_rate=args.learning_rate,
-                        init_weights=args.init_weights)
+                        init_weights=args.init_weights, peak_per_class=args.peak_per_class)
     path = train(opts)
     print(path)
     return 0
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the loss on each tile's highest clean and object cells (0: off)")
     t.add_argument("--hard-cells", type=int, default=d.hard_cells,
                    help="clean cells per tile that the peak loss pushes down")
+    t.add_argument("--peak-per-class", action="store_true",
+                   help="take the decision loss per anomaly class (keeps the region labels right)")
     t.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak learning rate")
     t.add_argument("--init-weights", type=Path, default=None,
                    help="start from these float weights (a .weights.h5 that train wrote) instead of at random")

@@ -87,6 +87,7 @@ class TrainOptions:
     ema: float = 0.998
     widths: tuple[int, int, int, int] = WIDTHS
     peak_loss: float = 1.0  # weight of `decision_loss`; 0: off
+    peak_per_class: bool = False  # `decision_loss` per class (True) or pooled over the classes
     init_weights: Path | None = None  # start from these weights (`weights_path_for`) instead of at random
     hard_cells: int = 8
 
@@ -196,19 +197,24 @@ def _representative(batches: _Batches, count: int) -> Iterator[list[npt.NDArray[
         yield [x]
 
 
-def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int) -> Any:
+def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int, *, per_class: bool = True) -> Any:
     """The loss of the gate's decision on a batch of tiles (TensorFlow tensors shaped like the
     training step's): a scan is suspect when its highest anomaly cell reaches the threshold, and
     the region is labelled with the class scoring highest there. Per tile and anomaly class, the
     ``hard_cells`` highest cells free of every anomaly (positive weight in every anomaly channel,
     inside the scan) are asked to score low in that class, and the highest cell over an object
     of that class to score high in it; tiles without such cells add nothing. Taken per class, so
-    one class cannot stand in for the others (the region's label stays meaningful)."""
+    one class cannot stand in for the others (the region's label stays meaningful). With
+    ``per_class=False`` the classes are pooled (each cell's highest anomaly logit, any object):
+    the first stage of training, which finds more objects but lets one channel carry them all."""
     import tensorflow as tf
 
-    anomaly = logits[..., 1:]
-    positive = t[..., 1:] > 0
-    clean = (~tf.reduce_any(positive, axis=-1)) & (tf.reduce_min(w[..., 1:], axis=-1) > 0) & (valid[..., 0] > 0)
+    if per_class:
+        anomaly, positive = logits[..., 1:], t[..., 1:] > 0
+    else:
+        anomaly = tf.reduce_max(logits[..., 1:], axis=-1, keepdims=True)
+        positive = tf.reduce_max(t[..., 1:], axis=-1, keepdims=True) > 0
+    clean = (~tf.reduce_any(t[..., 1:] > 0, axis=-1)) & (tf.reduce_min(w[..., 1:], axis=-1) > 0) & (valid[..., 0] > 0)
     floor = tf.fill(tf.shape(anomaly), -30.0)
     masked = tf.transpose(tf.where(clean[..., None], anomaly, floor), (0, 3, 1, 2))
     flat = tf.reshape(masked, (tf.shape(anomaly)[0], tf.shape(anomaly)[3], -1))
@@ -224,7 +230,7 @@ def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int) -> A
 
 
 def make_train_step(model: Any, optimizer: Any, g: Geometry, *, peak_loss: float = 0.0,
-                    hard_cells: int = 8) -> Any:
+                    hard_cells: int = 8, per_class: bool = False) -> Any:
     """The compiled training step ``step(x, t, w, valid, bag) -> loss``: weighted per-cell binary
     cross-entropy (positives weighted by `POS_WEIGHT`) plus the bag loss of labels known to be
     present without a location.
@@ -249,7 +255,7 @@ def make_train_step(model: Any, optimizer: Any, g: Geometry, *, peak_loss: float
             bag_loss = tf.reduce_sum(bag_bce * bag) / (tf.reduce_sum(bag) + 1.0)
             loss = dense * len(g.outputs) + bag_loss
             if peak_loss > 0:
-                loss += peak_loss * decision_loss(logits, t, w, valid, hard_cells)
+                loss += peak_loss * decision_loss(logits, t, w, valid, hard_cells, per_class=per_class)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
@@ -312,7 +318,8 @@ def train(opts: TrainOptions) -> Path:
     # Weight averaging (EMA): the exported weights are the moving average of the trained ones.
     optimizer = tf.keras.optimizers.Adam(learning_rate=schedule, use_ema=opts.ema > 0,
                                          ema_momentum=opts.ema if opts.ema > 0 else 0.99)
-    step = make_train_step(model, optimizer, g, peak_loss=opts.peak_loss, hard_cells=opts.hard_cells)
+    step = make_train_step(model, optimizer, g, peak_loss=opts.peak_loss, hard_cells=opts.hard_cells,
+                           per_class=opts.peak_per_class)
     batches = _Batches(data, g, rng)
     t_train = time.monotonic()
     running = 0.0
@@ -357,6 +364,8 @@ def train(opts: TrainOptions) -> Path:
         "peak_loss": opts.peak_loss,
         "hard_cells": opts.hard_cells,
         "threads": opts.threads,
+        "peak_per_class": opts.peak_per_class,
+        "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",

@@ -28,8 +28,9 @@ def tile():
     logits = np.full((1, 4, 4, 5), -6.0, np.float32)
     return logits, np.zeros_like(logits), np.ones_like(logits), np.ones((1, 1, 4, 1), np.float32)
 
-def loss(logits, t, w, valid, k=2):
-    return float(decision_loss(tf.constant(logits), tf.constant(t), tf.constant(w), tf.constant(valid), k))
+def loss(logits, t, w, valid, k=2, per_class=True):
+    return float(decision_loss(tf.constant(logits), tf.constant(t), tf.constant(w), tf.constant(valid), k,
+                               per_class=per_class))
 
 out = {}
 logits, t, w, valid = tile()
@@ -50,6 +51,7 @@ t[0, 2, 1:3, 2] = 1.0
 out["object_low"] = loss(logits, t, w, valid)
 logits[0, 2, 1, 4] = 6.0   # one cell of the weapon scores high, but as an organic mass
 out["object_other_class_high"] = loss(logits, t, w, valid)
+out["pooled_other_class_high"] = loss(logits, t, w, valid, per_class=False)
 logits[0, 2, 1, 4] = -6.0
 logits[0, 2, 1, 2] = 6.0   # one cell of the weapon scores high as a weapon
 out["object_peak_high"] = loss(logits, t, w, valid)
@@ -94,6 +96,8 @@ def test_an_object_is_found_by_its_highest_cell_in_its_own_class(figures: dict[s
     assert figures["object_peak_high"] < 0.05
     # Another class cannot stand in: the region would carry the wrong label.
     assert figures["object_other_class_high"] == figures["object_low"]
+    # Pooled over the classes (the first training stage), any class finds the object.
+    assert figures["pooled_other_class_high"] < 0.05
 
 
 def test_only_the_hardest_clean_cells_get_a_gradient(figures: dict[str, list[float]]) -> None:
