@@ -166,6 +166,10 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1.0 - p)))
 
 
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + float(np.exp(-x)))
+
+
 def _bound(values: Sequence[float], target: float) -> float | None:
     """The (allowed+1)-th highest value, allowed = the share ``target`` of them: a threshold must
     lie above it for at most that share to reach it. None without values."""
@@ -193,8 +197,7 @@ def suspect_threshold(records: Sequence[ScanRecord], target_false_alarm: float) 
     fa = _bound([r.anomaly_score for r in records if not r.has_anomaly], target_false_alarm)
     if fa is None:
         return 0.5
-    threshold = 1.0 / (1.0 + float(np.exp(-(_logit(fa) + SUSPECT_LOGIT_STEP))))
-    return float(min(max(threshold, 0.05), 1.0 - 1e-6))
+    return min(max(_sigmoid(_logit(fa) + SUSPECT_LOGIT_STEP), 0.05), 1.0 - 1e-6)
 
 
 def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: float) -> float:
@@ -214,7 +217,7 @@ def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: f
         # stays where a partly loaded box (scoring below a full one) still reaches it.
         mid = (_logit(ne) + _logit(min(lowest_loaded, 0.99))) / 2.0
         _log.info("not-empty groups separate: highest allowed empty %.4f, lowest loaded %.4f", ne, lowest_loaded)
-        return _clamp(1.0 / (1.0 + float(np.exp(-mid))), 0.05)
+        return _clamp(_sigmoid(mid), 0.05)
     return _clamp(ne + 1.0 / 256.0, 0.05)
 
 

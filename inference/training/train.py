@@ -197,7 +197,7 @@ def _representative(batches: _Batches, count: int) -> Iterator[list[npt.NDArray[
         yield [x]
 
 
-def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int, *, per_class: bool = True) -> Any:
+def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int, *, per_class: bool) -> Any:
     """The loss of the gate's decision on a batch of tiles (TensorFlow tensors shaped like the
     training step's): a scan is suspect when its highest anomaly cell reaches the threshold, and
     the region is labelled with the class scoring highest there. Per tile and anomaly class, the
@@ -206,7 +206,7 @@ def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int, *, p
     of that class to score high in it; tiles without such cells add nothing. Taken per class, so
     one class cannot stand in for the others (the region's label stays meaningful). With
     ``per_class=False`` the classes are pooled (each cell's highest anomaly logit, any object):
-    the first stage of training, which finds more objects but lets one channel carry them all."""
+    what model 2.1.0 was trained with; it finds more objects but lets one channel carry them all."""
     import tensorflow as tf
 
     if per_class:

@@ -61,7 +61,7 @@ logits, t, w, valid = tile()
 logits[0, 0, 0, 1], logits[0, 0, 1, 1], logits[0, 0, 2, 1] = 4.0, 3.0, 2.0
 var = tf.Variable(logits)
 with tf.GradientTape() as tape:
-    value = decision_loss(var, tf.constant(t), tf.constant(w), tf.constant(valid), 2)
+    value = decision_loss(var, tf.constant(t), tf.constant(w), tf.constant(valid), 2, per_class=True)
 grad = tape.gradient(value, var).numpy()
 out["grad_top"] = [float(grad[0, 0, 0, 1]), float(grad[0, 0, 1, 1]), float(grad[0, 0, 2, 1])]
 print(json.dumps(out))
