@@ -85,7 +85,7 @@ $(TRAIN_STAMP): setup.cfg pyproject.toml
 	@touch $@
 
 model: $(TRAIN_STAMP)
-	$(TRAIN_VENV)/bin/python -m inference.training train --seed $(SEED) --threads 1
+	$(TRAIN_VENV)/bin/python -m inference.training train --seed $(SEED) --threads 2
 	$(TRAIN_VENV)/bin/python -m inference.training evaluate --scans 2000 --roc-dir docs/img --write-metadata
 
 # The hub's fine-tuning (`python -m inference.training adapt`) end to end, alone (`make test` runs it

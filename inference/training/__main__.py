@@ -220,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the loss on each tile's highest clean and object cells (0: off)")
     t.add_argument("--hard-cells", type=int, default=d.hard_cells,
                    help="clean cells per tile that the peak loss pushes down")
-    t.add_argument("--peak-per-class", action="store_true",
-                   help="take the decision loss per anomaly class (keeps the region labels right)")
+    t.add_argument("--peak-per-class", action=argparse.BooleanOptionalAction, default=d.peak_per_class,
+                   help="take the decision loss per anomaly class (keeps the region labels right); "
+                        "--no-peak-per-class pools the classes")
     t.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak learning rate")
     t.add_argument("--init-weights", type=Path, default=None,
                    help="start from these float weights (a .weights.h5 that train wrote) instead of at random")
