@@ -52,16 +52,7 @@ def _known(reviewer: Reviewer, label: str) -> tuple[int, int]:
     return suspect, right_label
 
 
-# Known shortfalls of model 2.1.0 (docs/image-review.md), kept strict: the test fails as soon as
-# a model fixes them, so the marks are removed with the fix.
-_MISSES_ORGANIC = pytest.mark.xfail(strict=True, reason="model 2.1.0 finds 38 % of organic masses; "
-                                                        "3 of these 4 score 0.897-0.991, below 0.9923")
-_WRONG_LABEL = pytest.mark.xfail(strict=True, reason="model 2.1.0 labels weapons and organic masses as "
-                                                     "dense objects or vehicles (label accuracy 0 %)")
-
-
-@pytest.mark.parametrize("label", [pytest.param(lb, marks=_MISSES_ORGANIC) if lb == "organic_mass" else lb
-                                   for lb in ANOMALY_CLASSES])
+@pytest.mark.parametrize("label", ANOMALY_CLASSES)
 def test_known_anomalies_are_suspect_with_a_region_on_them(reviewer: Reviewer, label: str) -> None:
     suspect, _ = _known(reviewer, label)
     # ... and most cross the suspect threshold, which is high because the randomized world's clean
@@ -69,8 +60,7 @@ def test_known_anomalies_are_suspect_with_a_region_on_them(reviewer: Reviewer, l
     assert suspect >= len(KNOWN_ANOMALIES) - 1, (label, suspect)
 
 
-@pytest.mark.parametrize("label", [pytest.param(lb, marks=_WRONG_LABEL) if lb in ("weapon", "organic_mass") else lb
-                                   for lb in ANOMALY_CLASSES])
+@pytest.mark.parametrize("label", ANOMALY_CLASSES)
 def test_known_anomalies_regions_name_their_class(reviewer: Reviewer, label: str) -> None:
     suspect, right_label = _known(reviewer, label)
     assert right_label >= max(1, suspect - 1), (label, suspect, right_label)
