@@ -73,9 +73,9 @@ demo: $(VENV)/.installed-demo
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# `make model` regenerates the shipped model from SEED (docs/retraining.md; one TensorFlow thread,
-# about 60 min of training, plus 9 min to generate the scans the first time), then measures it with
-# LiteRT on 2000 held-out scans and redraws docs/img/.
+# `make model` regenerates the shipped model from SEED (docs/retraining.md; two TensorFlow threads,
+# the thread count 2.2.0 was trained with, about 60 min of training, plus 9 min to generate the
+# scans the first time), then measures it with LiteRT on 2000 held-out scans and redraws docs/img/.
 SEED        ?= 7
 
 $(TRAIN_STAMP): setup.cfg pyproject.toml

@@ -231,12 +231,13 @@ def decision_loss(logits: Any, t: Any, w: Any, valid: Any, hard_cells: int, *, p
 
 
 def make_train_step(model: Any, optimizer: Any, g: Geometry, *, peak_loss: float = 0.0,
-                    hard_cells: int = 8, per_class: bool = False) -> Any:
+                    hard_cells: int = 8, per_class: bool = True) -> Any:
     """The compiled training step ``step(x, t, w, valid, bag) -> loss``: weighted per-cell binary
     cross-entropy (positives weighted by `POS_WEIGHT`) plus the bag loss of labels known to be
     present without a location.
 
-    With ``peak_loss`` > 0, `decision_loss` is added with that weight. The per-cell term alone
+    With ``peak_loss`` > 0, `decision_loss` (per class, or pooled with ``per_class=False``) is
+    added with that weight. The per-cell term alone
     spends its effort on every cell of an object and on the many easy background cells, while
     the threshold is set by the few clean cells that score highest (machinery, clutter,
     structures) and an object is found by its highest cell."""

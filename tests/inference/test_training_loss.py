@@ -96,7 +96,7 @@ def test_an_object_is_found_by_its_highest_cell_in_its_own_class(figures: dict[s
     assert figures["object_peak_high"] < 0.05
     # Another class cannot stand in: the region would carry the wrong label.
     assert figures["object_other_class_high"] == figures["object_low"]
-    # Pooled over the classes (the first training stage), any class finds the object.
+    # Pooled over the classes (--no-peak-per-class, the loss of model 2.1.0), any class finds the object.
     assert figures["pooled_other_class_high"] < 0.05
 
 
