@@ -50,7 +50,8 @@ def _train(args: argparse.Namespace) -> int:
                         target_false_not_empty=args.target_false_not_empty,
                         exclude=parse_region(args.exclude), widths=args.widths, peak_loss=args.peak_loss,
                         hard_cells=args.hard_cells, learning_rate=args.learning_rate,
-                        init_weights=args.init_weights, peak_per_class=args.peak_per_class)
+                        init_weights=args.init_weights, peak_per_class=args.peak_per_class,
+                        project=args.project, project_objects=args.project_objects)
     path = train(opts)
     print(path)
     return 0
@@ -224,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the decision loss per anomaly class (keeps the region labels right); "
                         "--no-peak-per-class pools the classes")
     t.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak learning rate")
+    t.add_argument("--project", type=float, default=d.project,
+                   help="share of training tiles that get a projected object (0: no threat projection)")
+    t.add_argument("--project-objects", type=int, default=d.project_objects,
+                   help="rendered objects per projected class")
     t.add_argument("--init-weights", type=Path, default=None,
                    help="start from these float weights (a .weights.h5 that train wrote) instead of at random")
     t.set_defaults(func=_train)

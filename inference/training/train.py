@@ -48,6 +48,7 @@ from inference.training.dataset import (
     load_field_samples,
 )
 from inference.training.geometry import WIDTHS, Geometry
+from inference.training.projection import ObjectBank
 
 __all__ = ["TrainOptions", "convert_int8", "decision_loss", "make_train_step", "recalibrate", "train",
            "weights_path_for"]
@@ -90,6 +91,8 @@ class TrainOptions:
     peak_per_class: bool = True  # `decision_loss` per class (True) or pooled over the classes
     init_weights: Path | None = None  # start from these weights (`weights_path_for`) instead of at random
     hard_cells: int = 8
+    project: float = 0.0  # share of training tiles that get a projected object (`projection`); 0: off
+    project_objects: int = 3000  # rendered objects per projected class
 
 
 def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[FieldSample]]:
@@ -106,8 +109,10 @@ def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[Fi
 class _Batches:
     """Random tiles of the synthetic set (70 % centred on an object when the scan has one)."""
 
-    def __init__(self, data: ExampleSet, g: Geometry, rng: np.random.Generator) -> None:
+    def __init__(self, data: ExampleSet, g: Geometry, rng: np.random.Generator, *,
+                 bank: ObjectBank | None = None, project: float = 0.0) -> None:
         self.data, self.g, self.rng = data, g, rng
+        self.bank, self.project = bank, project
         self.positive_cols = []
         for i in range(len(data)):
             _, t, _ = data.example(i)
@@ -129,6 +134,8 @@ class _Batches:
         ts, ws = t[:, start:start + cells].astype(np.float32), w[:, start:start + cells].astype(np.float32)
         if rng.random() < 0.5:  # trucks drive through in either direction
             xs, ts, ws = xs[:, ::-1], ts[:, ::-1], ws[:, ::-1]
+        if self.bank is not None and rng.random() < self.project:
+            xs, ts, ws = self.bank.project(xs, ts, ws, rng)
         return self.augment(xs), ts, ws
 
     def augment(self, xs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -322,7 +329,12 @@ def train(opts: TrainOptions) -> Path:
                                          ema_momentum=opts.ema if opts.ema > 0 else 0.99)
     step = make_train_step(model, optimizer, g, peak_loss=opts.peak_loss, hard_cells=opts.hard_cells,
                            per_class=opts.peak_per_class)
-    batches = _Batches(data, g, rng)
+    bank = None
+    if opts.project > 0:
+        bank = ObjectBank(g, per_label=opts.project_objects, seed=opts.seed, exclude=opts.exclude)
+        _log.info("threat projection: %d rendered objects, into %.0f %% of the tiles", len(bank),
+                  100 * opts.project)
+    batches = _Batches(data, g, rng, bank=bank, project=opts.project)
     t_train = time.monotonic()
     running = 0.0
     for i in range(1, opts.steps + 1):
@@ -355,7 +367,10 @@ def train(opts: TrainOptions) -> Path:
                  "speed, chassis, tractor, container types, layouts; see docs/image-review.md), training "
                  "mixture TRAIN_MIX (30 % clean loaded incl. extra machinery/mixed/coils, 12 % empty, "
                  "7 % declared empty but loaded, 20 % weapon, 12 % dense_object, 9 % organic_mass, "
-                 "5 % vehicle); random 256 x 256 tiles, augmented; EMA of the weights"
+                 "5 % vehicle); random 256 x 256 tiles, augmented"
+                 + (f", {opts.project:.0%} of them with a projected object ({opts.project_objects} rendered "
+                    "objects per class: dense_object, weapon, organic_mass)" if opts.project > 0 else "")
+                 + "; EMA of the weights"
                  + (f"; held out: {opts.exclude}" if opts.exclude else "")
                  + (f" + {len(field_train)} field samples" if field_train else "")),
         "steps": opts.steps,
@@ -367,6 +382,8 @@ def train(opts: TrainOptions) -> Path:
         "hard_cells": opts.hard_cells,
         "threads": opts.threads,
         "peak_per_class": opts.peak_per_class,
+        "project": opts.project,
+        "project_objects": opts.project_objects,
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
