@@ -115,3 +115,19 @@ def test_bank_respects_a_held_out_energy_region() -> None:
     with pytest.raises(ValueError, match="dual-energy"):
         ObjectBank(G, per_label=1, seed=1, exclude={"energy": ("4/6", "6/9", "3/6")})
     ObjectBank(G, per_label=2, seed=1, exclude={"energy": ("6/9",)})
+
+
+def test_training_batches_project_into_the_asked_share_of_tiles(bank: ObjectBank) -> None:
+    from inference.training.dataset import ExampleSet
+    from inference.training.train import _Batches
+
+    data = ExampleSet([synthetic_example(split_seed("train", 2, i), G, kind=k)
+                       for i, k in enumerate(("clean", "empty", "machinery"))], G)
+    plain = _Batches(data, G, np.random.default_rng(1))
+    projected = _Batches(data, G, np.random.default_rng(1), bank=bank, project=0.5)
+    _, t_plain, *_ = plain(200)
+    x, t, *_ = projected(200)
+    assert not t_plain[..., 1:].any()  # clean scans, no projection: no object anywhere
+    with_object = t[..., 1:].any(axis=(1, 2, 3))
+    assert 0.35 < with_object.mean() < 0.65
+    assert x.shape == (200, G.rows, G.tile_width, 2)
