@@ -74,6 +74,10 @@ _WEIGHTS: dict[str, tuple[float, ...]] = {
     "container": (0.3, 0.2, 0.15, 0.1, 0.13, 0.12),
     "noise": (0.3, 0.45, 0.25),
 }
+MU_JITTER: tuple[float, float] = (0.92, 1.08)
+"""A scanner's own spectral calibration: each material's coefficient x U(MU_JITTER)."""
+RATIO_JITTER: tuple[float, float] = (0.85, 1.15)
+"""... and the low/high ratio excess x U(RATIO_JITTER)."""
 _NOISE_RANGE = {"low": (0.5, 1.0), "normal": (1.0, 2.0), "high": (2.0, 4.5)}
 _ROWS = (128, 192, 256, 384, 512, 768, 1024)
 _ROW_WEIGHTS = (0.1, 0.1, 0.25, 0.2, 0.15, 0.1, 0.1)
@@ -164,8 +168,8 @@ def sample_world(rng: np.random.Generator, *, exclude: Mapping[str, tuple[str, .
     return World(
         energy=energy,
         single_mev=float(rng.choice([4.0, 6.0, 9.0])),
-        mu_jitter=tuple(float(v) for v in rng.uniform(0.92, 1.08, size=4)),
-        ratio_jitter=float(rng.uniform(0.85, 1.15)),
+        mu_jitter=tuple(float(v) for v in rng.uniform(*MU_JITTER, size=4)),
+        ratio_jitter=float(rng.uniform(*RATIO_JITTER)),
         rows=int(rng.choice(_ROWS, p=np.array(_ROW_WEIGHTS) / sum(_ROW_WEIGHTS))),
         span_bottom_mm=float(rng.uniform(200, 1200)),
         span_top_mm=float(rng.uniform(4100, 4700)),

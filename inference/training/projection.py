@@ -30,7 +30,8 @@ import numpy.typing as npt
 from inference.synthetic.anomaly import ANOMALY_DRAWERS
 from inference.synthetic.canvas import ANOMALY_VISIBLE, Body, Canvas
 from inference.synthetic.physics import ENERGIES, attenuation, response
-from inference.synthetic.world import World
+from inference.synthetic.world import MU_JITTER, RATIO_JITTER, World
+from inference.training.dataset import POS_FRACTION, X_QUANT, _dense_channel
 from inference.training.geometry import Geometry
 
 __all__ = ["PROJECTED_LABELS", "ObjectBank", "ProjectedObject", "render_object"]
@@ -45,7 +46,7 @@ _OVERSAMPLE = 2
 _LOAD_WIDTH_MM = 3000.0
 _LOAD_HEIGHT_MM = 2500.0
 _MARGIN = 4  # canvas pixels around the load space
-_X_MAX = 255 / 160  # the largest input the uint8 training cache holds (`dataset.X_QUANT`)
+_X_MAX = 255 / X_QUANT  # the largest input the uint8 training cache holds
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ def render_object(label: str, rng: np.random.Generator, g: Geometry, *,
     if not visible.any():
         return None
     world = World(energy=str(rng.choice(list(energies))),
-                  mu_jitter=tuple(float(v) for v in rng.uniform(0.92, 1.08, size=4)),
-                  ratio_jitter=float(rng.uniform(0.85, 1.15)))
+                  mu_jitter=tuple(float(v) for v in rng.uniform(*MU_JITTER, size=4)),
+                  ratio_jitter=float(rng.uniform(*RATIO_JITTER)))
     mu = response(world).mu
     blur = float(rng.uniform(0.05, 1.3)) * _OVERSAMPLE
     planes = []
@@ -132,8 +133,6 @@ class ObjectBank:
     def project(self, xs: FloatArray, ts: FloatArray, ws: FloatArray, rng: np.random.Generator,
                 ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Add one random object to a tile ``xs (rows, cols, ch)`` with its cell targets/weights."""
-        from inference.training.dataset import POS_FRACTION
-
         g = self.g
         label = self.labels[int(rng.choice(len(self.labels), p=self.shares))]
         obj = self.objects[label][int(rng.integers(0, len(self.objects[label])))]
@@ -153,20 +152,18 @@ class ObjectBank:
         y0 = int(np.clip(cy - h // 2, 0, rows - h))
         x0 = int(np.clip(cx - w // 2, 0, cols - w))
         xs = xs.copy()
-        added = ox if xs.shape[2] == ox.shape[2] else ox[..., :xs.shape[2]]
-        if xs.shape[2] > 1 and float(np.abs(xs[..., 1]).max()) < 1e-3:  # single-energy tile
-            added = added.copy()
-            added[..., 1:] = 0.0
-        xs[y0:y0 + h, x0:x0 + w] += added
+        # A single-energy tile (zero material channel) gets the high-energy plane only.
+        channels = 1 if xs.shape[2] > 1 and float(np.abs(xs[..., 1]).max()) < 1e-3 else xs.shape[2]
+        xs[y0:y0 + h, x0:x0 + w, :channels] += ox[..., :channels]
         np.minimum(xs, np.float32(_X_MAX), out=xs)  # the cached set saturates there too
         frac = np.zeros((rows, cols), np.float32)
         frac[y0:y0 + h, x0:x0 + w] = cover
         cells = frac.reshape(rows // g.stride, g.stride, cols // g.stride, g.stride).max(axis=(1, 3))
         ts, ws = ts.copy(), ws.copy()
         for k, name in ((0, "not_empty"), (g.outputs.index(label), label)):
-            pos = cells >= POS_FRACTION.get(name, POS_FRACTION["default"])
-            near = cv2.dilate(pos.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-            ignore = ((cells > 0) | near) & ~pos & (ts[..., k] == 0)
-            ts[..., k] = np.where(pos, 1.0, ts[..., k])
-            ws[..., k] = np.where(pos, 1.0, np.where(ignore, 0.0, ws[..., k]))
+            pos, weight = _dense_channel(cells, POS_FRACTION.get(name, POS_FRACTION["default"]))
+            # Cells the tile already holds as positive stay positive and weighted.
+            ignore = (weight == 0) & (ts[..., k] == 0)
+            ts[..., k] = np.where(pos > 0, 1.0, ts[..., k])
+            ws[..., k] = np.where(pos > 0, 1.0, np.where(ignore, 0.0, ws[..., k]))
         return xs, ts, ws

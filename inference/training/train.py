@@ -48,7 +48,7 @@ from inference.training.dataset import (
     load_field_samples,
 )
 from inference.training.geometry import WIDTHS, Geometry
-from inference.training.projection import ObjectBank
+from inference.training.projection import PROJECTED_LABELS, ObjectBank
 
 __all__ = ["TrainOptions", "convert_int8", "decision_loss", "make_train_step", "recalibrate", "train",
            "weights_path_for"]
@@ -369,7 +369,7 @@ def train(opts: TrainOptions) -> Path:
                  "7 % declared empty but loaded, 20 % weapon, 12 % dense_object, 9 % organic_mass, "
                  "5 % vehicle); random 256 x 256 tiles, augmented"
                  + (f", {opts.project:.0%} of them with a projected object ({opts.project_objects} rendered "
-                    "objects per class: dense_object, weapon, organic_mass)" if opts.project > 0 else "")
+                    f"objects per class: {', '.join(PROJECTED_LABELS)})" if opts.project > 0 else "")
                  + "; EMA of the weights"
                  + (f"; held out: {opts.exclude}" if opts.exclude else "")
                  + (f" + {len(field_train)} field samples" if field_train else "")),

@@ -7,9 +7,10 @@ import pytest
 
 from inference.preprocess import normalize_scan
 from inference.synthetic import generate_scan
-from inference.training.dataset import split_seed, synthetic_example
+from inference.training.dataset import ExampleSet, split_seed, synthetic_example
 from inference.training.geometry import Geometry
 from inference.training.projection import ObjectBank, ProjectedObject, render_object
+from inference.training.train import _Batches
 
 G = Geometry()
 
@@ -118,9 +119,6 @@ def test_bank_respects_a_held_out_energy_region() -> None:
 
 
 def test_training_batches_project_into_the_asked_share_of_tiles(bank: ObjectBank) -> None:
-    from inference.training.dataset import ExampleSet
-    from inference.training.train import _Batches
-
     data = ExampleSet([synthetic_example(split_seed("train", 2, i), G, kind=k)
                        for i, k in enumerate(("clean", "empty", "machinery"))], G)
     plain = _Batches(data, G, np.random.default_rng(1))
