@@ -50,8 +50,9 @@ def _train(args: argparse.Namespace) -> int:
                         target_false_not_empty=args.target_false_not_empty,
                         exclude=parse_region(args.exclude), widths=args.widths, peak_loss=args.peak_loss,
                         hard_cells=args.hard_cells, learning_rate=args.learning_rate,
-                        init_weights=args.init_weights, peak_per_class=args.peak_per_class,
-                        project=args.project, project_objects=args.project_objects)
+                        init_weights=args.init_weights, continue_from=args.continue_from,
+                        peak_per_class=args.peak_per_class, project=args.project,
+                        project_objects=args.project_objects)
     path = train(opts)
     print(path)
     return 0
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rendered objects per projected class")
     t.add_argument("--init-weights", type=Path, default=None,
                    help="start from these float weights (a .weights.h5 that train wrote) instead of at random")
+    t.add_argument("--continue-from", type=Path, default=None, metavar="MODEL.tflite",
+                   help="continue training this int8 model (its weights dequantized, batch norm folded): more "
+                        "steps for a model whose float weights are gone, such as the shipped one")
     t.set_defaults(func=_train)
     c = sub.add_parser("calibrate", help="re-pick the thresholds of an existing model on validation scans "
                                          "(and held-out field samples); rewrites its metadata only")

@@ -18,7 +18,7 @@ import tensorflow as tf
 from inference.training.geometry import WIDTHS, Geometry
 
 __all__ = ["CONV_LAYERS", "WIDTHS", "build_export_model", "build_folded_model", "build_model", "fold_batch_norm",
-           "set_folded_weights"]
+           "folded_weights_of", "set_folded_weights"]
 
 CONV_LAYERS = ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "head")
 """The convolutions in order; each ``cN`` is conv + batch norm + ReLU6, ``head`` a 1 x 1 conv."""
@@ -75,6 +75,15 @@ def fold_batch_norm(trained: Any) -> FoldedWeights:
         out[name] = ((kernel * factor).astype(np.float32), (beta - mean * factor).astype(np.float32))
     kernel, bias = trained.get_layer("head").get_weights()
     out["head"] = (kernel.astype(np.float32), bias.astype(np.float32))
+    return out
+
+
+def folded_weights_of(model: Any) -> FoldedWeights:
+    """The weights of a `build_folded_model` network, per layer of `CONV_LAYERS`."""
+    out: FoldedWeights = {}
+    for name in CONV_LAYERS:
+        kernel, bias = model.get_layer(_folded_layer(name)).get_weights()
+        out[name] = (kernel.astype(np.float32), bias.astype(np.float32))
     return out
 
 

@@ -132,19 +132,21 @@ def _base_weights(base_path: Path, weights: Path | None) -> tuple[dict[str, tupl
 
     checkpoint = weights if weights is not None else weights_path_for(base_path)
     if checkpoint.is_file():
-        from inference.training.model import build_model, fold_batch_norm
+        from inference.training.model import build_folded_model, build_model, fold_batch_norm, folded_weights_of
 
-        recorded = load_spec(metadata_path_for(base_path)).training.get("widths")
+        training = load_spec(metadata_path_for(base_path)).training
+        recorded = training.get("widths")
         widths = WIDTHS
         if isinstance(recorded, list) and len(recorded) == 4:
             widths = (int(recorded[0]), int(recorded[1]), int(recorded[2]), int(recorded[3]))
-        trained = build_model(Geometry(), widths)
+        folded = training.get("batch_norm") == "folded"  # a continued run (`train --continue-from`)
+        trained = build_folded_model(Geometry(), widths) if folded else build_model(Geometry(), widths)
         try:
             trained.load_weights(str(checkpoint))
         except (ValueError, OSError) as err:
             raise ModelError(f"{checkpoint}: not a checkpoint of this network: {err}") from err
-        return fold_batch_norm(trained), {"source": "keras checkpoint", "path": str(checkpoint),
-                                          "sha256": file_sha256(checkpoint)}
+        weights = folded_weights_of(trained) if folded else fold_batch_norm(trained)
+        return weights, {"source": "keras checkpoint", "path": str(checkpoint), "sha256": file_sha256(checkpoint)}
     return dequantized_weights(base_path), {"source": f"dequantized from {base_path.name} (int8)",
                                             "sha256": file_sha256(base_path)}
 

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from inference.errors import ModelError
 from inference.model_spec import (
     FORMAT,
     EnvelopeSpec,
@@ -36,8 +37,11 @@ from inference.model_spec import (
     ThresholdSpec,
     TilingSpec,
     file_sha256,
+    load_spec,
+    metadata_path_for,
 )
 from inference.scan import held_out
+from inference.training.base_weights import dequantized_weights
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -90,6 +94,9 @@ class TrainOptions:
     peak_loss: float = 1.0  # weight of `decision_loss`; 0: off
     peak_per_class: bool = True  # `decision_loss` per class (True) or pooled over the classes
     init_weights: Path | None = None  # start from these weights (`weights_path_for`) instead of at random
+    # Continue training an int8 model whose float weights are gone (the shipped one): its weights
+    # are dequantized (`base_weights`) and the network is trained with batch norm folded.
+    continue_from: Path | None = None
     hard_cells: int = 8
     project: float = 0.0  # share of training tiles that get a projected object (`projection`); 0: off
     project_objects: int = 3000  # rendered objects per projected class
@@ -298,13 +305,17 @@ def train(opts: TrainOptions) -> Path:
 
     from inference.training.model import build_export_model, build_model
 
+    if opts.continue_from is not None and not (opts.continue_from.is_file()
+                                               and metadata_path_for(opts.continue_from).is_file()):
+        raise ModelError(f"--continue-from {opts.continue_from}: no such model (a .tflite with its .json beside it)")
     started = time.monotonic()
     tf.keras.utils.set_random_seed(opts.seed)
     tf.config.experimental.enable_op_determinism()
     tf.config.threading.set_intra_op_parallelism_threads(opts.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     g = Geometry()
-    rng = np.random.default_rng(opts.seed)
+    # A continued run draws other tiles and augmentations than the run it continues.
+    rng = np.random.default_rng(opts.seed if opts.continue_from is None else [opts.seed, 1])
 
     data = build_synthetic_set("train", opts.seed, opts.scans, g, cache_dir=opts.cache_dir, workers=opts.workers)
     if opts.exclude:
@@ -317,7 +328,11 @@ def train(opts: TrainOptions) -> Path:
     if opts.samples:
         _log.info("field samples: %d for training, %d held out for calibration", len(field_train), len(field_val))
 
-    model = build_model(g, opts.widths)
+    widths = opts.widths
+    if opts.continue_from is not None:
+        model, widths = _continued_model(opts.continue_from, g)
+    else:
+        model = build_model(g, widths)
     if opts.init_weights is not None:
         model.load_weights(str(opts.init_weights))
         _log.info("starting from the weights in %s", opts.init_weights)
@@ -348,7 +363,8 @@ def train(opts: TrainOptions) -> Path:
     train_s = time.monotonic() - t_train
     if opts.ema > 0:
         optimizer.finalize_variable_values(model.trainable_variables)
-        _recompute_batch_norm(model, batches, 60)
+        if opts.continue_from is None:  # a continued network has its batch norm folded
+            _recompute_batch_norm(model, batches, 60)
 
     export = build_export_model(model, g)
     flatbuffer = convert_int8(export, lambda: _representative(batches, 300))
@@ -377,7 +393,7 @@ def train(opts: TrainOptions) -> Path:
         "batch": opts.batch,
         "tile": [g.rows, g.tile_width],
         "parameters": int(model.count_params()),
-        "widths": list(opts.widths),
+        "widths": list(widths),
         "peak_loss": opts.peak_loss,
         "hard_cells": opts.hard_cells,
         "threads": opts.threads,
@@ -385,6 +401,8 @@ def train(opts: TrainOptions) -> Path:
         "project": opts.project,
         "project_objects": opts.project_objects,
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
+        **({"continued_from": _continued_record(opts.continue_from), "batch_norm": "folded"}
+           if opts.continue_from is not None else {}),
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
@@ -394,6 +412,31 @@ def train(opts: TrainOptions) -> Path:
     _write_spec(model_path, spec)
     _log.info("wrote %s (%d bytes) in %.0f s total", model_path, len(flatbuffer), time.monotonic() - started)
     return model_path
+
+
+def _continued_model(model_path: Path, g: Geometry) -> tuple[Any, tuple[int, int, int, int]]:
+    """The folded network of the int8 model ``model_path`` with its dequantized weights, and its
+    stage widths."""
+    from inference.training.model import build_folded_model, set_folded_weights
+
+    spec = load_spec(metadata_path_for(model_path))
+    if (spec.input.shape != (1, g.rows, g.tile_width, len(g.channels)) or tuple(spec.labels) != g.labels
+            or tuple(spec.normalization.scale) != g.scale):
+        raise ModelError(f"{model_path}: input, labels or normalization differ from the training toolchain's")
+    weights = dequantized_weights(model_path)
+    widths = (int(weights["c1"][0].shape[3]), int(weights["c2"][0].shape[3]), int(weights["c4"][0].shape[3]),
+              int(weights["c6"][0].shape[3]))
+    model = build_folded_model(g, widths)
+    set_folded_weights(model, weights)
+    _log.info("continuing %s %s (widths %s, weights dequantized, batch norm folded)", spec.name, spec.version,
+              "/".join(map(str, widths)))
+    return model, widths
+
+
+def _continued_record(model_path: Path) -> dict[str, Any]:
+    spec = load_spec(metadata_path_for(model_path))
+    steps = spec.training.get("steps")
+    return {"name": spec.name, "version": spec.version, "sha256": spec.sha256, "steps": steps}
 
 
 def _initial_spec(model_path: Path, g: Geometry, opts: TrainOptions, training: dict[str, Any]) -> ModelSpec:
@@ -504,8 +547,6 @@ def recalibrate(model_path: Path, opts: TrainOptions) -> ModelSpec:
     rules as `train`, plus the held-out share of ``opts.samples``. Rewrites the metadata JSON;
     the model file, and so its SHA-256, are unchanged. Test figures from an earlier ``evaluate``
     no longer match the new thresholds and are dropped."""
-    from inference.model_spec import load_spec, metadata_path_for
-
     spec = load_spec(metadata_path_for(model_path))
     _, field_val = _split_field_samples(opts)
     spec = _calibrate(model_path, spec, opts, field_val)  # metrics: the new validation figures only

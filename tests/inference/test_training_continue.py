@@ -1,0 +1,94 @@
+"""`train --continue-from`: more training steps for an int8 model whose float weights are gone.
+
+TensorFlow lives only in the training venv (``make .venv-train/.installed-train``): the tiny
+continued run is made there in a child process, and its model is checked here with LiteRT.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.model_spec import load_spec, metadata_path_for
+from inference.runtime import DEFAULT_MODEL_PATH
+from inference.training.dataset import X_QUANT, synthetic_example
+from inference.training.geometry import Geometry
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_PYTHON = Path(os.environ.get("SMARTGATE_TRAIN_PYTHON", str(REPO / ".venv-train" / "bin" / "python")))
+
+# Continue the shipped model for a few steps at a learning rate too small to move it, then read
+# the checkpoint back the way a site fine-tuning would (`site._base_weights`).
+_CHILD = r"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from inference.runtime import DEFAULT_MODEL_PATH
+from inference.training.__main__ import main
+from inference.training.base_weights import dequantized_weights
+from inference.training.site import _base_weights
+
+work = Path(sys.argv[1])
+common = ["train", "--scans", "6", "--steps", "3", "--batch", "2", "--val-scans", "12", "--val-empty-scans", "4",
+          "--no-cache", "--workers", "1", "--threads", "1", "--learning-rate", "1e-9", "--version", "0.0.1"]
+codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out", str(work / "never")]),
+         main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--out", str(work / "cont")])]
+print("EXIT CODES", *codes)
+model = work / "cont" / "xray_anomaly.tflite"
+read_back, source = _base_weights(model, None)
+base = dequantized_weights(DEFAULT_MODEL_PATH)
+worst = max(float(np.abs(read_back[k][0] - base[k][0]).max() / (np.abs(base[k][0]).max() + 1e-9)) for k in base)
+print("CHECKPOINT", source["source"], f"{worst:.6f}")
+"""
+
+
+def _logits(model: Path, tile: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(model), num_threads=1)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
+    interp.set_tensor(inp["index"], np.clip(np.rint(tile / s_in + z_in), -128, 127).astype(np.int8))
+    interp.invoke()
+    return ((interp.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out).ravel()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
+    if not TRAIN_PYTHON.is_file():
+        pytest.skip(f"no training venv at {TRAIN_PYTHON} (make .venv-train/.installed-train)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([str(TRAIN_PYTHON), "-c", _CHILD, str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=800, check=False, cwd=tmp_path, preexec_fn=lambda: os.nice(10))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "EXIT CODES 1 0" in proc.stdout, log[-4000:]
+    assert "missing.tflite" in proc.stderr  # the missing base model is named
+    # The checkpoint beside the continued model is the folded network, read back as such.
+    checkpoint = proc.stdout.split("CHECKPOINT ")[1]
+    assert checkpoint.startswith("keras checkpoint"), proc.stdout
+    assert float(checkpoint.split()[-1]) < 0.01, proc.stdout
+
+    model = tmp_path / "cont" / "xray_anomaly.tflite"
+    shipped = load_spec(metadata_path_for(DEFAULT_MODEL_PATH))
+    training = load_spec(metadata_path_for(model)).training
+    assert training["continued_from"] == {"name": shipped.name, "version": shipped.version,
+                                          "sha256": shipped.sha256, "steps": shipped.training["steps"]}
+    assert training["batch_norm"] == "folded"
+    assert training["widths"] == shipped.training["widths"]
+
+    # Three steps at a learning rate of 1e-9 leave the network as it was: the continued int8
+    # model computes the shipped model's logits (up to requantization) on a real scan's tile.
+    x = synthetic_example(20261207, Geometry(), "dense_object").x
+    tile = x[None, :, :256].astype(np.float32) / X_QUANT
+    before, after = _logits(DEFAULT_MODEL_PATH, tile), _logits(model, tile)
+    assert np.corrcoef(before, after)[0, 1] > 0.99
+    assert float(np.abs(after - before).mean()) < 0.1 * float(before.std())
