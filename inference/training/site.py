@@ -145,8 +145,8 @@ def _base_weights(base_path: Path, weights: Path | None) -> tuple[dict[str, tupl
             trained.load_weights(str(checkpoint))
         except (ValueError, OSError) as err:
             raise ModelError(f"{checkpoint}: not a checkpoint of this network: {err}") from err
-        weights = folded_weights_of(trained) if folded else fold_batch_norm(trained)
-        return weights, {"source": "keras checkpoint", "path": str(checkpoint), "sha256": file_sha256(checkpoint)}
+        read = folded_weights_of(trained) if folded else fold_batch_norm(trained)
+        return read, {"source": "keras checkpoint", "path": str(checkpoint), "sha256": file_sha256(checkpoint)}
     return dequantized_weights(base_path), {"source": f"dequantized from {base_path.name} (int8)",
                                             "sha256": file_sha256(base_path)}
 
