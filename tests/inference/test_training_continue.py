@@ -57,7 +57,7 @@ def _logits(model: Path, tile: np.ndarray) -> np.ndarray:
     (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
     interp.set_tensor(inp["index"], np.clip(np.rint(tile / s_in + z_in), -128, 127).astype(np.int8))
     interp.invoke()
-    return ((interp.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out).ravel()
+    return np.asarray((interp.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out).ravel()
 
 
 @pytest.mark.slow
