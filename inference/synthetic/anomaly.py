@@ -46,7 +46,9 @@ def _spot(cv: Canvas, *, small: bool) -> _Spot:
     if places and (cv.body.kind == "none" or rng.random() > _IN_LOAD):
         place = str(rng.choice(places))
         boxes = cv.hiding[place]
+        cv.last_place = place
         return _Spot(cv, place, boxes[int(rng.integers(0, len(boxes)))])
+    cv.last_place = "load"
     return _Spot(cv, "load", None)
 
 

@@ -63,9 +63,10 @@ class Region:
     w: int
     h: int
     label: str
+    place: str = "load"  # where it was hidden: `anomaly.HIDING_PLACES`
 
     def as_dict(self) -> dict[str, Any]:
-        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "label": self.label}
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "label": self.label, "place": self.place}
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Canvas:
         self.with_masks = with_masks
         self.bodies: list[Body] = []
         self.hiding: dict[str, list[tuple[float, float, float, float]]] = {}  # place -> boxes (x0, y0, x1, y1)
+        self.last_place = "load"  # where the last anomaly drawn was hidden
         self._body: Body | None = None
 
     # --- geometry -----------------------------------------------------------------------------

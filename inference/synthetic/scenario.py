@@ -126,16 +126,17 @@ def generate_scan(
     if (clutter if clutter is not None else rng.random() < 0.3) and bodies[0].kind != "none":
         cv.use(bodies[int(rng.integers(0, len(bodies)))])
         benign_clutter(cv)
-    raw_regions: list[tuple[int, int, int, int, str]] = []
+    raw_regions: list[tuple[int, int, int, int, str, str]] = []
     for label in anomalies:
         cv.use(bodies[int(rng.integers(0, len(bodies)))])
         cv.current = np.zeros((rows_c, n_canvas), dtype=np.float32)
+        cv.last_place = "load"
         ANOMALY_DRAWERS[label](cv, label)
         visible = cv.current > ANOMALY_VISIBLE
         cv.current = None
         box = bbox_of(visible)
         if box is not None:
-            raw_regions.append((*box, label))
+            raw_regions.append((*box, label, cv.last_place))
             if with_masks:
                 cv.class_masks[label] = cv.class_masks.get(label, np.zeros_like(visible)) | visible
     # Detector grid: the speed profile along the pulses, the row pitch down the column.
@@ -150,12 +151,12 @@ def generate_scan(
         trans.append(transmission(np.asarray(att, dtype=np.float32), w))
     pixels = digitize(tuple(trans), w, rng)
     regions: list[Region] = []
-    for x, y, bw, bh, label in raw_regions:
+    for x, y, bw, bh, label, place in raw_regions:
         ox0 = int(np.searchsorted(src_x, x - 1, side="right"))
         ox1 = min(int(np.searchsorted(src_x, x + bw, side="left")), n_out)
         oy0 = max(int(np.floor(y / ry)), 0)
         oy1 = min(int(np.ceil((y + bh) / ry)), w.rows)
-        regions.append(Region(x=ox0, y=oy0, w=max(1, ox1 - ox0), h=max(1, oy1 - oy0), label=label))
+        regions.append(Region(x=ox0, y=oy0, w=max(1, ox1 - ox0), h=max(1, oy1 - oy0), label=label, place=place))
     masks: dict[str, npt.NDArray[np.bool_]] = {}
     if with_masks:
 
@@ -168,7 +169,7 @@ def generate_scan(
             masks[label] = warp(m)
     # Ground truth is what the scanner saw: an object hidden outside the detector column (a
     # chassis below it) has no region and is no anomaly of this scan.
-    seen = sorted({label for *_, label in raw_regions})
+    seen = sorted({label for *_, label, _ in raw_regions})
     not_empty = cargo != "empty" or bool(seen)
     labels = list(seen)
     labels.append("not_empty" if not_empty else "empty")

@@ -102,6 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         collect_field,
         collect_synthetic,
         compute_metrics,
+        detection_by_place,
         plot_roc,
         records_to_json,
     )
@@ -115,6 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     labels = reviewer.spec.labels
     metrics = compute_metrics(records, reviewer.suspect_threshold, reviewer.not_empty_threshold, labels)
     metrics["by_world"] = _by_world(records, reviewer.suspect_threshold, reviewer.not_empty_threshold, labels)
+    metrics["by_place"] = detection_by_place(records, reviewer.suspect_threshold, labels)
     metrics["runtime"] = reviewer.backend
     metrics["test_split"] = {"base_seed": args.seed, "synthetic_scans": args.scans,
                              "field_dirs": [str(d) for d in args.samples]}

@@ -42,6 +42,7 @@ __all__ = [
     "collect_synthetic",
     "compute_metrics",
     "declared_empty_metrics",
+    "detection_by_place",
     "flagged_share_at",
     "not_empty_threshold",
     "overlaps",
@@ -98,7 +99,7 @@ def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]]
         window = anomaly[rs, cs]
         per_class = window.reshape(-1, window.shape[-1]).max(axis=0) if window.size else np.zeros(len(analysis.labels))
         objects.append({"label": r["label"], "score": float(per_class.max()),
-                        "predicted": analysis.labels[int(per_class.argmax())]})
+                        "predicted": analysis.labels[int(per_class.argmax())], "place": r.get("place")})
         gt_boxes.append((r["x"], r["y"], r["w"], r["h"]))
     false_scores = [reg.score for reg in found
                     if not any(overlaps((reg.x, reg.y, reg.w, reg.h), b) for b in gt_boxes)]
@@ -253,6 +254,23 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
         "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
                        "p95": round(float(np.percentile(latencies, 95)), 2)},
     }
+
+
+def detection_by_place(records: Sequence[ScanRecord], suspect: float, labels: Sequence[str]) -> dict[str, Any]:
+    """Detection per anomaly class split by where the generator hid the object (the load or a
+    hiding place of the vehicle, `inference.synthetic.anomaly.HIDING_PLACES`): objects and share
+    detected; an object of an unavailable scan is missed. Objects without a place (field samples)
+    are left out."""
+    out: dict[str, Any] = {}
+    for label in labels:
+        places: dict[str, list[bool]] = {}
+        for r in records:
+            for o in r.objects:
+                if o["label"] == label and o.get("place"):
+                    places.setdefault(str(o["place"]), []).append(not r.unavailable and o["score"] >= suspect)
+        out[label] = {place: {"objects": len(hits), "detection_rate": round(float(np.mean(hits)), 4)}
+                      for place, hits in sorted(places.items())}
+    return out
 
 
 def declared_empty_metrics(records: Sequence[ScanRecord], not_empty: float) -> dict[str, Any]:

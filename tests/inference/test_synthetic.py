@@ -23,6 +23,7 @@ from inference.synthetic import (
     nominal_world,
     sample_world,
 )
+from inference.synthetic.anomaly import HIDING_PLACES
 
 
 def _att(scan: Scan, channel: int) -> np.ndarray:
@@ -259,14 +260,24 @@ def test_twin_twenty_and_bare_chassis_layouts() -> None:
 
 def test_anomalies_are_hidden_in_the_vehicle_too() -> None:
     places = set()
+    recorded: dict[str, int] = {}
     for seed in range(80):
         syn = generate_scenario(seed, "dense_object", world="random")
         bottom = syn.world["span_top_mm"] - syn.world["span_bottom_mm"]
         for r in syn.regions:
             # Below the box floor (chassis, fuel tank): the region's centre is low in the column.
-            places.add("low" if (r.y + r.h / 2) / syn.scan.rows > 0.8 else "load")
+            low = (r.y + r.h / 2) / syn.scan.rows > 0.8
+            places.add("low" if low else "load")
+            recorded[r.place] = recorded.get(r.place, 0) + 1
+            assert r.as_dict()["place"] == r.place
+            if r.place in ("chassis", "fuel_tank"):
+                assert low, (seed, r)
         assert bottom > 0
     assert places == {"low", "load"}
+    # The region says where the object was hidden: mostly the load, the rest in the vehicle.
+    assert set(recorded) <= set(HIDING_PLACES)
+    assert recorded["load"] > sum(recorded.values()) / 2
+    assert len(recorded) >= 3, recorded
 
 
 def test_detector_defects_and_single_energy() -> None:

@@ -19,7 +19,13 @@ from inference.training.dataset import (
     split_seed,
     synthetic_example,
 )
-from inference.training.evaluate import ScanRecord, compute_metrics, not_empty_threshold, suspect_threshold
+from inference.training.evaluate import (
+    ScanRecord,
+    compute_metrics,
+    detection_by_place,
+    not_empty_threshold,
+    suspect_threshold,
+)
 from inference.training.geometry import Geometry
 from inference.training.loo import slice_table
 
@@ -145,6 +151,24 @@ def test_threshold_choice_and_metrics() -> None:
     assert 0.8 < m["detection"]["weapon"]["detection_rate"] < 1.0
     # Separable declared-empty groups: the threshold sits between them, not on the empty side.
     assert 0.33 < not_empty < 0.37
+
+
+def test_detection_split_by_hiding_place() -> None:
+    def rec(*objects: tuple[str, str, float], unavailable: bool = False) -> ScanRecord:
+        r = ScanRecord(source="t", scan_id="s", cargo=None, declared=None, anomaly_score=1.0, not_empty_score=0.0,
+                       not_empty_truth=None, has_anomaly=True,
+                       objects=[{"label": lb, "score": s, "predicted": lb, "place": p} for lb, p, s in objects])
+        r.unavailable = unavailable
+        return r
+
+    records = [rec(("weapon", "load", 0.99), ("weapon", "load", 0.2)), rec(("weapon", "chassis", 0.97)),
+               rec(("weapon", "chassis", 0.99), unavailable=True), rec(("dense_object", "floor", 0.3)),
+               _rec(0.99, True)]  # no place (a field sample): left out
+    split = detection_by_place(records, 0.95, ["dense_object", "weapon", "vehicle"])
+    assert split == {"dense_object": {"floor": {"objects": 1, "detection_rate": 0.0}},
+                     "weapon": {"chassis": {"objects": 2, "detection_rate": 0.5},
+                                "load": {"objects": 2, "detection_rate": 0.5}},
+                     "vehicle": {}}
 
 
 def test_suspect_threshold_of_a_confident_model_lies_above_099() -> None:
