@@ -52,7 +52,8 @@ def _train(args: argparse.Namespace) -> int:
                         hard_cells=args.hard_cells, learning_rate=args.learning_rate,
                         init_weights=args.init_weights, continue_from=args.continue_from,
                         peak_per_class=args.peak_per_class, project=args.project,
-                        project_objects=args.project_objects)
+                        project_objects=args.project_objects, mine_from=args.mine_from,
+                        hard_share=args.hard_share, hard_negatives=args.hard_negatives)
     path = train(opts)
     print(path)
     return 0
@@ -237,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--continue-from", type=Path, default=None, metavar="MODEL.tflite",
                    help="continue training this int8 model (its weights dequantized, batch norm folded): more "
                         "steps for a model whose float weights are gone, such as the shipped one")
+    t.add_argument("--mine-from", type=Path, default=None, metavar="MODEL.tflite",
+                   help="before training, run this int8 model over the training set and centre a share of "
+                        "the tiles on its hard spots: the worst clean spots and the objects it misses")
+    t.add_argument("--hard-share", type=float, default=d.hard_share,
+                   help="with --mine-from: share of the training tiles centred on a mined spot")
+    t.add_argument("--hard-negatives", type=float, default=d.hard_negatives,
+                   help="with --mine-from: share of the training scans whose worst clean spot is mined")
     t.set_defaults(func=_train)
     c = sub.add_parser("calibrate", help="re-pick the thresholds of an existing model on validation scans "
                                          "(and held-out field samples); rewrites its metadata only")

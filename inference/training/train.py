@@ -52,6 +52,7 @@ from inference.training.dataset import (
     load_field_samples,
 )
 from inference.training.geometry import WIDTHS, Geometry
+from inference.training.mining import HardExamples, mine
 from inference.training.projection import PROJECTED_LABELS, ObjectBank
 
 __all__ = ["TrainOptions", "convert_int8", "decision_loss", "make_train_step", "recalibrate", "train",
@@ -100,6 +101,9 @@ class TrainOptions:
     hard_cells: int = 8
     project: float = 0.0  # share of training tiles that get a projected object (`projection`); 0: off
     project_objects: int = 3000  # rendered objects per projected class
+    mine_from: Path | None = None  # mine hard spots of the training set with this int8 model (`mining`)
+    hard_share: float = 0.3  # share of training tiles centred on a mined spot
+    hard_negatives: float = 0.15  # share of the training scans whose worst clean spot is mined
 
 
 def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[FieldSample]]:
@@ -114,25 +118,32 @@ def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[Fi
 
 
 class _Batches:
-    """Random tiles of the synthetic set (70 % centred on an object when the scan has one)."""
+    """Random tiles of the synthetic set (70 % centred on an object when the scan has one); with
+    ``hard`` spots (`mining.mine`), a share ``hard_share`` of the tiles is centred on one of them."""
 
     def __init__(self, data: ExampleSet, g: Geometry, rng: np.random.Generator, *,
-                 bank: ObjectBank | None = None, project: float = 0.0) -> None:
+                 bank: ObjectBank | None = None, project: float = 0.0, hard: HardExamples | None = None,
+                 hard_share: float = 0.0) -> None:
         self.data, self.g, self.rng = data, g, rng
         self.bank, self.project = bank, project
+        self.hard_spots = hard.spots if hard is not None else []
+        self.hard_share = hard_share if self.hard_spots else 0.0
         self.positive_cols = []
         for i in range(len(data)):
             _, t, _ = data.example(i)
             self.positive_cols.append(np.flatnonzero(t[..., 1:].any(axis=(0, 2))))
 
-    def tile(self, i: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    def tile(self, i: int, centre: int | None = None,
+             ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """A tile of example ``i``: around cell column ``centre`` when given, else around one of
+        its objects (70 %) or anywhere."""
         g, rng = self.g, self.rng
         x, t, w = self.data.example(i)
         cells = g.tile_width // g.stride
         total = t.shape[1]
         pos = self.positive_cols[i]
-        if pos.size and rng.random() < 0.7:
-            c = int(rng.choice(pos))
+        if centre is not None or (pos.size and rng.random() < 0.7):
+            c = centre if centre is not None else int(rng.choice(pos))
             lo, hi = max(0, c - cells + 1), min(c, total - cells)
             start = int(rng.integers(lo, hi + 1)) if hi >= lo else max(0, min(c, total - cells))
         else:
@@ -167,7 +178,13 @@ class _Batches:
 
     def __call__(self, batch: int) -> tuple[npt.NDArray[np.float32], ...]:
         idx = self.rng.integers(0, len(self.data), size=batch)
-        parts = [self.tile(int(i)) for i in idx]
+        parts = []
+        for i in idx:
+            if self.hard_share > 0 and self.rng.random() < self.hard_share:
+                spot, col = self.hard_spots[int(self.rng.integers(0, len(self.hard_spots)))]
+                parts.append(self.tile(spot, col))
+            else:
+                parts.append(self.tile(int(i)))
         x = np.stack([p[0] for p in parts])
         t = np.stack([p[1] for p in parts])
         w = np.stack([p[2] for p in parts])
@@ -305,6 +322,9 @@ def train(opts: TrainOptions) -> Path:
 
     from inference.training.model import build_export_model, build_model
 
+    for given, option in ((opts.mine_from, "--mine-from"),):
+        if given is not None and not (given.is_file() and metadata_path_for(given).is_file()):
+            raise ModelError(f"{option} {given}: no such model (a .tflite with its .json beside it)")
     if opts.continue_from is not None and not (opts.continue_from.is_file()
                                                and metadata_path_for(opts.continue_from).is_file()):
         raise ModelError(f"--continue-from {opts.continue_from}: no such model (a .tflite with its .json beside it)")
@@ -349,7 +369,10 @@ def train(opts: TrainOptions) -> Path:
         bank = ObjectBank(g, per_label=opts.project_objects, seed=opts.seed, exclude=opts.exclude)
         _log.info("threat projection: %d rendered objects, into %.0f %% of the tiles", len(bank),
                   100 * opts.project)
-    batches = _Batches(data, g, rng, bank=bank, project=opts.project)
+    hard = None
+    if opts.mine_from is not None:
+        hard = mine(opts.mine_from, data, g, negative_share=opts.hard_negatives, threads=opts.threads)
+    batches = _Batches(data, g, rng, bank=bank, project=opts.project, hard=hard, hard_share=opts.hard_share)
     t_train = time.monotonic()
     running = 0.0
     for i in range(1, opts.steps + 1):
@@ -400,6 +423,7 @@ def train(opts: TrainOptions) -> Path:
         "peak_per_class": opts.peak_per_class,
         "project": opts.project,
         "project_objects": opts.project_objects,
+        **({"hard_examples": {**hard.summary, "share_of_tiles": opts.hard_share}} if hard is not None else {}),
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
         **({"continued_from": _continued_record(opts.continue_from), "batch_norm": "folded"}
            if opts.continue_from is not None else {}),

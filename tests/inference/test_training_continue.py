@@ -1,4 +1,5 @@
-"""`train --continue-from`: more training steps for an int8 model whose float weights are gone.
+"""`train --continue-from`: more training steps for an int8 model whose float weights are gone,
+here with hard spots mined by it (`--mine-from`).
 
 TensorFlow lives only in the training venv (``make .venv-train/.installed-train``): the tiny
 continued run is made there in a child process, and its model is checked here with LiteRT.
@@ -38,7 +39,9 @@ work = Path(sys.argv[1])
 common = ["train", "--scans", "6", "--steps", "3", "--batch", "2", "--val-scans", "12", "--val-empty-scans", "4",
           "--no-cache", "--workers", "1", "--threads", "1", "--learning-rate", "1e-9", "--version", "0.0.1"]
 codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out", str(work / "never")]),
-         main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--out", str(work / "cont")])]
+         main([*common, "--mine-from", str(work / "absent.tflite"), "--out", str(work / "never")]),
+         main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--mine-from", str(DEFAULT_MODEL_PATH),
+               "--hard-share", "0.5", "--out", str(work / "cont")])]
 print("EXIT CODES", *codes)
 model = work / "cont" / "xray_anomaly.tflite"
 read_back, source = _base_weights(model, None)
@@ -70,8 +73,9 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
                           timeout=800, check=False, cwd=tmp_path, preexec_fn=lambda: os.nice(10))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "EXIT CODES 1 0" in proc.stdout, log[-4000:]
+    assert "EXIT CODES 1 1 0" in proc.stdout, log[-4000:]
     assert "missing.tflite" in proc.stderr  # the missing base model is named
+    assert "absent.tflite" in proc.stderr
     # The checkpoint beside the continued model is the folded network, read back as such.
     checkpoint = proc.stdout.split("CHECKPOINT ")[1]
     assert checkpoint.startswith("keras checkpoint"), proc.stdout
@@ -84,6 +88,10 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
                                           "sha256": shipped.sha256, "steps": shipped.training["steps"]}
     assert training["batch_norm"] == "folded"
     assert training["widths"] == shipped.training["widths"]
+    # Hard spots were mined from the six training scans with the shipped model.
+    mined = training["hard_examples"]
+    assert (mined["model"], mined["scans"], mined["share_of_tiles"]) == ("xray_anomaly.tflite", 6, 0.5)
+    assert mined["negatives"] == 1
 
     # Three steps at a learning rate of 1e-9 leave the network as it was: the continued int8
     # model computes the shipped model's logits (up to requantization) on a real scan's tile.
