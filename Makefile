@@ -81,7 +81,7 @@ bench: $(STAMP)
 # that without), plus 7-9 min to generate the scans the first time. Then it measures the model with
 # LiteRT on 2000 held-out scans and redraws docs/img/.
 SEED        ?= 7
-ROUNDS      ?= 2
+ROUNDS      ?= 3
 MODEL_WORK  ?= build/model
 MODEL_OUT   ?= inference/models
 ROUND_ARGS   = --seed $(SEED) --threads 2 --project 0.3 --steps 6000 --learning-rate 5e-4 --version 2.3.0
