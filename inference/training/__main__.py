@@ -148,7 +148,7 @@ def _loo(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     runner = run_joint if args.joint else run_slices
     results = runner(base, slices, test_scans=args.test_scans, control_scans=args.control_scans,
-                     test_seed=args.test_seed, out_dir=args.out)
+                     test_seed=args.test_seed, out_dir=args.out, rounds=args.rounds, round_steps=args.round_steps)
     table = slice_table(results)
     (args.out / "loo.md").write_text(table, encoding="utf-8")
     print(table)
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--seed", type=int, default=d.seed)
     lo.add_argument("--scans", type=int, default=d.scans, help="training scans before the slice is removed")
     lo.add_argument("--steps", type=int, default=2000, help="training steps per slice (reduced budget)")
+    lo.add_argument("--rounds", type=int, default=0,
+                    help="rounds continued on mined hard examples after each base model (make model: 3)")
+    lo.add_argument("--round-steps", type=int, default=6000, help="training steps per round")
     lo.add_argument("--val-scans", type=int, default=400)
     lo.add_argument("--val-empty-scans", type=int, default=200)
     lo.add_argument("--test-scans", type=int, default=400, help="test scans drawn inside each slice")

@@ -14,6 +14,10 @@ the others; the control stream lies in none of them. Each slice then differs fro
 the model saw in its own category only, as in a per-slice run, for one training instead of
 four, so the budget can stay close to the shipped model's.
 
+``--rounds N`` follows each held-out base model with N rounds of training continued on the hard
+examples the previous model mines from the same held-out training set, as `make model` does for
+the shipped model (docs/retraining.md), so the protocol measures the shipped recipe.
+
 ``python -m inference.training loo`` runs it; the results go to a JSON file and a Markdown
 table (docs/image-review.md quotes it).
 """
@@ -37,6 +41,10 @@ __all__ = ["DEFAULT_SLICES", "other_slices", "run_joint", "run_slices", "slice_n
 
 _log = logging.getLogger(__name__)
 
+# The rounds of `make model` (Makefile ``ROUND_ARGS``): threat projection and peak learning rate.
+ROUND_PROJECT = 0.3
+ROUND_LEARNING_RATE = 5e-4
+
 DEFAULT_SLICES: tuple[dict[str, tuple[str, ...]], ...] = (
     {"energy": ("6/9",)},
     {"chassis": ("flatbed",)},
@@ -56,7 +64,8 @@ def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
-               control_scans: int, test_seed: int, out_dir: Path) -> list[dict[str, Any]]:
+               control_scans: int, test_seed: int, out_dir: Path, rounds: int = 0,
+               round_steps: int = 6000) -> list[dict[str, Any]]:
     """Train one model per slice (held out) and measure it on the slice and on the whole stream."""
     from inference.training.evaluate import collect_synthetic
 
@@ -65,19 +74,24 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
         name = slice_name(region)
         slice_dir = out_dir / name.replace("/", "-").replace("=", "_").replace(",", "+")
         reviewer, train_s = _train_reviewer(replace(base, exclude=dict(region), out_dir=slice_dir,
-                                                    version=f"loo-{name}"))
+                                                    version=f"loo-{name}"), rounds, round_steps)
         held = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, test_scans, only=region))
         control = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=region))
         _keep(results, _row(name, reviewer, train_s, base.steps, held=held, control=control), out_dir)
     return results
 
 
-def _train_reviewer(opts: TrainOptions) -> tuple[Reviewer, float]:
-    """Train with ``opts``; the trained model's reviewer and the seconds it took."""
+def _train_reviewer(opts: TrainOptions, rounds: int = 0, round_steps: int = 6000) -> tuple[Reviewer, float]:
+    """Train with ``opts``, then ``rounds`` rounds continued on mined hard examples (same held-out
+    region); the last model's reviewer and the seconds it all took."""
     from inference.reviewer import Reviewer
 
     t0 = time.monotonic()
     model_path = train(opts)
+    for r in range(1, rounds + 1):
+        model_path = train(replace(opts, continue_from=model_path, mine_from=model_path, steps=round_steps,
+                                   project=ROUND_PROJECT, learning_rate=ROUND_LEARNING_RATE,
+                                   out_dir=opts.out_dir / f"round{r}"))
     return Reviewer(model_path, num_threads=1), time.monotonic() - t0
 
 
@@ -94,6 +108,7 @@ def _row(name: str, reviewer: Reviewer, train_s: float, steps: int, *, held: dic
         "slice": name,
         "train_s": round(train_s, 1),
         "steps": steps,
+        "continued_from": reviewer.spec.training.get("continued_from"),
         "model": str(reviewer.model_path),
         "held_out": held,
         "control": control,
@@ -126,13 +141,14 @@ def other_slices(slices: tuple[dict[str, tuple[str, ...]], ...], region: dict[st
 
 
 def run_joint(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
-              control_scans: int, test_seed: int, out_dir: Path) -> list[dict[str, Any]]:
+              control_scans: int, test_seed: int, out_dir: Path, rounds: int = 0,
+              round_steps: int = 6000) -> list[dict[str, Any]]:
     """One model trained without any of the slices; each slice tested on its own scans."""
     from inference.training.evaluate import collect_synthetic
 
     union = _union(slices)
     reviewer, train_s = _train_reviewer(replace(base, exclude=union, out_dir=out_dir / "joint",
-                                                version="loo-joint"))
+                                                version="loo-joint"), rounds, round_steps)
     control = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=union))
     results: list[dict[str, Any]] = []
     for region in slices:

@@ -7,6 +7,7 @@ continued run is made there in a child process, and its model is checked here wi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -42,6 +43,11 @@ codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out"
          main([*common, "--mine-from", str(work / "absent.tflite"), "--out", str(work / "never")]),
          main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--mine-from", str(DEFAULT_MODEL_PATH),
                "--hard-share", "0.5", "--out", str(work / "cont")])]
+# Leave-one-out with the shipped recipe's rounds: the held-out base model, then one round on it.
+codes.append(main(["loo", "--joint", "--slice", "energy=6/9", "--scans", "8", "--steps", "2", "--rounds", "1",
+                   "--round-steps", "2", "--val-scans", "8", "--val-empty-scans", "4", "--test-scans", "4",
+                   "--control-scans", "4", "--no-cache", "--workers", "1", "--threads", "1",
+                   "--out", str(work / "loo")]))
 print("EXIT CODES", *codes)
 model = work / "cont" / "xray_anomaly.tflite"
 read_back, source = _base_weights(model, None)
@@ -73,7 +79,7 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
                           timeout=800, check=False, cwd=tmp_path, preexec_fn=lambda: os.nice(10))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "EXIT CODES 1 1 0" in proc.stdout, log[-4000:]
+    assert "EXIT CODES 1 1 0 0" in proc.stdout, log[-4000:]
     assert "missing.tflite" in proc.stderr  # the missing base model is named
     assert "absent.tflite" in proc.stderr
     # The checkpoint beside the continued model is the folded network, read back as such.
@@ -92,6 +98,16 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     mined = training["hard_examples"]
     assert (mined["model"], mined["scans"], mined["share_of_tiles"]) == ("xray_anomaly.tflite", 6, 0.5)
     assert mined["negatives"] == 1
+
+    # The leave-one-out row is of the round's model, continued from the held-out base model.
+    row = json.loads((tmp_path / "loo" / "loo.json").read_text())[0]
+    assert row["slice"] == "energy=6/9"
+    assert row["model"].endswith("joint/round1/xray_anomaly.tflite")
+    assert row["continued_from"]["version"] == "loo-joint"
+    base_training = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite")).training
+    assert row["continued_from"]["sha256"] == load_spec(
+        metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite")).sha256
+    assert "6/9" in base_training["data"]  # held out of the base model's training too
 
     # Three steps at a learning rate of 1e-9 leave the network as it was: the continued int8
     # model computes the shipped model's logits (up to requantization) on a real scan's tile.
