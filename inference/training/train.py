@@ -322,12 +322,9 @@ def train(opts: TrainOptions) -> Path:
 
     from inference.training.model import build_export_model, build_model
 
-    for given, option in ((opts.mine_from, "--mine-from"),):
+    for given, option in ((opts.continue_from, "--continue-from"), (opts.mine_from, "--mine-from")):
         if given is not None and not (given.is_file() and metadata_path_for(given).is_file()):
             raise ModelError(f"{option} {given}: no such model (a .tflite with its .json beside it)")
-    if opts.continue_from is not None and not (opts.continue_from.is_file()
-                                               and metadata_path_for(opts.continue_from).is_file()):
-        raise ModelError(f"--continue-from {opts.continue_from}: no such model (a .tflite with its .json beside it)")
     started = time.monotonic()
     tf.keras.utils.set_random_seed(opts.seed)
     tf.config.experimental.enable_op_determinism()
