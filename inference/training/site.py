@@ -139,14 +139,21 @@ def _base_weights(base_path: Path, weights: Path | None) -> tuple[dict[str, tupl
         widths = WIDTHS
         if isinstance(recorded, list) and len(recorded) == 4:
             widths = (int(recorded[0]), int(recorded[1]), int(recorded[2]), int(recorded[3]))
-        folded = training.get("batch_norm") == "folded"  # a continued run (`train --continue-from`)
-        trained = build_folded_model(Geometry(), widths) if folded else build_model(Geometry(), widths)
-        try:
-            trained.load_weights(str(checkpoint))
-        except (ValueError, OSError) as err:
-            raise ModelError(f"{checkpoint}: not a checkpoint of this network: {err}") from err
-        read = folded_weights_of(trained) if folded else fold_batch_norm(trained)
-        return read, {"source": "keras checkpoint", "path": str(checkpoint), "sha256": file_sha256(checkpoint)}
+        # A checkpoint of the network with batch norm (`train`) or folded (`train --continue-from`):
+        # the base model's metadata says which `train` wrote; a --weights file may be either.
+        folded_first = training.get("batch_norm") == "folded"
+        errors: list[str] = []
+        for folded in (folded_first, not folded_first):
+            trained = build_folded_model(Geometry(), widths) if folded else build_model(Geometry(), widths)
+            try:
+                trained.load_weights(str(checkpoint))
+            except (ValueError, OSError) as err:
+                errors.append(str(err))
+                continue
+            read = folded_weights_of(trained) if folded else fold_batch_norm(trained)
+            return read, {"source": "keras checkpoint", "path": str(checkpoint),
+                          "sha256": file_sha256(checkpoint)}
+        raise ModelError(f"{checkpoint}: not a checkpoint of this network: {errors[0]}")
     return dequantized_weights(base_path), {"source": f"dequantized from {base_path.name} (int8)",
                                             "sha256": file_sha256(base_path)}
 
