@@ -13,6 +13,10 @@ Two sources, best first:
 Either way the result is the per-layer folded kernels and biases of
 `inference.training.model.build_folded_model`, and the fine-tuning run checks them against the
 base ``.tflite`` on real tiles before it trains (`inference.training.site`).
+
+`load_base_spec` is the check every run that starts from an existing int8 model makes first
+(site fine-tuning, `train --continue-from`, hard-example mining): the files are there and the
+model's geometry and normalization are the training toolchain's.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.errors import ModelError
+from inference.model_spec import ModelSpec, load_spec, metadata_path_for
+from inference.training.geometry import Geometry
 
-__all__ = ["LAYER_NAMES", "dequantized_weights"]
+__all__ = ["LAYER_NAMES", "check_base", "dequantized_weights", "load_base_spec", "widths_of"]
 
 LAYER_NAMES = ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "head")
 """`inference.training.model.CONV_LAYERS` (repeated here: that module imports TensorFlow)."""
@@ -43,6 +49,35 @@ def _per_channel(values: npt.NDArray[Any], scales: npt.NDArray[Any], zero_points
     zero = (np.asarray(zero_points, dtype=np.float64).reshape(shape) if np.size(zero_points) > 1
             else float(zero_points[0]) if np.size(zero_points) else 0.0)
     return ((values.astype(np.float64) - zero) * scale).astype(np.float32)
+
+
+def check_base(spec: ModelSpec, g: Geometry, path: Path) -> None:
+    """Refuse a base model whose input/output geometry or normalization is not ``g``'s."""
+    if (spec.input.shape != (1, g.rows, g.tile_width, len(g.channels)) or tuple(spec.labels) != g.labels
+            or tuple(spec.input.channels) != g.channels or spec.output.stride != g.stride):
+        raise ModelError(f"{path}: the base model's input/output geometry is not the training toolchain's")
+    if tuple(spec.normalization.scale) != g.scale:
+        raise ModelError(f"{path}: input normalization {list(spec.normalization.scale)} differs from the "
+                         f"network's {list(g.scale)} (a package adapted on a gate?): fine-tune from the network "
+                         "package it was adapted from")
+
+
+def load_base_spec(model_path: Path, g: Geometry, option: str | None = None) -> ModelSpec:
+    """The metadata of the int8 model ``model_path`` (named ``option`` on the command line), after
+    `check_base`; a missing ``.tflite`` or ``.json`` is a `ModelError`."""
+    if not (model_path.is_file() and metadata_path_for(model_path).is_file()):
+        named = f"{option} {model_path}" if option else str(model_path)
+        raise ModelError(f"{named}: no such model (a .tflite with its .json beside it)")
+    spec = load_spec(metadata_path_for(model_path))
+    check_base(spec, g, model_path)
+    return spec
+
+
+def widths_of(weights: dict[str, tuple[FloatArray, FloatArray]]) -> tuple[int, int, int, int]:
+    """The stage widths (`inference.training.geometry.WIDTHS`) of folded weights: models differ
+    (2.0.0 has 24/48/64/96)."""
+    return (int(weights["c1"][0].shape[3]), int(weights["c2"][0].shape[3]), int(weights["c4"][0].shape[3]),
+            int(weights["c6"][0].shape[3]))
 
 
 def dequantized_weights(model_path: Path) -> dict[str, tuple[FloatArray, FloatArray]]:

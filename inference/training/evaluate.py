@@ -44,6 +44,7 @@ __all__ = [
     "declared_empty_metrics",
     "detection_by_place",
     "flagged_share_at",
+    "logit",
     "not_empty_threshold",
     "overlaps",
     "plot_roc",
@@ -162,7 +163,8 @@ def _rate(values: Sequence[float], threshold: float) -> float:
     return float(np.mean(np.asarray(values) >= threshold)) if len(values) else float("nan")
 
 
-def _logit(p: float) -> float:
+def logit(p: float) -> float:
+    """The logit of a probability, clipped to [1e-6, 1 - 1e-6]."""
     p = min(max(p, 1e-6), 1.0 - 1e-6)
     return float(np.log(p / (1.0 - p)))
 
@@ -198,7 +200,7 @@ def suspect_threshold(records: Sequence[ScanRecord], target_false_alarm: float) 
     fa = _bound([r.anomaly_score for r in records if not r.has_anomaly], target_false_alarm)
     if fa is None:
         return 0.5
-    return min(max(_sigmoid(_logit(fa) + SUSPECT_LOGIT_STEP), 0.05), 1.0 - 1e-6)
+    return min(max(_sigmoid(logit(fa) + SUSPECT_LOGIT_STEP), 0.05), 1.0 - 1e-6)
 
 
 def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: float) -> float:
@@ -216,7 +218,7 @@ def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: f
     if lowest_loaded is not None and lowest_loaded > ne + 1.0 / 256.0:
         # A confident model saturates loaded boxes at 1.0: cap that side at 0.99 so the threshold
         # stays where a partly loaded box (scoring below a full one) still reaches it.
-        mid = (_logit(ne) + _logit(min(lowest_loaded, 0.99))) / 2.0
+        mid = (logit(ne) + logit(min(lowest_loaded, 0.99))) / 2.0
         _log.info("not-empty groups separate: highest allowed empty %.4f, lowest loaded %.4f", ne, lowest_loaded)
         return _clamp(_sigmoid(mid), 0.05)
     return _clamp(ne + 1.0 / 256.0, 0.05)

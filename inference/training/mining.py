@@ -20,7 +20,6 @@ customs review (make images, label, train, feed the results back) run on the gen
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from inference.errors import ModelError
-from inference.model_spec import load_spec, metadata_path_for
+from inference.training.base_weights import load_base_spec
 from inference.training.dataset import X_QUANT, ExampleSet
+from inference.training.evaluate import logit
 from inference.training.geometry import Geometry
 
 __all__ = ["HardExamples", "mine"]
@@ -62,12 +61,8 @@ class _TileModel:
     def __init__(self, model_path: Path, g: Geometry, threads: int) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        if not (model_path.is_file() and metadata_path_for(model_path).is_file()):
-            raise ModelError(f"{model_path}: no such model (a .tflite with its .json beside it)")
-        spec = load_spec(metadata_path_for(model_path))
-        if spec.input.shape != (1, g.rows, g.tile_width, len(g.channels)) or tuple(spec.labels) != g.labels:
-            raise ModelError(f"{model_path}: input or labels differ from the training toolchain's")
-        self.suspect_logit = _logit(spec.thresholds.suspect)
+        spec = load_base_spec(model_path, g)
+        self.suspect_logit = logit(spec.thresholds.suspect)
         self.interp = Interpreter(model_path=str(model_path), num_threads=threads)
         self.interp.allocate_tensors()
         inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
@@ -77,15 +72,16 @@ class _TileModel:
         self.table = np.clip(np.rint(np.arange(256) / X_QUANT / s_in + z_in), -128, 127).astype(np.int8)
 
     def logits(self, x: npt.NDArray[np.uint8], g: Geometry) -> npt.NDArray[np.float32]:
-        """Stitched per-cell logits of one example ``(rows, width, channels)``: overlapping tiles,
-        the maximum of the raw outputs where they overlap (what the gate does)."""
+        """Stitched per-cell logits of one example ``(rows, width, channels)``: overlapping tiles
+        every ``tile_width - overlap`` columns, the last flush with the end (the gate spreads the
+        same number of tiles evenly, `inference.preprocess.tile_offsets`), and the maximum of the
+        raw outputs where they overlap, as on the gate."""
         width = x.shape[1]
-        cells = width // g.stride
         step = g.tile_width - g.overlap
         starts = list(range(0, max(width - g.tile_width, 0) + 1, step))
         if starts[-1] + g.tile_width < width:
             starts.append(width - g.tile_width)
-        raw = np.full((g.cell_rows, cells, len(g.outputs)), -128, dtype=np.int16)
+        raw = np.full((g.cell_rows, width // g.stride, len(g.outputs)), -128, dtype=np.int16)
         for s in starts:
             self.interp.set_tensor(self.inp, self.table[x[None, :, s:s + g.tile_width]])
             self.interp.invoke()
@@ -93,11 +89,6 @@ class _TileModel:
             c0 = s // g.stride
             np.maximum(raw[:, c0:c0 + out.shape[1]], out, out=raw[:, c0:c0 + out.shape[1]])
         return np.asarray((raw.astype(np.float32) - self.z_out) * self.s_out, dtype=np.float32)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))
 
 
 def mine(model_path: Path, data: ExampleSet, g: Geometry, *, negative_share: float = 0.15,

@@ -47,6 +47,7 @@ from inference.adaptation.tip import ThreatObject, extract_threats, project
 from inference.errors import ModelError
 from inference.model_spec import ModelSpec, QuantizationSpec, file_sha256, load_spec, metadata_path_for
 from inference.scan import Scan, held_out, load_scan, readable_scans
+from inference.training.base_weights import dequantized_weights, load_base_spec, widths_of
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -115,18 +116,7 @@ def _tip(scan: Scan, threats: dict[str, list[ThreatObject]], label: str, index: 
     return project(scan, objects[index % len(objects)], rng, scan_id=f"{scan.scan_id}-tip-{label}-{index}")
 
 
-def _check_base(spec: ModelSpec, g: Geometry, path: Path) -> None:
-    if (spec.input.shape != (1, g.rows, g.tile_width, len(g.channels)) or tuple(spec.labels) != g.labels
-            or tuple(spec.input.channels) != g.channels or spec.output.stride != g.stride):
-        raise ModelError(f"{path}: the base model's input/output geometry is not the training toolchain's")
-    if tuple(spec.normalization.scale) != g.scale:
-        raise ModelError(f"{path}: input normalization {list(spec.normalization.scale)} differs from the "
-                         f"network's {list(g.scale)} (a package adapted on a gate?): fine-tune from the network "
-                         "package it was adapted from")
-
-
 def _base_weights(base_path: Path, weights: Path | None) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
-    from inference.training.base_weights import dequantized_weights
     from inference.training.geometry import WIDTHS
     from inference.training.train import weights_path_for
 
@@ -202,8 +192,7 @@ def fine_tune(opts: SiteOptions, out: Path, *, sign: Callable[..., Any]) -> dict
     started = time.monotonic()
     g = Geometry()
     base_path = resolve_model_path(opts.model) or DEFAULT_MODEL_PATH
-    base_spec = load_spec(metadata_path_for(base_path))
-    _check_base(base_spec, g, base_path)
+    base_spec = load_base_spec(base_path, g)
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out} is not empty")
     if opts.weights is not None and not opts.weights.is_file():
@@ -305,9 +294,7 @@ def _train(opts: SiteOptions, g: Geometry, base_path: Path, site: ExampleSet, *,
     except RuntimeError:  # TensorFlow already running in this process: its threads stay as they are
         _log.warning("TensorFlow already initialized: --threads %d not applied", opts.threads)
     weights, source = _base_weights(base_path, opts.weights)
-    # The stage widths of the base network, from its own weights (models differ: 2.0.0 has 24/48/64/96).
-    widths = (int(weights["c1"][0].shape[3]), int(weights["c2"][0].shape[3]), int(weights["c4"][0].shape[3]),
-              int(weights["c6"][0].shape[3]))
+    widths = widths_of(weights)  # the base network's own stage widths
     model = build_folded_model(g, widths)
     try:
         set_folded_weights(model, weights)

@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from inference.errors import ModelError
 from inference.model_spec import (
     FORMAT,
     EnvelopeSpec,
@@ -41,7 +40,7 @@ from inference.model_spec import (
     metadata_path_for,
 )
 from inference.scan import held_out
-from inference.training.base_weights import dequantized_weights
+from inference.training.base_weights import dequantized_weights, load_base_spec, widths_of
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -322,15 +321,16 @@ def train(opts: TrainOptions) -> Path:
 
     from inference.training.model import build_export_model, build_model
 
-    for given, option in ((opts.continue_from, "--continue-from"), (opts.mine_from, "--mine-from")):
-        if given is not None and not (given.is_file() and metadata_path_for(given).is_file()):
-            raise ModelError(f"{option} {given}: no such model (a .tflite with its .json beside it)")
+    g = Geometry()
+    # The models a run starts from are checked before minutes of data generation.
+    continued = load_base_spec(opts.continue_from, g, "--continue-from") if opts.continue_from else None
+    if opts.mine_from is not None:
+        load_base_spec(opts.mine_from, g, "--mine-from")
     started = time.monotonic()
     tf.keras.utils.set_random_seed(opts.seed)
     tf.config.experimental.enable_op_determinism()
     tf.config.threading.set_intra_op_parallelism_threads(opts.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    g = Geometry()
     # A continued run draws other tiles and augmentations than the run it continues.
     rng = np.random.default_rng(opts.seed if opts.continue_from is None else [opts.seed, 1])
 
@@ -346,8 +346,8 @@ def train(opts: TrainOptions) -> Path:
         _log.info("field samples: %d for training, %d held out for calibration", len(field_train), len(field_val))
 
     widths = opts.widths
-    if opts.continue_from is not None:
-        model, widths = _continued_model(opts.continue_from, g)
+    if opts.continue_from is not None and continued is not None:
+        model, widths = _continued_model(opts.continue_from, continued, g)
     else:
         model = build_model(g, widths)
     if opts.init_weights is not None:
@@ -422,8 +422,9 @@ def train(opts: TrainOptions) -> Path:
         "project_objects": opts.project_objects,
         **({"hard_examples": {**hard.summary, "share_of_tiles": opts.hard_share}} if hard is not None else {}),
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
-        **({"continued_from": _continued_record(opts.continue_from), "batch_norm": "folded"}
-           if opts.continue_from is not None else {}),
+        **({"continued_from": {"name": continued.name, "version": continued.version, "sha256": continued.sha256,
+                               "steps": continued.training.get("steps")}, "batch_norm": "folded"}
+           if continued is not None else {}),
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
@@ -435,29 +436,18 @@ def train(opts: TrainOptions) -> Path:
     return model_path
 
 
-def _continued_model(model_path: Path, g: Geometry) -> tuple[Any, tuple[int, int, int, int]]:
-    """The folded network of the int8 model ``model_path`` with its dequantized weights, and its
-    stage widths."""
+def _continued_model(model_path: Path, spec: ModelSpec, g: Geometry) -> tuple[Any, tuple[int, int, int, int]]:
+    """The folded network of the int8 model ``model_path`` (metadata ``spec``) with its dequantized
+    weights, and its stage widths."""
     from inference.training.model import build_folded_model, set_folded_weights
 
-    spec = load_spec(metadata_path_for(model_path))
-    if (spec.input.shape != (1, g.rows, g.tile_width, len(g.channels)) or tuple(spec.labels) != g.labels
-            or tuple(spec.normalization.scale) != g.scale):
-        raise ModelError(f"{model_path}: input, labels or normalization differ from the training toolchain's")
     weights = dequantized_weights(model_path)
-    widths = (int(weights["c1"][0].shape[3]), int(weights["c2"][0].shape[3]), int(weights["c4"][0].shape[3]),
-              int(weights["c6"][0].shape[3]))
+    widths = widths_of(weights)
     model = build_folded_model(g, widths)
     set_folded_weights(model, weights)
     _log.info("continuing %s %s (widths %s, weights dequantized, batch norm folded)", spec.name, spec.version,
               "/".join(map(str, widths)))
     return model, widths
-
-
-def _continued_record(model_path: Path) -> dict[str, Any]:
-    spec = load_spec(metadata_path_for(model_path))
-    steps = spec.training.get("steps")
-    return {"name": spec.name, "version": spec.version, "sha256": spec.sha256, "steps": steps}
 
 
 def _initial_spec(model_path: Path, g: Geometry, opts: TrainOptions, training: dict[str, Any]) -> ModelSpec:
