@@ -104,10 +104,9 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     assert row["slice"] == "energy=6/9"
     assert row["model"].endswith("joint/round1/xray_anomaly.tflite")
     assert row["continued_from"]["version"] == "loo-joint"
-    base_training = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite")).training
-    assert row["continued_from"]["sha256"] == load_spec(
-        metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite")).sha256
-    assert "6/9" in base_training["data"]  # held out of the base model's training too
+    loo_base = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite"))
+    assert row["continued_from"]["sha256"] == loo_base.sha256
+    assert "6/9" in loo_base.training["data"]  # held out of the base model's training too
 
     # Three steps at a learning rate of 1e-9 leave the network as it was: the continued int8
     # model computes the shipped model's logits (up to requantization) on a real scan's tile.
