@@ -73,26 +73,38 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
     for region in slices:
         name = slice_name(region)
         slice_dir = out_dir / name.replace("/", "-").replace("=", "_").replace(",", "+")
-        reviewer, train_s = _train_reviewer(replace(base, exclude=dict(region), out_dir=slice_dir,
-                                                    version=f"loo-{name}"), rounds, round_steps)
-        held = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, test_scans, only=region))
-        control = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=region))
-        _keep(results, _row(name, reviewer, train_s, base.steps, held=held, control=control), out_dir)
+        reviewer, train_s, base_reviewer = _train_reviewer(replace(base, exclude=dict(region), out_dir=slice_dir,
+                                                                   version=f"loo-{name}"), rounds, round_steps)
+        row = _row(name, reviewer, train_s, base.steps,
+                   held=_measure(reviewer, collect_synthetic(reviewer, "test", test_seed, test_scans, only=region)),
+                   control=_measure(reviewer, collect_synthetic(reviewer, "test", test_seed, control_scans,
+                                                                exclude=region)))
+        if base_reviewer is not None:
+            row["base"] = {
+                "held_out": _measure(base_reviewer, collect_synthetic(base_reviewer, "test", test_seed, test_scans,
+                                                                      only=region)),
+                "control": _measure(base_reviewer, collect_synthetic(base_reviewer, "test", test_seed,
+                                                                     control_scans, exclude=region)),
+            }
+        _keep(results, row, out_dir)
     return results
 
 
-def _train_reviewer(opts: TrainOptions, rounds: int = 0, round_steps: int = 6000) -> tuple[Reviewer, float]:
+def _train_reviewer(opts: TrainOptions, rounds: int = 0, round_steps: int = 6000,
+                    ) -> tuple[Reviewer, float, Reviewer | None]:
     """Train with ``opts``, then ``rounds`` rounds continued on mined hard examples (same held-out
-    region); the last model's reviewer and the seconds it all took."""
+    region): the last model's reviewer, the seconds it all took, and with rounds the base model's
+    reviewer (None without), so the rounds' own effect on a held-out slice can be read off."""
     from inference.reviewer import Reviewer
 
     t0 = time.monotonic()
-    model_path = train(opts)
+    model_path = base_path = train(opts)
     for r in range(1, rounds + 1):
         model_path = train(replace(opts, continue_from=model_path, mine_from=model_path, steps=round_steps,
                                    project=ROUND_PROJECT, learning_rate=ROUND_LEARNING_RATE,
                                    out_dir=opts.out_dir / f"round{r}"))
-    return Reviewer(model_path, num_threads=1), time.monotonic() - t0
+    seconds = time.monotonic() - t0
+    return Reviewer(model_path, num_threads=1), seconds, Reviewer(base_path, num_threads=1) if rounds else None
 
 
 def _measure(reviewer: Reviewer, records: list[ScanRecord]) -> dict[str, Any]:
@@ -147,14 +159,20 @@ def run_joint(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...]
     from inference.training.evaluate import collect_synthetic
 
     union = _union(slices)
-    reviewer, train_s = _train_reviewer(replace(base, exclude=union, out_dir=out_dir / "joint",
-                                                version="loo-joint"), rounds, round_steps)
-    control = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, control_scans, exclude=union))
+    reviewer, train_s, base_reviewer = _train_reviewer(replace(base, exclude=union, out_dir=out_dir / "joint",
+                                                               version="loo-joint"), rounds, round_steps)
+    stages = [("", reviewer)] + ([("base", base_reviewer)] if base_reviewer is not None else [])
+    control = {key: _measure(r, collect_synthetic(r, "test", test_seed, control_scans, exclude=union))
+               for key, r in stages}
     results: list[dict[str, Any]] = []
     for region in slices:
-        held = _measure(reviewer, collect_synthetic(reviewer, "test", test_seed, test_scans, only=region,
-                                                    exclude=other_slices(slices, region) or None))
-        _keep(results, _row(slice_name(region), reviewer, train_s, base.steps, held=held, control=control), out_dir)
+        held = {key: _measure(r, collect_synthetic(r, "test", test_seed, test_scans, only=region,
+                                                   exclude=other_slices(slices, region) or None))
+                for key, r in stages}
+        row = _row(slice_name(region), reviewer, train_s, base.steps, held=held[""], control=control[""])
+        if base_reviewer is not None:
+            row["base"] = {"held_out": held["base"], "control": control["base"]}
+        _keep(results, row, out_dir)
     return results
 
 
@@ -163,13 +181,17 @@ def _pct(v: float | None) -> str:
 
 
 def slice_table(results: list[dict[str, Any]]) -> str:
-    """Markdown: one row per slice and test set (held-out slice, control stream)."""
+    """Markdown: one row per slice and test set (held-out slice, control stream); a run with rounds
+    adds the same rows for its base model."""
     labels = list(results[0]["held_out"]["detection"]) if results else []
     head = ["slice", "test set", "scans", *labels, "false alarms", "declared empty", "unavailable"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in results:
-        for key, title in (("held_out", "held-out slice"), ("control", "rest of the stream")):
-            f = row[key]
+        sets = [(row[key], title) for key, title in (("held_out", "held-out slice"), ("control", "rest of the stream"))]
+        if "base" in row:
+            sets += [(row["base"][key], f"{title}, base model") for key, title in
+                     (("held_out", "held-out slice"), ("control", "rest of the stream"))]
+        for f, title in sets:
             cells = [row["slice"], title, str(f["scans"]), *(_pct(f["detection"][lb]) for lb in labels),
                      _pct(f["false_alarm"]), _pct(f["declared_empty"]), _pct(f["unavailable"])]
             lines.append("| " + " | ".join(cells) + " |")

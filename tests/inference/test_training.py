@@ -93,6 +93,12 @@ def test_loo_table_lists_every_slice_and_test_set() -> None:
     table = slice_table([{"slice": "energy=6/9", "held_out": figures, "control": figures}])
     assert "| energy=6/9 | held-out slice | 10 | 90.0 % | 1.0 % | 100.0 % | 0.0 % |" in table
     assert "| energy=6/9 | rest of the stream |" in table
+    assert "base model" not in table
+    weaker = {**figures, "detection": {"weapon": 0.5}}
+    with_rounds = slice_table([{"slice": "energy=6/9", "held_out": figures, "control": figures,
+                                "base": {"held_out": weaker, "control": weaker}}])
+    assert "| energy=6/9 | held-out slice, base model | 10 | 50.0 % |" in with_rounds
+    assert "| energy=6/9 | rest of the stream, base model | 10 | 50.0 % |" in with_rounds
 
 
 def test_field_samples_from_a_labelled_directory(tmp_path: Path) -> None:

@@ -107,6 +107,9 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     loo_base = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite"))
     assert row["continued_from"]["sha256"] == loo_base.sha256
     assert "6/9" in loo_base.training["data"]  # held out of the base model's training too
+    # The base model is measured on the same test sets, so the rounds' own effect can be read off.
+    assert row["base"]["held_out"]["scans"] == row["held_out"]["scans"]
+    assert row["base"]["control"]["scans"] == row["control"]["scans"]
 
     # Three steps at a learning rate of 1e-9 leave the network as it was: the continued int8
     # model computes the shipped model's logits (up to requantization) on a real scan's tile.
