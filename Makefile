@@ -84,7 +84,9 @@ SEED        ?= 7
 ROUNDS      ?= 3
 MODEL_WORK  ?= build/model
 MODEL_OUT   ?= inference/models
-ROUND_ARGS   = --seed $(SEED) --threads 2 --project 0.3 --steps 6000 --learning-rate 5e-4 --version 2.3.0
+# A round is `train --round PREVIOUS` (inference/training/train.py: ROUND_STEPS, ROUND_PROJECT,
+# ROUND_LEARNING_RATE).
+ROUND_ARGS   = --seed $(SEED) --threads 2 --version 2.3.0
 
 $(TRAIN_STAMP): setup.cfg pyproject.toml
 	@test -x $(TRAIN_VENV)/bin/python || $(PYTHON) -m venv $(TRAIN_VENV) || { echo "creating the venv failed: apt-get install python3.11-venv"; exit 1; }
@@ -99,8 +101,8 @@ model: $(TRAIN_STAMP)
 		prev=$(MODEL_WORK)/round$$((r - 1))/xray_anomaly.tflite; \
 		out=$(MODEL_WORK)/round$$r; [ $$r -eq $(ROUNDS) ] && out=$(MODEL_OUT); \
 		echo "round $$r: $$prev -> $$out"; \
-		$(TRAIN_VENV)/bin/python -m inference.training train $(ROUND_ARGS) --continue-from $$prev \
-			--mine-from $$prev --out $$out || exit 1; \
+		$(TRAIN_VENV)/bin/python -m inference.training train $(ROUND_ARGS) --round $$prev \
+			--out $$out || exit 1; \
 	done
 	$(TRAIN_VENV)/bin/python -m inference.training evaluate --model $(MODEL_OUT)/xray_anomaly.tflite \
 		--scans 2000 --roc-dir docs/img --write-metadata

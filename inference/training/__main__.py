@@ -10,9 +10,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference.errors import SmartGateError
+
+if TYPE_CHECKING:
+    from inference.training.train import TrainOptions
 
 DEFAULT_TEST_SEED = 20261124
 
@@ -38,24 +41,50 @@ def _widths(text: str) -> tuple[int, int, int, int]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
-def _train(args: argparse.Namespace) -> int:
-    from inference.training.train import TrainOptions, train
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The `TrainOptions` of a parsed ``train`` command line (``--round`` expanded)."""
+    from inference.training.train import (
+        ROUND_LEARNING_RATE,
+        ROUND_PROJECT,
+        ROUND_STEPS,
+        TrainOptions,
+        round_options,
+    )
+
+    d = TrainOptions()
+    if args.round is not None and (args.continue_from is not None or args.mine_from is not None):
+        raise SystemExit("--round PREVIOUS already continues from and mines with PREVIOUS: "
+                         "drop --continue-from / --mine-from")
+    in_round = args.round is not None
+
+    def _default(value: float | None, plain: float, round_value: float) -> float:
+        return value if value is not None else round_value if in_round else plain
 
     opts = TrainOptions(seed=args.seed, scans=args.scans, val_scans=args.val_scans,
-                        val_empty_scans=args.val_empty_scans, steps=args.steps,
+                        val_empty_scans=args.val_empty_scans, steps=int(_default(args.steps, d.steps, ROUND_STEPS)),
                         batch=args.batch, out_dir=args.out, version=args.version,
                         cache_dir=None if args.no_cache else args.cache, samples=list(args.samples),
                         workers=args.workers, threads=args.threads,
                         target_false_alarm=args.target_false_alarm,
                         target_false_not_empty=args.target_false_not_empty,
                         exclude=parse_region(args.exclude), widths=args.widths, peak_loss=args.peak_loss,
-                        hard_cells=args.hard_cells, learning_rate=args.learning_rate,
+                        hard_cells=args.hard_cells,
+                        learning_rate=_default(args.learning_rate, d.learning_rate, ROUND_LEARNING_RATE),
                         init_weights=args.init_weights, continue_from=args.continue_from,
-                        peak_per_class=args.peak_per_class, project=args.project,
+                        peak_per_class=args.peak_per_class,
+                        project=_default(args.project, d.project, ROUND_PROJECT),
                         project_objects=args.project_objects, mine_from=args.mine_from,
                         hard_share=args.hard_share, hard_negatives=args.hard_negatives)
-    path = train(opts)
-    print(path)
+    if in_round:
+        opts = round_options(opts, args.round, steps=opts.steps, project=opts.project,
+                             learning_rate=opts.learning_rate)
+    return opts
+
+
+def _train(args: argparse.Namespace) -> int:
+    from inference.training.train import train
+
+    print(train(train_options(args)))
     return 0
 
 
@@ -190,7 +219,12 @@ def _adapt(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inference.training.train import TrainOptions  # no TensorFlow import at module level
+    from inference.training.train import (  # no TensorFlow import at module level
+        ROUND_LEARNING_RATE,
+        ROUND_PROJECT,
+        ROUND_STEPS,
+        TrainOptions,
+    )
 
     d = TrainOptions()
     parser = argparse.ArgumentParser(prog="python -m inference.training", description=__doc__)
@@ -202,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated validation scans, 'random' mixture (thresholds)")
     t.add_argument("--val-empty-scans", type=int, default=d.val_empty_scans,
                    help="extra declared-empty validation scans, half truly empty (not-empty threshold)")
-    t.add_argument("--steps", type=int, default=d.steps)
+    t.add_argument("--steps", type=int, default=None,
+                   help=f"training steps (default {d.steps}; with --round {ROUND_STEPS})")
     t.add_argument("--batch", type=int, default=d.batch)
     t.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     t.add_argument("--version", default=d.version)
@@ -228,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--peak-per-class", action=argparse.BooleanOptionalAction, default=d.peak_per_class,
                    help="take the decision loss per anomaly class (keeps the region labels right); "
                         "--no-peak-per-class pools the classes")
-    t.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak learning rate")
-    t.add_argument("--project", type=float, default=d.project,
-                   help="share of training tiles that get a projected object (0: no threat projection)")
+    t.add_argument("--learning-rate", type=float, default=None,
+                   help=f"peak learning rate (default {d.learning_rate}; with --round {ROUND_LEARNING_RATE})")
+    t.add_argument("--project", type=float, default=None,
+                   help="share of training tiles that get a projected object (0: no threat projection; "
+                        f"default {d.project}, with --round {ROUND_PROJECT})")
     t.add_argument("--project-objects", type=int, default=d.project_objects,
                    help="rendered objects per projected class")
     t.add_argument("--init-weights", type=Path, default=None,
@@ -241,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mine-from", type=Path, default=None, metavar="MODEL.tflite",
                    help="before training, run this int8 model over the training set and centre a share of "
                         "the tiles on its hard spots: the worst clean spots and the objects it misses")
+    t.add_argument("--round", type=Path, default=None, metavar="PREVIOUS.tflite",
+                   help="one round of the shipped recipe (make model): --continue-from and --mine-from "
+                        f"PREVIOUS with {ROUND_STEPS} steps, threat projection {ROUND_PROJECT} and peak "
+                        f"learning rate {ROUND_LEARNING_RATE} unless given")
     t.add_argument("--hard-share", type=float, default=d.hard_share,
                    help="with --mine-from: share of the training tiles centred on a mined spot")
     t.add_argument("--hard-negatives", type=float, default=d.hard_negatives,
@@ -281,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--steps", type=int, default=2000, help="training steps per slice (reduced budget)")
     lo.add_argument("--rounds", type=int, default=0,
                     help="rounds continued on mined hard examples after each base model (make model: 3)")
-    lo.add_argument("--round-steps", type=int, default=6000, help="training steps per round")
+    lo.add_argument("--round-steps", type=int, default=ROUND_STEPS, help="training steps per round")
     lo.add_argument("--val-scans", type=int, default=400)
     lo.add_argument("--val-empty-scans", type=int, default=200)
     lo.add_argument("--test-scans", type=int, default=400, help="test scans drawn inside each slice")

@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inference.training.train import TrainOptions, train
+from inference.training.train import TrainOptions, round_options, train
 
 if TYPE_CHECKING:
     from inference.reviewer import Reviewer
@@ -40,10 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SLICES", "other_slices", "run_joint", "run_slices", "slice_name", "slice_table"]
 
 _log = logging.getLogger(__name__)
-
-# The rounds of `make model` (Makefile ``ROUND_ARGS``): threat projection and peak learning rate.
-ROUND_PROJECT = 0.3
-ROUND_LEARNING_RATE = 5e-4
 
 DEFAULT_SLICES: tuple[dict[str, tuple[str, ...]], ...] = (
     {"energy": ("6/9",)},
@@ -100,9 +96,8 @@ def _train_reviewer(opts: TrainOptions, rounds: int = 0, round_steps: int = 6000
     t0 = time.monotonic()
     model_path = base_path = train(opts)
     for r in range(1, rounds + 1):
-        model_path = train(replace(opts, continue_from=model_path, mine_from=model_path, steps=round_steps,
-                                   project=ROUND_PROJECT, learning_rate=ROUND_LEARNING_RATE,
-                                   out_dir=opts.out_dir / f"round{r}"))
+        model_path = train(round_options(replace(opts, out_dir=opts.out_dir / f"round{r}"), model_path,
+                                         steps=round_steps))
     seconds = time.monotonic() - t0
     return Reviewer(model_path, num_threads=1), seconds, Reviewer(base_path, num_threads=1) if rounds else None
 

@@ -18,7 +18,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,8 @@ from inference.training.geometry import WIDTHS, Geometry
 from inference.training.mining import HardExamples, mine
 from inference.training.projection import PROJECTED_LABELS, ObjectBank
 
-__all__ = ["TrainOptions", "convert_int8", "decision_loss", "make_train_step", "recalibrate", "train",
-           "weights_path_for"]
+__all__ = ["ROUND_LEARNING_RATE", "ROUND_PROJECT", "ROUND_STEPS", "TrainOptions", "convert_int8", "decision_loss",
+           "make_train_step", "recalibrate", "round_options", "train", "weights_path_for"]
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +103,20 @@ class TrainOptions:
     mine_from: Path | None = None  # mine hard spots of the training set with this int8 model (`mining`)
     hard_share: float = 0.3  # share of training tiles centred on a mined spot
     hard_negatives: float = 0.15  # share of the training scans whose worst clean spot is mined
+
+
+# One round of the shipped recipe (`make model`, docs/retraining.md): continue the previous model,
+# tiles partly centred on the hard examples it mines, with threat projection.
+ROUND_STEPS = 6000
+ROUND_PROJECT = 0.3
+ROUND_LEARNING_RATE = 5e-4
+
+
+def round_options(opts: TrainOptions, previous: Path, *, steps: int = ROUND_STEPS,
+                  project: float = ROUND_PROJECT, learning_rate: float = ROUND_LEARNING_RATE) -> TrainOptions:
+    """``opts`` turned into a round continued from, and mined with, the int8 model ``previous``."""
+    return replace(opts, continue_from=previous, mine_from=previous, steps=steps, project=project,
+                   learning_rate=learning_rate)
 
 
 def _split_field_samples(opts: TrainOptions) -> tuple[list[FieldSample], list[FieldSample]]:

@@ -10,7 +10,7 @@ import pytest
 
 from gate_controller.cli import main
 from inference.errors import ScanFormatError
-from inference.training.__main__ import parse_region
+from inference.training.__main__ import build_parser, parse_region, train_options
 from inference.training.dataset import (
     ExampleSet,
     field_example,
@@ -28,6 +28,7 @@ from inference.training.evaluate import (
 )
 from inference.training.geometry import Geometry
 from inference.training.loo import slice_table
+from inference.training.train import ROUND_LEARNING_RATE, ROUND_PROJECT, ROUND_STEPS, TrainOptions
 
 G = Geometry()
 
@@ -85,6 +86,20 @@ def test_leave_one_out_removes_a_region_of_the_world() -> None:
     assert parse_region(["energy=6/9", "noise=high"]) == {"energy": ("6/9",), "noise": ("high",)}
     with pytest.raises(SystemExit, match="bad region"):
         parse_region(["energy=12/15"])
+
+
+def test_a_round_is_the_shipped_recipe_unless_told_otherwise(tmp_path: Path) -> None:
+    parser = build_parser()
+    prev = tmp_path / "round1" / "xray_anomaly.tflite"
+    opts = train_options(parser.parse_args(["train", "--round", str(prev)]))
+    assert (opts.continue_from, opts.mine_from) == (prev, prev)
+    assert (opts.steps, opts.project, opts.learning_rate) == (ROUND_STEPS, ROUND_PROJECT, ROUND_LEARNING_RATE)
+    opts = train_options(parser.parse_args(["train", "--round", str(prev), "--steps", "100", "--project", "0"]))
+    assert (opts.steps, opts.project, opts.learning_rate) == (100, 0.0, ROUND_LEARNING_RATE)
+    plain = train_options(parser.parse_args(["train"]))
+    assert plain == TrainOptions()
+    with pytest.raises(SystemExit, match="--round PREVIOUS already"):
+        train_options(parser.parse_args(["train", "--round", str(prev), "--mine-from", str(prev)]))
 
 
 def test_loo_table_lists_every_slice_and_test_set() -> None:
