@@ -55,30 +55,28 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
     if args.round is not None and (args.continue_from is not None or args.mine_from is not None):
         raise SystemExit("--round PREVIOUS already continues from and mines with PREVIOUS: "
                          "drop --continue-from / --mine-from")
-    in_round = args.round is not None
 
-    def _default(value: float | None, plain: float, round_value: float) -> float:
-        return value if value is not None else round_value if in_round else plain
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
 
     opts = TrainOptions(seed=args.seed, scans=args.scans, val_scans=args.val_scans,
-                        val_empty_scans=args.val_empty_scans, steps=int(_default(args.steps, d.steps, ROUND_STEPS)),
+                        val_empty_scans=args.val_empty_scans, steps=given(args.steps, d.steps),
                         batch=args.batch, out_dir=args.out, version=args.version,
                         cache_dir=None if args.no_cache else args.cache, samples=list(args.samples),
                         workers=args.workers, threads=args.threads,
                         target_false_alarm=args.target_false_alarm,
                         target_false_not_empty=args.target_false_not_empty,
                         exclude=parse_region(args.exclude), widths=args.widths, peak_loss=args.peak_loss,
-                        hard_cells=args.hard_cells,
-                        learning_rate=_default(args.learning_rate, d.learning_rate, ROUND_LEARNING_RATE),
+                        hard_cells=args.hard_cells, learning_rate=given(args.learning_rate, d.learning_rate),
                         init_weights=args.init_weights, continue_from=args.continue_from,
-                        peak_per_class=args.peak_per_class,
-                        project=_default(args.project, d.project, ROUND_PROJECT),
+                        peak_per_class=args.peak_per_class, project=given(args.project, d.project),
                         project_objects=args.project_objects, mine_from=args.mine_from,
                         hard_share=args.hard_share, hard_negatives=args.hard_negatives)
-    if in_round:
-        opts = round_options(opts, args.round, steps=opts.steps, project=opts.project,
-                             learning_rate=opts.learning_rate)
-    return opts
+    if args.round is None:
+        return opts
+    return round_options(opts, args.round, steps=given(args.steps, ROUND_STEPS),
+                         project=given(args.project, ROUND_PROJECT),
+                         learning_rate=given(args.learning_rate, ROUND_LEARNING_RATE))
 
 
 def _train(args: argparse.Namespace) -> int:
