@@ -25,6 +25,7 @@ table (docs/image-review.md quotes it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -70,23 +71,22 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
     for region in slices:
         name = slice_name(region)
         slice_dir = out_dir / name.replace("/", "-").replace("=", "_").replace(",", "+")
-        reviewer, train_s, base_reviewer = _train_reviewer(replace(base, exclude=dict(region), out_dir=slice_dir,
-                                                                   version=f"loo-{name}"), rounds, round_steps)
-        stages = _stages(reviewer, base_reviewer)
+        stages, train_s = _train_stages(replace(base, exclude=dict(region), out_dir=slice_dir,
+                                                version=f"loo-{name}"), rounds, round_steps)
         held = {key: _measure(r, collect_synthetic(r, "test", test_seed, test_scans, only=region))
-                for key, r in stages}
+                for key, r in stages.items()}
         control = {key: _measure(r, collect_synthetic(r, "test", test_seed, control_scans, exclude=region))
-                   for key, r in stages}
-        row = _row(name, reviewer, train_s, base.steps, held=held, control=control)
-        _keep(results, row, out_dir)
+                   for key, r in stages.items()}
+        _keep(results, _row(name, stages[""], train_s, base.steps, held=held, control=control), out_dir)
     return results
 
 
-def _train_reviewer(opts: TrainOptions, rounds: int = 0, round_steps: int = ROUND_STEPS,
-                    ) -> tuple[Reviewer, float, Reviewer | None]:
+def _train_stages(opts: TrainOptions, rounds: int = 0, round_steps: int = ROUND_STEPS,
+                  ) -> tuple[dict[str, Reviewer], float]:
     """Train with ``opts``, then ``rounds`` rounds continued on mined hard examples (same held-out
-    region): the last model's reviewer, the seconds it all took, and with rounds the base model's
-    reviewer (None without), so the rounds' own effect on a held-out slice can be read off."""
+    region). The reviewers a row measures: the last model's (key ``""``) and, after rounds, the
+    base model's (``"base"``), so the rounds' own effect on a held-out slice can be read off; and
+    the seconds it all took."""
     from inference.reviewer import Reviewer
 
     t0 = time.monotonic()
@@ -95,12 +95,10 @@ def _train_reviewer(opts: TrainOptions, rounds: int = 0, round_steps: int = ROUN
         model_path = train(round_options(replace(opts, out_dir=opts.out_dir / f"round{r}"), model_path,
                                          steps=round_steps))
     seconds = time.monotonic() - t0
-    return Reviewer(model_path, num_threads=1), seconds, Reviewer(base_path, num_threads=1) if rounds else None
-
-
-def _stages(reviewer: Reviewer, base_reviewer: Reviewer | None) -> list[tuple[str, Reviewer]]:
-    """The models a row measures: the last one (key ``""``) and, after rounds, the base."""
-    return [("", reviewer)] + ([("base", base_reviewer)] if base_reviewer is not None else [])
+    stages = {"": Reviewer(model_path, num_threads=1)}
+    if rounds:
+        stages["base"] = Reviewer(base_path, num_threads=1)
+    return stages, seconds
 
 
 def _measure(reviewer: Reviewer, records: list[ScanRecord]) -> dict[str, Any]:
@@ -112,7 +110,7 @@ def _measure(reviewer: Reviewer, records: list[ScanRecord]) -> dict[str, Any]:
 
 def _row(name: str, reviewer: Reviewer, train_s: float, steps: int, *, held: dict[str, dict[str, Any]],
          control: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A slice's row; ``held`` and ``control`` hold figures per stage (`_stages`)."""
+    """A slice's row; ``held`` and ``control`` hold figures per stage (`_train_stages`)."""
     row = {
         "slice": name,
         "train_s": round(train_s, 1),
@@ -159,22 +157,25 @@ def run_joint(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...]
     from inference.training.evaluate import collect_synthetic
 
     union = _union(slices)
-    reviewer, train_s, base_reviewer = _train_reviewer(replace(base, exclude=union, out_dir=out_dir / "joint",
-                                                               version="loo-joint"), rounds, round_steps)
-    stages = _stages(reviewer, base_reviewer)
+    stages, train_s = _train_stages(replace(base, exclude=union, out_dir=out_dir / "joint", version="loo-joint"),
+                                    rounds, round_steps)
     control = {key: _measure(r, collect_synthetic(r, "test", test_seed, control_scans, exclude=union))
-               for key, r in stages}
+               for key, r in stages.items()}
     results: list[dict[str, Any]] = []
     for region in slices:
         held = {key: _measure(r, collect_synthetic(r, "test", test_seed, test_scans, only=region,
                                                    exclude=other_slices(slices, region) or None))
-                for key, r in stages}
-        _keep(results, _row(slice_name(region), reviewer, train_s, base.steps, held=held, control=control), out_dir)
+                for key, r in stages.items()}
+        _keep(results, _row(slice_name(region), stages[""], train_s, base.steps, held=held, control=control),
+              out_dir)
     return results
 
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f} %"
+
+
+_TEST_SETS = (("held_out", "held-out slice"), ("control", "rest of the stream"))
 
 
 def slice_table(results: list[dict[str, Any]]) -> str:
@@ -184,12 +185,10 @@ def slice_table(results: list[dict[str, Any]]) -> str:
     head = ["slice", "test set", "scans", *labels, "false alarms", "declared empty", "unavailable"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in results:
-        sets = [(row[key], title) for key, title in (("held_out", "held-out slice"), ("control", "rest of the stream"))]
-        if "base" in row:
-            sets += [(row["base"][key], f"{title}, base model") for key, title in
-                     (("held_out", "held-out slice"), ("control", "rest of the stream"))]
-        for f, title in sets:
-            cells = [row["slice"], title, str(f["scans"]), *(_pct(f["detection"][lb]) for lb in labels),
+        stages = [(row, "")] + ([(row["base"], ", base model")] if "base" in row else [])
+        for (figures, model), (key, title) in itertools.product(stages, _TEST_SETS):
+            f = figures[key]
+            cells = [row["slice"], title + model, str(f["scans"]), *(_pct(f["detection"][lb]) for lb in labels),
                      _pct(f["false_alarm"]), _pct(f["declared_empty"]), _pct(f["unavailable"])]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
