@@ -70,7 +70,8 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
                         hard_cells=args.hard_cells, learning_rate=given(args.learning_rate, d.learning_rate),
                         init_weights=args.init_weights, continue_from=args.continue_from,
                         peak_per_class=args.peak_per_class, project=given(args.project, d.project),
-                        project_objects=args.project_objects, mine_from=args.mine_from,
+                        project_objects=args.project_objects, project_anywhere=args.project_anywhere,
+                        mine_from=args.mine_from,
                         hard_share=args.hard_share, hard_negatives=args.hard_negatives)
     if args.round is None:
         return opts
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"default {d.project}, with --round {ROUND_PROJECT})")
     t.add_argument("--project-objects", type=int, default=d.project_objects,
                    help="rendered objects per projected class")
+    t.add_argument("--project-anywhere", type=float, default=d.project_anywhere,
+                   help="share of projected objects put anywhere in the band containers occupy (walls, "
+                        "chassis, empty boxes) instead of into the tile's load; 0: into the load only")
     t.add_argument("--init-weights", type=Path, default=None,
                    help="start from these float weights (a .weights.h5 that train wrote) instead of at random")
     t.add_argument("--continue-from", type=Path, default=None, metavar="MODEL.tflite",

@@ -130,10 +130,18 @@ class ObjectBank:
     def __len__(self) -> int:
         return sum(len(v) for v in self.objects.values())
 
-    def project(self, xs: FloatArray, ts: FloatArray, ws: FloatArray, rng: np.random.Generator,
-                ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Add one random object to a tile ``xs (rows, cols, ch)`` with its cell targets/weights."""
+    def project(self, xs: FloatArray, ts: FloatArray, ws: FloatArray, rng: np.random.Generator, *,
+                anywhere: float = 0.3) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Add one random object to a tile ``xs (rows, cols, ch)`` with its cell targets/weights.
+
+        The object goes into the tile's load, or with probability ``anywhere`` (always, when the
+        tile holds no load) anywhere in the height band containers occupy: onto walls, the
+        chassis, an empty box. With ``anywhere`` 0 a tile without load is returned unchanged.
+        """
         g = self.g
+        cargo = np.argwhere(ts[..., 0] > 0)
+        if not cargo.size and anywhere <= 0:
+            return xs, ts, ws
         label = self.labels[int(rng.choice(len(self.labels), p=self.shares))]
         obj = self.objects[label][int(rng.integers(0, len(self.objects[label])))]
         ox, cover = obj.x, obj.coverage
@@ -144,8 +152,7 @@ class ObjectBank:
         rows, cols = xs.shape[:2]
         h, w = min(ox.shape[0], rows), min(ox.shape[1], cols)
         ox, cover = ox[:h, :w], cover[:h, :w]
-        cargo = np.argwhere(ts[..., 0] > 0)
-        if cargo.size and rng.random() < 0.7:  # into the load, where objects are missed
+        if cargo.size and rng.random() < 1 - anywhere:  # into the load, where objects are missed
             cy, cx = cargo[int(rng.integers(0, len(cargo)))] * g.stride + g.stride // 2
         else:  # anywhere in the height band containers occupy
             cy, cx = int(rng.uniform(0.15, 0.8) * rows), int(rng.integers(0, cols))

@@ -100,6 +100,7 @@ class TrainOptions:
     hard_cells: int = 8
     project: float = 0.0  # share of training tiles that get a projected object (`projection`); 0: off
     project_objects: int = 3000  # rendered objects per projected class
+    project_anywhere: float = 0.3  # share of projected objects put anywhere in the box band, not into the load
     mine_from: Path | None = None  # mine hard spots of the training set with this int8 model (`mining`)
     hard_share: float = 0.3  # share of training tiles centred on a mined spot
     hard_negatives: float = 0.15  # share of the training scans whose worst clean spot is mined
@@ -135,10 +136,10 @@ class _Batches:
     ``hard`` spots (`mining.mine`), a share ``hard_share`` of the tiles is centred on one of them."""
 
     def __init__(self, data: ExampleSet, g: Geometry, rng: np.random.Generator, *,
-                 bank: ObjectBank | None = None, project: float = 0.0, hard: HardExamples | None = None,
-                 hard_share: float = 0.0) -> None:
+                 bank: ObjectBank | None = None, project: float = 0.0, project_anywhere: float = 0.3,
+                 hard: HardExamples | None = None, hard_share: float = 0.0) -> None:
         self.data, self.g, self.rng = data, g, rng
-        self.bank, self.project = bank, project
+        self.bank, self.project, self.project_anywhere = bank, project, project_anywhere
         self.hard_spots = hard.spots if hard is not None else []
         self.hard_share = hard_share if self.hard_spots else 0.0
         self.positive_cols = []
@@ -166,7 +167,7 @@ class _Batches:
         if rng.random() < 0.5:  # trucks drive through in either direction
             xs, ts, ws = xs[:, ::-1], ts[:, ::-1], ws[:, ::-1]
         if self.bank is not None and rng.random() < self.project:
-            xs, ts, ws = self.bank.project(xs, ts, ws, rng)
+            xs, ts, ws = self.bank.project(xs, ts, ws, rng, anywhere=self.project_anywhere)
         return self.augment(xs), ts, ws
 
     def augment(self, xs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -383,7 +384,8 @@ def train(opts: TrainOptions) -> Path:
     hard = None
     if opts.mine_from is not None:
         hard = mine(opts.mine_from, data, g, negative_share=opts.hard_negatives, threads=opts.threads)
-    batches = _Batches(data, g, rng, bank=bank, project=opts.project, hard=hard, hard_share=opts.hard_share)
+    batches = _Batches(data, g, rng, bank=bank, project=opts.project, project_anywhere=opts.project_anywhere,
+                       hard=hard, hard_share=opts.hard_share)
     t_train = time.monotonic()
     running = 0.0
     for i in range(1, opts.steps + 1):
@@ -419,7 +421,8 @@ def train(opts: TrainOptions) -> Path:
                  "7 % declared empty but loaded, 20 % weapon, 12 % dense_object, 9 % organic_mass, "
                  "5 % vehicle); random 256 x 256 tiles, augmented"
                  + (f", {opts.project:.0%} of them with a projected object ({opts.project_objects} rendered "
-                    f"objects per class: {', '.join(PROJECTED_LABELS)})" if opts.project > 0 else "")
+                    f"objects per class: {', '.join(PROJECTED_LABELS)}; {opts.project_anywhere:.0%} of them anywhere "
+                    "in the box band, the rest into the load)" if opts.project > 0 else "")
                  + "; EMA of the weights"
                  + (f"; held out: {opts.exclude}" if opts.exclude else "")
                  + (f" + {len(field_train)} field samples" if field_train else "")),
@@ -434,6 +437,7 @@ def train(opts: TrainOptions) -> Path:
         "peak_per_class": opts.peak_per_class,
         "project": opts.project,
         "project_objects": opts.project_objects,
+        "project_anywhere": opts.project_anywhere,
         **({"hard_examples": {**hard.summary, "share_of_tiles": opts.hard_share}} if hard is not None else {}),
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
         **({"continued_from": {"name": continued.name, "version": continued.version, "sha256": continued.sha256,

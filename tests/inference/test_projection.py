@@ -129,3 +129,37 @@ def test_training_batches_project_into_the_asked_share_of_tiles(bank: ObjectBank
     with_object = t[..., 1:].any(axis=(1, 2, 3))
     assert 0.35 < with_object.mean() < 0.65
     assert x.shape == (200, G.rows, G.tile_width, 2)
+
+
+def test_projection_into_the_load_only(bank: ObjectBank) -> None:
+    """``anywhere=0``: every object's cells lie on the tile's load; a tile without load is left alone."""
+    empty = synthetic_example(split_seed("train", 1, 0), G, kind="empty")
+    xs = empty.x[:, :G.tile_width].astype(np.float32) / 160.0
+    ts = empty.targets[:, :G.tile_width // G.stride].astype(np.float32)
+    ws = empty.weights[:, :G.tile_width // G.stride].astype(np.float32)
+    assert not ts[..., 0].any()
+    rng = np.random.default_rng(0)
+    x2, t2, w2 = bank.project(xs, ts, ws, rng, anywhere=0.0)
+    assert x2 is xs
+    assert t2 is ts
+    assert w2 is ws
+    loaded = synthetic_example(split_seed("train", 2, 0), G, kind="clean")
+    cols = int(np.argmax(loaded.targets[..., 0].any(axis=0)))  # the first column holding load
+    start = min(cols, loaded.targets.shape[1] - G.tile_width // G.stride)
+    xs = loaded.x[:, start * G.stride:start * G.stride + G.tile_width].astype(np.float32) / 160.0
+    ts = loaded.targets[:, start:start + G.tile_width // G.stride].astype(np.float32)
+    ws = loaded.weights[:, start:start + G.tile_width // G.stride].astype(np.float32)
+    load = ts[..., 0] > 0
+    assert load.any()
+    def on_load(x2: np.ndarray) -> bool:
+        """Whether the added object's bounding box holds a load cell (it is centred on one)."""
+        ys, xs_ = np.nonzero((x2 - xs)[..., 0] > 1e-6)
+        s = G.stride
+        return bool(load[ys.min() // s:ys.max() // s + 1, xs_.min() // s:xs_.max() // s + 1].any())
+
+    for _ in range(30):
+        x2, t2, _ = bank.project(xs, ts, ws, rng, anywhere=0.0)
+        assert on_load(x2)
+        assert t2[..., 1:].any()
+    # Anywhere in the band, objects also land off the load (the check above can fail).
+    assert not all(on_load(bank.project(xs, ts, ws, rng, anywhere=1.0)[0]) for _ in range(30))
