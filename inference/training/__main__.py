@@ -176,7 +176,8 @@ def _loo(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     runner = run_joint if args.joint else run_slices
     results = runner(base, slices, test_scans=args.test_scans, control_scans=args.control_scans,
-                     test_seed=args.test_seed, out_dir=args.out, rounds=args.rounds, round_steps=args.round_steps)
+                     test_seed=args.test_seed, out_dir=args.out, rounds=args.rounds, round_steps=args.round_steps,
+                     round_project=args.round_project)
     table = slice_table(results)
     (args.out / "loo.md").write_text(table, encoding="utf-8")
     print(table)
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--rounds", type=int, default=0,
                     help="rounds continued on mined hard examples after each base model (make model: 3)")
     lo.add_argument("--round-steps", type=int, default=ROUND_STEPS, help="training steps per round")
+    lo.add_argument("--round-project", type=float, default=ROUND_PROJECT,
+                    help=f"share of a round's tiles with a projected object (default {ROUND_PROJECT}; "
+                         "the 2.3.0 recipe: 0.3)")
     lo.add_argument("--val-scans", type=int, default=400)
     lo.add_argument("--val-empty-scans", type=int, default=200)
     lo.add_argument("--test-scans", type=int, default=400, help="test scans drawn inside each slice")

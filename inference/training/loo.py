@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inference.training.train import ROUND_STEPS, TrainOptions, round_options, train
+from inference.training.train import ROUND_PROJECT, ROUND_STEPS, TrainOptions, round_options, train
 
 if TYPE_CHECKING:
     from inference.reviewer import Reviewer
@@ -63,7 +63,7 @@ def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
                control_scans: int, test_seed: int, out_dir: Path, rounds: int = 0,
-               round_steps: int = ROUND_STEPS) -> list[dict[str, Any]]:
+               round_steps: int = ROUND_STEPS, round_project: float = ROUND_PROJECT) -> list[dict[str, Any]]:
     """Train one model per slice (held out) and measure it on the slice and on the whole stream."""
     from inference.training.evaluate import collect_synthetic
 
@@ -72,7 +72,7 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
         name = slice_name(region)
         slice_dir = out_dir / name.replace("/", "-").replace("=", "_").replace(",", "+")
         stages, train_s = _train_stages(replace(base, exclude=dict(region), out_dir=slice_dir,
-                                                version=f"loo-{name}"), rounds, round_steps)
+                                                version=f"loo-{name}"), rounds, round_steps, round_project)
         held = {key: _measure(r, collect_synthetic(r, "test", test_seed, test_scans, only=region))
                 for key, r in stages.items()}
         control = {key: _measure(r, collect_synthetic(r, "test", test_seed, control_scans, exclude=region))
@@ -82,7 +82,7 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
 
 
 def _train_stages(opts: TrainOptions, rounds: int = 0, round_steps: int = ROUND_STEPS,
-                  ) -> tuple[dict[str, Reviewer], float]:
+                  round_project: float = ROUND_PROJECT) -> tuple[dict[str, Reviewer], float]:
     """Train with ``opts``, then ``rounds`` rounds continued on mined hard examples (same held-out
     region). The reviewers a row measures: the last model's (key ``""``) and, after rounds, the
     base model's (``"base"``), so the rounds' own effect on a held-out slice can be read off; and
@@ -93,7 +93,7 @@ def _train_stages(opts: TrainOptions, rounds: int = 0, round_steps: int = ROUND_
     model_path = base_path = train(opts)
     for r in range(1, rounds + 1):
         model_path = train(round_options(replace(opts, out_dir=opts.out_dir / f"round{r}"), model_path,
-                                         steps=round_steps))
+                                         steps=round_steps, project=round_project))
     seconds = time.monotonic() - t0
     stages = {"": Reviewer(model_path, num_threads=1)}
     if rounds:
@@ -152,13 +152,13 @@ def other_slices(slices: tuple[dict[str, tuple[str, ...]], ...], region: dict[st
 
 def run_joint(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
               control_scans: int, test_seed: int, out_dir: Path, rounds: int = 0,
-              round_steps: int = ROUND_STEPS) -> list[dict[str, Any]]:
+              round_steps: int = ROUND_STEPS, round_project: float = ROUND_PROJECT) -> list[dict[str, Any]]:
     """One model trained without any of the slices; each slice tested on its own scans."""
     from inference.training.evaluate import collect_synthetic
 
     union = _union(slices)
     stages, train_s = _train_stages(replace(base, exclude=union, out_dir=out_dir / "joint", version="loo-joint"),
-                                    rounds, round_steps)
+                                    rounds, round_steps, round_project)
     control = {key: _measure(r, collect_synthetic(r, "test", test_seed, control_scans, exclude=union))
                for key, r in stages.items()}
     results: list[dict[str, Any]] = []

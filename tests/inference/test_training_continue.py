@@ -43,9 +43,10 @@ codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out"
          main([*common, "--mine-from", str(work / "absent.tflite"), "--out", str(work / "never")]),
          main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--mine-from", str(DEFAULT_MODEL_PATH),
                "--hard-share", "0.5", "--out", str(work / "cont")])]
-# Leave-one-out with the shipped recipe's rounds: the held-out base model, then one round on it.
+# Leave-one-out with rounds (here the 2.3.0 recipe's, with threat projection): the held-out base
+# model, then one round on it.
 codes.append(main(["loo", "--joint", "--slice", "energy=6/9", "--scans", "8", "--steps", "2", "--rounds", "1",
-                   "--round-steps", "2", "--val-scans", "8", "--val-empty-scans", "4", "--test-scans", "4",
+                   "--round-steps", "2", "--round-project", "0.3", "--val-scans", "8", "--val-empty-scans", "4", "--test-scans", "4",
                    "--control-scans", "4", "--no-cache", "--workers", "1", "--threads", "1",
                    "--out", str(work / "loo")]))
 print("EXIT CODES", *codes)
@@ -106,6 +107,8 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     assert row["continued_from"]["version"] == "loo-joint"
     loo_base = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite"))
     assert row["continued_from"]["sha256"] == loo_base.sha256
+    loo_round = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "round1" / "xray_anomaly.tflite"))
+    assert (loo_base.training["project"], loo_round.training["project"]) == (0.0, 0.3)
     assert "6/9" in loo_base.training["data"]  # held out of the base model's training too
     # The base model is measured on the same test sets, so the rounds' own effect can be read off.
     assert row["base"]["held_out"]["scans"] == row["held_out"]["scans"]
