@@ -19,14 +19,21 @@ Per slice:
    or ``unavailable`` is a false alarm; a misdeclared box is caught when called ``suspect``; an
    object counts as detected when the verdict is ``suspect`` with a region on it.
 
+With ``--finetune`` step 1 is the hub's fine-tuning instead (``python -m inference.training adapt``
+in the training venv: ``--steps`` steps on threat image projection into the site's scans, with
+``--synthetic-scans`` generated scans replayed from the base model's world, every held-out slice
+left out of them), and the same independent test follows.
+
     .venv/bin/python benchmarks/bench_adapt_slices.py --model /tmp/smartgate-loo/joint/xray_anomaly.tflite \\
-        [--scans 100] [--test-clean 100] [--test-anomalies 30] [--slice energy=6/9 ...] [--json FILE]
+        [--scans 100] [--test-clean 100] [--test-anomalies 30] [--slice energy=6/9 ...] [--json FILE] \\
+        [--finetune [--steps 1500] [--synthetic-scans 400]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -44,6 +51,7 @@ from inference.synthetic import ANOMALY_CLASSES, generate_scenario
 from inference.training.evaluate import overlaps
 from inference.training.loo import DEFAULT_SLICES, other_slices, slice_name
 
+ROOT = Path(__file__).resolve().parent.parent
 Region = dict[str, tuple[str, ...]]
 
 
@@ -99,7 +107,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=9100)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--finetune", action="store_true",
+                        help="fine-tune the network at the hub (training venv) instead of the gate's adaptation")
+    parser.add_argument("--steps", type=int, default=1500, help="with --finetune: training steps")
+    parser.add_argument("--synthetic-scans", type=int, default=400, help="with --finetune: replayed generated scans")
+    parser.add_argument("--train-python", type=Path, default=ROOT / ".venv-train" / "bin" / "python",
+                        help="with --finetune: the training venv's interpreter")
     args = parser.parse_args()
+    if args.finetune and not args.train_python.is_file():
+        print(f"bench_adapt_slices: no training venv at {args.train_python} (make .venv-train/.installed-train)")
+        return 1
     slices = tuple(_parse(s) for s in args.slice) or DEFAULT_SLICES
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-adapt-slices-") as tmp_name:
@@ -118,10 +135,16 @@ def main() -> int:
                 save_scan(syn.scan, site / f"site-{i:04d}.npz")
             out = tmp / f"pkg-{k}"
             t0 = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "gate_controller", "model", "adapt", "--clean", str(site),
-                                  "--model", str(args.model), "--out", str(out), "--key", str(tmp / "key"),
-                                  "--version", "9.0.0", "--threads", str(args.threads)],
-                                 capture_output=True, text=True, check=False)
+            common = ["--clean", str(site), "--model", str(args.model), "--out", str(out), "--key", str(tmp / "key"),
+                      "--version", "9.0.0", "--threads", str(args.threads)]
+            if args.finetune:
+                held_out = [f"--exclude={c}={v}" for r in slices for c, values in r.items() for v in values]
+                command = [str(args.train_python), "-m", "inference.training", "adapt", *common,
+                           "--steps", str(args.steps), "--synthetic-scans", str(args.synthetic_scans), *held_out]
+            else:
+                command = [sys.executable, "-m", "gate_controller", "model", "adapt", *common]
+            run = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
             wall = time.perf_counter() - t0
             if run.returncode != 0:
                 print(run.stdout, run.stderr, file=sys.stderr)
@@ -131,15 +154,11 @@ def main() -> int:
             test = _test({"before": base, "after": adapted}, region, others, seed + 500_000,
                          args.test_clean, args.test_anomalies)
             results[name] = {"adapt_s": round(wall, 1), "report": report, "test": test}
-            v = report["validation"]
-            fa = v["false_alarm"]
-            print(f"{name}: adapt {wall:.1f} s on {args.scans} scans")
-            print(f"  adapt report  false alarms {fa['before']['detected']}/{fa['before']['of']} before, "
-                  f"{fa['after']['detected']}/{fa['after']['of']} after; TIP "
-                  + ", ".join(f"{lb} {d['before']['detected']}/{d['before']['of']} -> "
-                              f"{d['after']['detected']}/{d['after']['of']}" for lb, d in v["tip_detection"].items()))
-            nf = report["not_empty_fit"]
-            print(f"  thresholds    network {report['network_fit']}, not-empty {nf['shipped']} -> {nf['threshold']}")
+            print(f"{name}: {'fine-tuning' if args.finetune else 'adapt'} {wall:.1f} s on {args.scans} scans")
+            if args.finetune:
+                _print_finetune(report)
+            else:
+                _print_adapt(report)
             for group in ("clean", "empty", "misdeclared", *ANOMALY_CLASSES):
                 b, a = test["before"].get(group), test["after"].get(group)
                 if b is None or a is None:
@@ -149,6 +168,30 @@ def main() -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def _print_adapt(report: dict[str, Any]) -> None:
+    """The gate's adaptation report (`smartgate model adapt`)."""
+    v = report["validation"]
+    fa = v["false_alarm"]
+    print(f"  adapt report  false alarms {fa['before']['detected']}/{fa['before']['of']} before, "
+          f"{fa['after']['detected']}/{fa['after']['of']} after; TIP "
+          + ", ".join(f"{lb} {d['before']['detected']}/{d['before']['of']} -> "
+                      f"{d['after']['detected']}/{d['after']['of']}" for lb, d in v["tip_detection"].items()))
+    nf = report["not_empty_fit"]
+    print(f"  thresholds    network {report['network_fit']}, not-empty {nf['shipped']} -> {nf['threshold']}")
+
+
+def _print_finetune(report: dict[str, Any]) -> None:
+    """The hub's fine-tuning report (`python -m inference.training adapt`)."""
+    v, t = report["validation"], report["timing_s"]
+    print(f"  fine-tuning   {report['training']['steps']} steps; data {t['data']} s, training {t['training']} s, "
+          f"calibration {t['calibration']} s; peak RSS {report['peak_rss_mb']} MB")
+    for when in ("before", "after"):
+        m = v[when]
+        det = ", ".join(f"{lb} {d['detected']}/{d['objects']}" for lb, d in m["detection"].items())
+        print(f"  report {when:6} false alarms {m['false_alarm']:.1%} on held-out site scans; TIP {det}")
+    print(f"  thresholds    {report['thresholds']}")
 
 
 if __name__ == "__main__":

@@ -202,7 +202,8 @@ def _adapt(args: argparse.Namespace) -> int:
                        synthetic_scans=args.synthetic_scans, synthetic_share=args.synthetic_share,
                        target_false_alarm=args.target_false_alarm, min_scans=args.min_scans,
                        representative=args.representative, threads=args.threads,
-                       cache_dir=None if args.no_cache else args.cache)
+                       cache_dir=None if args.no_cache else args.cache,
+                       exclude=parse_region(args.exclude) if args.exclude else None)
     report = fine_tune(opts, args.out, sign=functools.partial(build_package, key=key))
     v = report["validation"]
     print(f"{args.out}: {opts.name or report['base_model']['name']} {args.version}, fine-tuned from "
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated training-world scans replayed against forgetting (0: none)")
     a.add_argument("--synthetic-share", type=float, default=so.synthetic_share,
                    help="share of batches drawn from them")
+    a.add_argument("--exclude", action="append", default=[], metavar="CATEGORY=VALUE",
+                   help="region of the randomized world left out of the replayed scans, repeatable "
+                        "(default: the regions the base model was trained without)")
     a.add_argument("--target-false-alarm", type=float, default=so.target_false_alarm)
     a.add_argument("--min-scans", type=int, default=so.min_scans)
     a.add_argument("--representative", type=int, default=so.representative,

@@ -13,7 +13,8 @@ training toolchain, and the result is a signed model package like any other (del
    the training scans (``tip_per_scan`` each, classes in turn); their boxes are the targets. The
    clean scans themselves are dense negatives. Optionally generated scans from the training world
    (``synthetic_scans``, a share ``synthetic_share`` of the batches) are replayed so the network
-   does not forget what the site does not show.
+   does not forget what the site does not show; regions the base model was trained without stay
+   out of them (`replay_exclude`).
 3. The network starts from the base model's float weights (`inference.training.base_weights`:
    the Keras checkpoint of its training run, else dequantized from its ``.tflite``), checked
    against the base ``.tflite`` on real tiles, and is fine-tuned with the training loss for
@@ -59,7 +60,7 @@ from inference.training.dataset import (
 )
 from inference.training.geometry import Geometry
 
-__all__ = ["SiteOptions", "fine_tune"]
+__all__ = ["SiteOptions", "fine_tune", "replay_exclude"]
 
 _log = logging.getLogger(__name__)
 
@@ -94,6 +95,21 @@ class SiteOptions:
     threads: int = 2
     field_every: int = 4
     cache_dir: Path | None = Path(tempfile.gettempdir()) / "smartgate-train-cache"
+    # Regions of the randomized world left out of the replayed scans; None: those the base model
+    # was trained without (its metadata's ``training.exclude``), so the replay never shows the
+    # network a world its base never saw (leave-one-out models).
+    exclude: dict[str, tuple[str, ...]] | None = None
+
+
+def replay_exclude(opts: SiteOptions, base_training: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The regions the replayed generated scans leave out: ``opts.exclude`` when given, else the
+    base model's own (``training.exclude`` of its metadata; none recorded: none)."""
+    if opts.exclude is not None:
+        return dict(opts.exclude)
+    recorded = base_training.get("exclude") or {}
+    if not isinstance(recorded, dict):
+        raise ModelError(f"base model metadata: training.exclude is not a mapping ({recorded!r})")
+    return {str(category): tuple(str(v) for v in values) for category, values in recorded.items()}
 
 
 def _clean(path: Path, scan: Scan) -> FieldSample:
@@ -308,9 +324,15 @@ def _train(opts: SiteOptions, g: Geometry, base_path: Path, site: ExampleSet, *,
         raise ModelError(f"the weights ({source['source']}) do not reproduce {base_path}: logit correlation "
                          f"{start['correlation']} < {MIN_BASE_CORRELATION} (weights of another model?)")
     synthetic = None
+    base_training = load_spec(metadata_path_for(base_path)).training
+    exclude = replay_exclude(opts, base_training)
     if opts.synthetic_scans > 0 and opts.synthetic_share > 0:
-        synthetic = _Batches(build_synthetic_set("train", int(load_spec(metadata_path_for(base_path)).training.get(
-            "seed", 7)), opts.synthetic_scans, g, cache_dir=opts.cache_dir, workers=opts.threads), g, rng)
+        replay = build_synthetic_set("train", int(base_training.get("seed", 7)), opts.synthetic_scans, g,
+                                     cache_dir=opts.cache_dir, workers=opts.threads)
+        if exclude:
+            replay = replay.without(exclude)
+            _log.info("replayed scans without %s: %d left", exclude, len(replay))
+        synthetic = _Batches(replay, g, rng) if len(replay) else None
     batches = _Batches(site, g, rng)
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=opts.learning_rate * 0.1, decay_steps=max(1, opts.steps - opts.steps // 10),
@@ -337,7 +359,8 @@ def _train(opts: SiteOptions, g: Geometry, base_path: Path, site: ExampleSet, *,
         "batch": opts.batch,
         "learning_rate": opts.learning_rate, "tip_per_scan": opts.tip_per_scan,
         "threats_per_class": opts.threats_per_class, "synthetic_scans": opts.synthetic_scans if synthetic else 0,
-        "synthetic_share": opts.synthetic_share if synthetic else 0.0, "loss": losses,
+        "synthetic_share": opts.synthetic_share if synthetic else 0.0,
+        "synthetic_exclude": {category: list(values) for category, values in exclude.items()}, "loss": losses,
         "training_s": round(train_s, 1), "framework": f"tensorflow {tf.__version__}",
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "threads": opts.threads,
     }

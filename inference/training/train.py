@@ -438,6 +438,7 @@ def train(opts: TrainOptions) -> Path:
         "project": opts.project,
         "project_objects": opts.project_objects,
         "project_anywhere": opts.project_anywhere,
+        "exclude": {category: list(values) for category, values in opts.exclude.items()},
         **({"hard_examples": {**hard.summary, "share_of_tiles": opts.hard_share}} if hard is not None else {}),
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
         **({"continued_from": {"name": continued.name, "version": continued.version, "sha256": continued.sha256,

@@ -29,7 +29,7 @@ from inference.synthetic import generate_scan
 from inference.training.base_weights import LAYER_NAMES, dequantized_weights
 from inference.training.dataset import load_field_samples, projected_example
 from inference.training.geometry import WIDTHS, Geometry
-from inference.training.site import SiteOptions, fine_tune
+from inference.training.site import SiteOptions, fine_tune, replay_exclude
 from inference.training.site_calibration import calibrate_site
 from inference.training.train import weights_path_for
 from inference.worker import ReviewWorker
@@ -94,6 +94,17 @@ def test_weights_read_back_from_the_int8_network() -> None:
     q = interp.get_tensor(first["index"]).astype(np.float32)
     scales = first["quantization_parameters"]["scales"].reshape(-1, 1, 1, 1)
     np.testing.assert_allclose(weights["c1"][0], (q * scales).transpose(1, 2, 3, 0), rtol=1e-6)
+
+
+def test_the_replay_leaves_out_the_regions_the_base_model_never_saw(tmp_path: Path) -> None:
+    opts = SiteOptions(clean_dir=tmp_path, version="9.0.0")
+    loo_base = {"seed": 7, "exclude": {"container": ["reefer"], "energy": ["6/9"]}}
+    assert replay_exclude(opts, loo_base) == {"container": ("reefer",), "energy": ("6/9",)}
+    assert replay_exclude(opts, {"seed": 7}) == {}  # a model that records none: the whole world
+    told = SiteOptions(clean_dir=tmp_path, version="9.0.0", exclude={"noise": ("high",)})
+    assert replay_exclude(told, loo_base) == {"noise": ("high",)}
+    with pytest.raises(ModelError, match=r"training\.exclude"):
+        replay_exclude(opts, {"exclude": ["reefer"]})
 
 
 def test_a_model_of_another_architecture_is_refused(tmp_path: Path) -> None:
