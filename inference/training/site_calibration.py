@@ -5,7 +5,8 @@ alarms), TIP scans made by projecting threats that were not used in training int
 scans (detection per class), and held-out labelled field samples. The suspect threshold is the
 lowest that keeps the false-alarm share of the anomaly-free held-out scans within the target (the
 rule `python -m inference.training train` calibrates with); the not-empty threshold is
-recalibrated only when the held-out part has declared-empty scans, else the base model's is kept.
+recalibrated only when the held-out part has declared-empty scans, and only upwards
+(`site_not_empty_threshold`), else the base model's is kept.
 The false-alarm figure "after" is therefore at most the target by construction; detection is
 measured at that threshold on objects the network never saw. The base model is measured on the
 very same scans with its own thresholds ("before").
@@ -33,7 +34,7 @@ from inference.training.evaluate import (
     suspect_threshold,
 )
 
-__all__ = ["calibrate_site", "merge_envelope", "site_records"]
+__all__ = ["calibrate_site", "merge_envelope", "site_not_empty_threshold", "site_records"]
 
 TARGET_FALSE_NOT_EMPTY = 0.005
 
@@ -69,6 +70,18 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
             "unavailable": m["unavailable_rate"], "declared_empty": m["declared_empty"]}
 
 
+def site_not_empty_threshold(records: Sequence[ScanRecord], base: float) -> float:
+    """The declared-empty threshold on a site: fitted on its held-out declared-empty boxes
+    (`not_empty_threshold`) when there are any, but never below the base model's ``base``. A
+    site holds out a few dozen empty boxes at most: enough to show that its boxes look fuller
+    than the training world's (a machinery unit the base never saw, and the threshold rises),
+    not to lower a threshold fitted on hundreds, where the largest of a few dozen scores would
+    become the threshold and new empty boxes of the site would exceed it."""
+    if not any(r.declared == "empty" and r.not_empty_truth is False for r in records):
+        return base
+    return max(not_empty_threshold(records, TARGET_FALSE_NOT_EMPTY), base)
+
+
 def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: Sequence[Path],
                    samples: Sequence[FieldSample], threats: dict[str, list[ThreatObject]],
                    target_false_alarm: float, seed: int) -> tuple[ModelSpec, dict[str, Any]]:
@@ -81,7 +94,7 @@ def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: S
     records = site_records(new, val, samples, threats, seed=seed)
     suspect = suspect_threshold(records, target_false_alarm)
     empties = [r for r in records if r.declared == "empty" and r.not_empty_truth is False]
-    not_empty = not_empty_threshold(records, TARGET_FALSE_NOT_EMPTY) if empties else spec.thresholds.not_empty
+    not_empty = site_not_empty_threshold(records, spec.thresholds.not_empty)
     region = round(suspect * 0.6, 4)
     after = compute_metrics(records, suspect, not_empty, labels)
     base = Reviewer(base_path, num_threads=1)
@@ -99,7 +112,8 @@ def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: S
     training = {**spec.training, "calibration": (
         f"suspect = lowest value with <= {target_false_alarm:.1%} false-alarm scans among {len(val)} held-out "
         "clean site scans" + (f" and {len(samples)} held-out field samples" if samples else "")
-        + "; not_empty " + ("recalibrated on held-out declared-empty scans" if empties else "kept from the base")
+        + "; not_empty " + ("recalibrated on held-out declared-empty scans, never below the base's" if empties
+                            else "kept from the base")
         + "; measured with LiteRT")}
     return spec.model_copy(update={"thresholds": thresholds, "envelope": envelope, "training": training,
                                    "metrics": {"validation": after, "site": validation}}), validation

@@ -30,7 +30,7 @@ from inference.training.base_weights import LAYER_NAMES, dequantized_weights
 from inference.training.dataset import load_field_samples, projected_example
 from inference.training.geometry import WIDTHS, Geometry
 from inference.training.site import SiteOptions, fine_tune, replay_exclude
-from inference.training.site_calibration import calibrate_site
+from inference.training.site_calibration import calibrate_site, site_not_empty_threshold
 from inference.training.train import weights_path_for
 from inference.worker import ReviewWorker
 
@@ -105,6 +105,22 @@ def test_the_replay_leaves_out_the_regions_the_base_model_never_saw(tmp_path: Pa
     assert replay_exclude(told, loo_base) == {"noise": ("high",)}
     with pytest.raises(ModelError, match=r"training\.exclude"):
         replay_exclude(opts, {"exclude": ["reefer"]})
+
+
+def test_a_site_raises_the_not_empty_threshold_but_never_lowers_it() -> None:
+    from inference.training.evaluate import ScanRecord
+
+    def box(score: float, loaded: bool) -> ScanRecord:
+        return ScanRecord(source="site", scan_id="s", cargo=None, declared="empty", anomaly_score=0.0,
+                          not_empty_score=score, not_empty_truth=loaded, has_anomaly=False)
+
+    low_empties = [box(s, False) for s in np.linspace(0.05, 0.6, 20)]
+    assert site_not_empty_threshold(low_empties, 0.985) == 0.985  # 20 boxes do not lower it
+    full_looking = [box(s, False) for s in np.linspace(0.5, 0.99, 20)]  # an unseen machinery unit
+    assert site_not_empty_threshold(full_looking, 0.985) > 0.985
+    clean = [ScanRecord(source="site", scan_id="s", cargo=None, declared=None, anomaly_score=0.0,
+                        not_empty_score=0.999, not_empty_truth=None, has_anomaly=False)]
+    assert site_not_empty_threshold(clean, 0.985) == 0.985  # no declared-empty box held out
 
 
 def test_a_model_of_another_architecture_is_refused(tmp_path: Path) -> None:
