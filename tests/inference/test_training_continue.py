@@ -46,8 +46,8 @@ codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out"
 # Leave-one-out with rounds (here the 2.3.0 recipe's, with threat projection): the held-out base
 # model, then one round on it.
 codes.append(main(["loo", "--joint", "--slice", "energy=6/9", "--scans", "8", "--steps", "2", "--rounds", "1",
-                   "--round-steps", "2", "--round-project", "0.3", "--val-scans", "8", "--val-empty-scans", "4", "--test-scans", "4",
-                   "--control-scans", "4", "--no-cache", "--workers", "1", "--threads", "1",
+                   "--round-steps", "2", "--round-project", "0.3", "--val-scans", "8", "--val-empty-scans", "4",
+                   "--test-scans", "4", "--control-scans", "4", "--no-cache", "--workers", "1", "--threads", "1",
                    "--out", str(work / "loo")]))
 print("EXIT CODES", *codes)
 model = work / "cont" / "xray_anomaly.tflite"
