@@ -34,13 +34,17 @@ from inference.synthetic.world import MU_JITTER, RATIO_JITTER, World
 from inference.training.dataset import POS_FRACTION, X_QUANT, _dense_channel
 from inference.training.geometry import Geometry
 
-__all__ = ["PROJECTED_LABELS", "ObjectBank", "ProjectedObject", "render_object"]
+__all__ = ["PROJECTED_LABELS", "PROJECT_ANYWHERE", "ObjectBank", "ProjectedObject", "render_object"]
 
 FloatArray = npt.NDArray[np.float32]
 
 PROJECTED_LABELS: dict[str, float] = {"dense_object": 0.35, "weapon": 0.35, "organic_mass": 0.30}
 """Classes projected, with their share. Concealed cars are not projected: they fill a box, are
 found 99 % of the time, and a car needs the cargo loaded around it."""
+
+PROJECT_ANYWHERE = 0.3
+"""Default share of projected objects put anywhere in the band boxes occupy rather than into the
+tile's load (walls, chassis, empty boxes)."""
 
 _OVERSAMPLE = 2
 _LOAD_WIDTH_MM = 3000.0
@@ -131,7 +135,7 @@ class ObjectBank:
         return sum(len(v) for v in self.objects.values())
 
     def project(self, xs: FloatArray, ts: FloatArray, ws: FloatArray, rng: np.random.Generator, *,
-                anywhere: float = 0.3) -> tuple[FloatArray, FloatArray, FloatArray]:
+                anywhere: float = PROJECT_ANYWHERE) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Add one random object to a tile ``xs (rows, cols, ch)`` with its cell targets/weights.
 
         The object goes into the tile's load, or with probability ``anywhere`` (always, when the

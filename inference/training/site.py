@@ -256,7 +256,7 @@ def fine_tune(opts: SiteOptions, out: Path, *, sign: Callable[..., Any]) -> dict
                              "held_out": len(samples_val)},
                  "clean_digest": hashlib.sha256("".join(sorted(file_sha256(p) for p in paths)).encode()).hexdigest()},
     }
-    flatbuffer, training = _train(opts, g, base_path, site, bag_samples=bag_samples, rng=rng)
+    flatbuffer, training = _train(opts, g, base_path, base_spec.training, site, bag_samples=bag_samples, rng=rng)
     report["training"] = training
     t_train = time.monotonic()
 
@@ -293,9 +293,11 @@ def fine_tune(opts: SiteOptions, out: Path, *, sign: Callable[..., Any]) -> dict
     return report
 
 
-def _train(opts: SiteOptions, g: Geometry, base_path: Path, site: ExampleSet, *, bag_samples: list[Example],
-           rng: np.random.Generator) -> tuple[bytes, dict[str, Any]]:
-    """Fine-tune from the base weights; returns the int8 flatbuffer and the training record."""
+def _train(opts: SiteOptions, g: Geometry, base_path: Path, base_training: dict[str, Any], site: ExampleSet, *,
+           bag_samples: list[Example], rng: np.random.Generator) -> tuple[bytes, dict[str, Any]]:
+    """Fine-tune from the base weights; returns the int8 flatbuffer and the training record.
+    ``base_training`` is the base model's ``training`` metadata (its seed and held-out regions
+    pick the replayed scans)."""
     import tensorflow as tf
 
     from inference.training.dataset import build_synthetic_set
@@ -324,7 +326,6 @@ def _train(opts: SiteOptions, g: Geometry, base_path: Path, site: ExampleSet, *,
         raise ModelError(f"the weights ({source['source']}) do not reproduce {base_path}: logit correlation "
                          f"{start['correlation']} < {MIN_BASE_CORRELATION} (weights of another model?)")
     synthetic = None
-    base_training = load_spec(metadata_path_for(base_path)).training
     exclude = replay_exclude(opts, base_training)
     if opts.synthetic_scans > 0 and opts.synthetic_share > 0:
         replay = build_synthetic_set("train", int(base_training.get("seed", 7)), opts.synthetic_scans, g,

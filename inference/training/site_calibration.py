@@ -77,9 +77,14 @@ def site_not_empty_threshold(records: Sequence[ScanRecord], base: float) -> floa
     than the training world's (a machinery unit the base never saw, and the threshold rises),
     not to lower a threshold fitted on hundreds, where the largest of a few dozen scores would
     become the threshold and new empty boxes of the site would exceed it."""
-    if not any(r.declared == "empty" and r.not_empty_truth is False for r in records):
+    if not _empty_boxes(records):
         return base
     return max(not_empty_threshold(records, TARGET_FALSE_NOT_EMPTY), base)
+
+
+def _empty_boxes(records: Sequence[ScanRecord]) -> list[ScanRecord]:
+    """The truly empty boxes declared empty among ``records``."""
+    return [r for r in records if r.declared == "empty" and r.not_empty_truth is False]
 
 
 def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: Sequence[Path],
@@ -93,7 +98,7 @@ def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: S
     new = Reviewer(model_path, num_threads=1)
     records = site_records(new, val, samples, threats, seed=seed)
     suspect = suspect_threshold(records, target_false_alarm)
-    empties = [r for r in records if r.declared == "empty" and r.not_empty_truth is False]
+    empties = _empty_boxes(records)
     not_empty = site_not_empty_threshold(records, spec.thresholds.not_empty)
     region = round(suspect * 0.6, 4)
     after = compute_metrics(records, suspect, not_empty, labels)

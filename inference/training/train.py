@@ -52,7 +52,7 @@ from inference.training.dataset import (
 )
 from inference.training.geometry import WIDTHS, Geometry
 from inference.training.mining import HardExamples, mine
-from inference.training.projection import PROJECTED_LABELS, ObjectBank
+from inference.training.projection import PROJECT_ANYWHERE, PROJECTED_LABELS, ObjectBank
 
 __all__ = ["ROUND_LEARNING_RATE", "ROUND_PROJECT", "ROUND_STEPS", "TrainOptions", "convert_int8", "decision_loss",
            "make_train_step", "recalibrate", "round_options", "train", "weights_path_for"]
@@ -100,7 +100,7 @@ class TrainOptions:
     hard_cells: int = 8
     project: float = 0.0  # share of training tiles that get a projected object (`projection`); 0: off
     project_objects: int = 3000  # rendered objects per projected class
-    project_anywhere: float = 0.3  # share of projected objects put anywhere in the box band, not into the load
+    project_anywhere: float = PROJECT_ANYWHERE  # share of projected objects put anywhere in the box band
     mine_from: Path | None = None  # mine hard spots of the training set with this int8 model (`mining`)
     hard_share: float = 0.3  # share of training tiles centred on a mined spot
     hard_negatives: float = 0.15  # share of the training scans whose worst clean spot is mined
@@ -136,7 +136,7 @@ class _Batches:
     ``hard`` spots (`mining.mine`), a share ``hard_share`` of the tiles is centred on one of them."""
 
     def __init__(self, data: ExampleSet, g: Geometry, rng: np.random.Generator, *,
-                 bank: ObjectBank | None = None, project: float = 0.0, project_anywhere: float = 0.3,
+                 bank: ObjectBank | None = None, project: float = 0.0, project_anywhere: float = PROJECT_ANYWHERE,
                  hard: HardExamples | None = None, hard_share: float = 0.0) -> None:
         self.data, self.g, self.rng = data, g, rng
         self.bank, self.project, self.project_anywhere = bank, project, project_anywhere
