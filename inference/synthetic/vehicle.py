@@ -9,7 +9,9 @@ Seen from the side at the scan's heights (``world.span_bottom_mm`` may reach dow
   planks, side rails, dense cross members, the box sits higher), ``extendable`` (skeletal with
   a doubled telescopic section), or ``none`` (no chassis in view);
 * running gear: 2-3 trailer axles (axle tubes seen end-on are black), dual tyres and rims,
-  landing gear, spare wheel carrier, toolbox, a genset fuel tank under a reefer.
+  landing gear, spare wheel carrier, toolbox, a genset fuel tank under a reefer;
+* equipment (world knob ``equipment``, `inference.synthetic.equipment`): a genset under the
+  trailer or clipped on a reefer's front wall, or a tail lift at the rear.
 
 Everything here is ``structure``; the fuel tanks, the frame and the space between the chassis
 beams are recorded as hiding places for anomalies.
@@ -20,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from inference.synthetic.canvas import AL, FE, ORG, Body, Canvas
-from inference.synthetic.container import LENGTHS_MM, draw_container
+from inference.synthetic.container import CONTAINER_HEIGHT_MM, LENGTHS_MM, draw_container
+from inference.synthetic.equipment import Trailer, draw_equipment
 from inference.synthetic.world import World
 
 __all__ = ["DECK_HEIGHT_MM", "draw_vehicle", "scene_length_mm"]
@@ -107,7 +110,7 @@ def _tractor(cv: Canvas, world: World, box_start: float, cab_end: float) -> None
                        cv.row_of(max(cab_bottom - 500, 400)), thick=rng.uniform(250, 500), layer="structure")
 
 
-def _trailer(cv: Canvas, world: World, x0: float, x1: float, deck: float) -> None:
+def _trailer(cv: Canvas, world: World, x0: float, x1: float, deck: float) -> Trailer:
     """Trailer chassis from ``x0`` to ``x1`` (mm) with the deck (box bottom) at ``deck`` mm."""
     rng = cv.rng
     kind = world.chassis
@@ -170,6 +173,7 @@ def _trailer(cv: Canvas, world: World, x0: float, x1: float, deck: float) -> Non
         cv.add_box(ORG, cv.col_of(fx), cv.col_of(fx + 900), y0 + (y1 - y0) * 0.4, y1, thick=rng.uniform(300, 500),
                    layer="structure")
         cv.add_hiding_place("fuel_tank", cv.col_of(fx) + 2, y0 + 2, cv.col_of(fx + 900) - 2, y1 - 2)
+    return Trailer(x0=x0, x1=x1, top=top, beam_h=beam_h, landing_gear=lg, rear_axle=rear)
 
 
 def draw_vehicle(cv: Canvas, world: World, box_start_mm: float, boxes_mm: list[float], *, container: str,
@@ -183,8 +187,12 @@ def draw_vehicle(cv: Canvas, world: World, box_start_mm: float, boxes_mm: list[f
     total = sum(boxes_mm)
     if world.tractor != "none":
         _tractor(cv, world, box_start_mm, cab_end_mm)
+    trailer = None
     if world.chassis != "none":
-        _trailer(cv, world, box_start_mm - 50, box_start_mm + total + rng.uniform(0, 300), deck)
+        trailer = _trailer(cv, world, box_start_mm - 50, box_start_mm + total + rng.uniform(0, 300), deck)
+    box_top = deck + CONTAINER_HEIGHT_MM.get(container, 0.0) if world.layout != "none" else deck
+    draw_equipment(cv, world.equipment, world.equipment_seed, trailer=trailer, container=container,
+                   box_start_mm=box_start_mm, box_top_mm=box_top, deck=deck)
     bodies: list[Body] = []
     if world.layout == "none":
         # A bare chassis or an empty flatbed trailer: the load bed is the deck, nothing on it.

@@ -33,6 +33,9 @@ tractor                 none in view, cab skipped (drive axles under the box), c
 container               dry, high_cube, reefer, tank, open_top, flat_rack
 layout                  one box (20/40/45 ft), 2 x 20 ft with a gap, no box (bare chassis or
                         empty trailer: empty scenarios only)
+equipment               none, genset (under the trailer, or clipped on a reefer's front wall),
+                        tail lift (60/25/15 %; `equipment.py`); drawn after every other knob,
+                        so a world without equipment is the same world as before the knob
 ======================  ====================================================================
 """
 
@@ -44,11 +47,14 @@ from typing import Any
 
 import numpy as np
 
+from inference.synthetic.equipment import EQUIPMENT
+
 __all__ = [
     "CATEGORIES",
     "CHASSIS",
     "CONTAINER_TYPES",
     "ENERGY_SETTINGS",
+    "EQUIPMENT",
     "NOISE_REGIMES",
     "World",
     "nominal_world",
@@ -67,12 +73,14 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "chassis": CHASSIS,
     "container": CONTAINER_TYPES,
     "noise": NOISE_REGIMES,
+    "equipment": EQUIPMENT,
 }
 _WEIGHTS: dict[str, tuple[float, ...]] = {
     "energy": (0.25, 0.2, 0.2, 0.35),
     "chassis": (0.3, 0.3, 0.3, 0.1),
     "container": (0.3, 0.2, 0.15, 0.1, 0.13, 0.12),
     "noise": (0.3, 0.45, 0.25),
+    "equipment": (0.6, 0.25, 0.15),
 }
 MU_JITTER: tuple[float, float] = (0.92, 1.08)
 """A scanner's own spectral calibration: each material's coefficient x U(MU_JITTER)."""
@@ -120,6 +128,8 @@ class World:
     container: str | None = None      # None: dry or high_cube at random (the reference world)
     layout: str = "box"
     dents: bool = False
+    equipment: str = "none"
+    equipment_seed: int = 0           # the parts' own random stream (`equipment.draw_equipment`)
 
     @property
     def channels(self) -> int:
@@ -165,7 +175,7 @@ def sample_world(rng: np.random.Generator, *, exclude: Mapping[str, tuple[str, .
     defects = [int(rng.integers(1, 4)) if rng.random() < 0.2 else 0 for _ in range(3)]
     r = rng.random()
     layout = "box" if r < 0.88 else ("twin" if r < 0.96 or not empty_scene else "none")
-    return World(
+    world = World(
         energy=energy,
         single_mev=float(rng.choice([4.0, 6.0, 9.0])),
         mu_jitter=tuple(float(v) for v in rng.uniform(*MU_JITTER, size=4)),
@@ -200,3 +210,18 @@ def sample_world(rng: np.random.Generator, *, exclude: Mapping[str, tuple[str, .
         layout=layout,
         dents=bool(rng.random() < 0.3),
     )
+    return _with_equipment(world, rng, allowed)
+
+
+def _with_equipment(world: World, rng: np.random.Generator, allowed: Mapping[str, tuple[str, ...]]) -> World:
+    """Draw the equipment last (the knobs before it stay as they were drawn without it). Without a
+    chassis in view only a reefer's clipped-on genset can be seen; a region that asks for
+    equipment under the trailer gets a chassis."""
+    equipment = _pick(rng, "equipment", allowed["equipment"])
+    seed = int(rng.integers(0, 2**31))
+    changes: dict[str, Any] = {"equipment": equipment, "equipment_seed": seed}
+    if world.chassis == "none" and equipment != "none" and (equipment, world.container) != ("genset", "reefer"):
+        with_chassis = tuple(c for c in allowed["chassis"] if c != "none")
+        if with_chassis:
+            changes["chassis"] = _pick(rng, "chassis", with_chassis)
+    return replace(world, **changes)

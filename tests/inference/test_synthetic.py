@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from inference.synthetic import (
     CARGO_KINDS,
     CONTAINER_TYPES,
     ENERGY_SETTINGS,
+    EQUIPMENT,
     LOW_HIGH_RATIO,
     SCENARIOS,
     SyntheticScan,
@@ -278,6 +280,68 @@ def test_anomalies_are_hidden_in_the_vehicle_too() -> None:
     assert set(recorded) <= set(HIDING_PLACES)
     assert recorded["load"] > sum(recorded.values()) / 2
     assert len(recorded) >= 3, recorded
+
+
+def _rows_of(syn: SyntheticScan, low_mm: float, high_mm: float) -> slice:
+    """Scan rows between two heights above the ground."""
+    w = syn.world
+    per_row = (w["span_top_mm"] - w["span_bottom_mm"]) / syn.scan.rows
+    return slice(max(int((w["span_top_mm"] - high_mm) / per_row), 0),
+                 min(int((w["span_top_mm"] - low_mm) / per_row), syn.scan.rows))
+
+
+@pytest.mark.parametrize(("equipment", "container", "chassis", "where"), [
+    ("genset", "dry", "skeletal", "below"),
+    ("genset", "reefer", "none", "front"),
+    ("tail_lift", "dry", "flatbed", "below"),
+])
+def test_equipment_is_clean_structure_of_its_own(equipment: str, container: str, chassis: str, where: str) -> None:
+    base = nominal_world(container=container, chassis=chassis, span_bottom_mm=250.0, rows=384, col_mm=8.0,
+                         equipment_seed=5)
+    bare = generate_scan(9, cargo="cartons", anomalies=("weapon",), world=base, with_masks=True)
+    fitted = generate_scan(9, cargo="cartons", anomalies=("weapon",), world=replace(base, equipment=equipment),
+                           with_masks=True)
+    # Never cargo, never a region: the ground truth is the bare vehicle's.
+    assert fitted.world["equipment"] == equipment
+    assert fitted.regions == bare.regions
+    assert fitted.labels == bare.labels
+    assert np.array_equal(fitted.masks["cargo"], bare.masks["cargo"])
+    # Without equipment its stream is not used at all.
+    assert generate_scan(9, cargo="cartons", anomalies=("weapon",),
+                         world=replace(base, equipment_seed=6)).scan.sha256() == bare.scan.sha256()
+    added = _att(fitted.scan, 1) - _att(bare.scan, 1)
+    box = slice(int(0.3 * added.shape[1]), int(0.7 * added.shape[1]))
+    inside = _rows_of(bare, 1800.0, 3500.0)
+    assert abs(float(np.median(added[inside, box]))) < 0.02  # the load is untouched
+    if where == "front":   # clipped on the front wall of the reefer, above the deck
+        front = slice(0, int(0.15 * added.shape[1]))
+        assert added[_rows_of(bare, 2000.0, 4200.0), front].max() > 1.0
+        assert np.median(added[_rows_of(bare, 300.0, 1000.0)]) < 0.02
+    else:                  # under the trailer
+        assert added[_rows_of(bare, 300.0, 1100.0)].max() > 1.0
+        assert np.median(added[_rows_of(bare, 2000.0, 4200.0)]) < 0.02
+
+
+def test_equipment_is_drawn_after_every_other_knob() -> None:
+    counts = dict.fromkeys(EQUIPMENT, 0)
+    for seed in range(300):
+        w = sample_world(np.random.default_rng(seed))
+        plain = sample_world(np.random.default_rng(seed), only={"equipment": ("none",)})
+        counts[w.equipment] += 1
+        same = {k for k, v in plain.as_dict().items() if w.as_dict()[k] == v}
+        changed = set(plain.as_dict()) - same
+        # Only the equipment (and, for equipment under an unseen trailer, the chassis) moves.
+        assert changed <= {"equipment", "equipment_seed", "chassis"}, changed
+        if "chassis" in changed:
+            assert plain.chassis == "none"
+            assert w.equipment != "none"
+        lift = sample_world(np.random.default_rng(seed), only={"equipment": ("tail_lift",)})
+        assert lift.equipment == "tail_lift"
+        assert lift.chassis != "none"
+    assert 0.5 * 300 < counts["none"] < 0.7 * 300
+    assert counts["genset"] > 50
+    assert counts["tail_lift"] > 25
+    assert nominal_world().equipment == "none"
 
 
 def test_detector_defects_and_single_energy() -> None:
