@@ -16,6 +16,11 @@ air x0.6            the whole scan darker: air level x 0.6
 low energy x0.85    the low-energy channel x 0.85
 single energy       the high-energy channel only
 chassis absent      the same loads regenerated without a trailer chassis in view
+wheels in view      the same loads regenerated with the detector column reaching down to 0.3 m
+                    above the ground (trailer beams, axles, wheels and landing gear in view)
+genset              ... and a genset hung under the trailer (equipment the model may never
+                    have seen: engine block, alternator, battery; `inference.synthetic.equipment`)
+tail lift           ... and a tail lift at the rear (platform, arms, cylinders, power pack)
 ==================  ==========================================================================
 
 Per column: false alarms on anomaly-free scans (an anomaly score at or above the suspect
@@ -45,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.reviewer import Reviewer
 from inference.scan import Scan
-from inference.synthetic import ANOMALY_CLASSES, SyntheticScan, generate_scenario, nominal_world
+from inference.synthetic import ANOMALY_CLASSES, SyntheticScan, World, generate_scenario, nominal_world
 from inference.training.dataset import split_seed
 from inference.training.evaluate import ScanRecord, compute_metrics, score_scan
 
@@ -95,7 +100,17 @@ COLUMNS: dict[str, Perturbation | None] = {
     "air x0.6": _scale(0.6, slice(None)),
     "low energy x0.85": _scale(0.85, slice(1, 2)),
     "single energy": lambda s, _r: _with(s, s.pixels[:1]),
-    "chassis absent": None,  # regenerated, not a pixel perturbation
+    "chassis absent": None,  # the columns from here on are regenerated, not pixel perturbations
+    "wheels in view": None,
+    "genset": None,
+    "tail lift": None,
+}
+LOW_SPAN_MM = 300.0
+REGENERATED: dict[str, Callable[[int], World]] = {
+    "chassis absent": lambda _seed: nominal_world(chassis="none"),
+    "wheels in view": lambda _seed: nominal_world(span_bottom_mm=LOW_SPAN_MM),
+    "genset": lambda seed: nominal_world(span_bottom_mm=LOW_SPAN_MM, equipment="genset", equipment_seed=seed),
+    "tail lift": lambda seed: nominal_world(span_bottom_mm=LOW_SPAN_MM, equipment="tail_lift", equipment_seed=seed),
 }
 
 
@@ -114,13 +129,12 @@ def _record(reviewer: Reviewer, syn: SyntheticScan, scan: Scan) -> ScanRecord:
 
 def run(reviewer: Reviewer, plan: list[tuple[int, str]]) -> dict[str, dict[str, Any]]:
     records: dict[str, list[ScanRecord]] = {name: [] for name in COLUMNS}
-    absent = nominal_world(chassis="none")
     for seed, kind in plan:
         syn = generate_scenario(seed, kind)
         rng = np.random.default_rng([seed, 0xB0B])
         for name, perturb in COLUMNS.items():
             if perturb is None:
-                other = generate_scenario(seed, kind, world=absent)
+                other = generate_scenario(seed, kind, world=REGENERATED[name](seed))
                 records[name].append(_record(reviewer, other, other.scan))
             else:
                 records[name].append(_record(reviewer, syn, perturb(syn.scan, rng)))
