@@ -416,7 +416,7 @@ def train(opts: TrainOptions) -> Path:
         "framework": f"tensorflow {tf.__version__}",
         "data": (f"{len(data)} synthetic scans from inference.synthetic in randomized worlds (energies, "
                  "rows and pitch, bit depth, air/dark, gain, noise, scatter/blur, afterglow, row defects, "
-                 "speed, chassis, tractor, container types, layouts; see docs/image-review.md), training "
+                 "speed, chassis, tractor, container types, layouts, equipment; see docs/image-review.md), training "
                  "mixture TRAIN_MIX (30 % clean loaded incl. extra machinery/mixed/coils, 12 % empty, "
                  "7 % declared empty but loaded, 20 % weapon, 12 % dense_object, 9 % organic_mass, "
                  "5 % vehicle); random 256 x 256 tiles, augmented"
