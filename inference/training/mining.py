@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from inference.preprocess import tile_offsets
 from inference.training.base_weights import load_base_spec
 from inference.training.dataset import X_QUANT, ExampleSet
 from inference.training.evaluate import logit
@@ -71,16 +72,15 @@ class _TileModel:
         # uint8 model-space value v -> int8 input: round(v / X_QUANT / s_in + z_in), as a table.
         self.table = np.clip(np.rint(np.arange(256) / X_QUANT / s_in + z_in), -128, 127).astype(np.int8)
 
-    def logits(self, x: npt.NDArray[np.uint8], g: Geometry) -> npt.NDArray[np.float32]:
-        """Stitched per-cell logits of one example ``(rows, width, channels)``: overlapping tiles
-        every ``tile_width - overlap`` columns, the last flush with the end (the gate spreads the
-        same number of tiles evenly, `inference.preprocess.tile_offsets`), and the maximum of the
-        raw outputs where they overlap, as on the gate."""
+    def logits(self, x: npt.NDArray[np.uint8], g: Geometry, width: int | None = None) -> npt.NDArray[np.float32]:
+        """Stitched per-cell logits of one example ``(rows, columns, channels)`` whose first
+        ``width`` columns (default all) are the scan: the tiles the gate places on such a scan
+        (`inference.preprocess.tile_offsets` over the width padded to whole cells) and the
+        maximum of the raw outputs where they overlap, as on the gate."""
+        valid = x.shape[1] if width is None else width
+        padded = min(max(g.tile_width, -(-valid // g.stride) * g.stride), x.shape[1])
+        starts = tile_offsets(padded, g.tile_width, g.overlap, g.stride)
         width = x.shape[1]
-        step = g.tile_width - g.overlap
-        starts = list(range(0, max(width - g.tile_width, 0) + 1, step))
-        if starts[-1] + g.tile_width < width:
-            starts.append(width - g.tile_width)
         raw = np.full((g.cell_rows, width // g.stride, len(g.outputs)), -128, dtype=np.int16)
         for s in starts:
             self.interp.set_tensor(self.inp, self.table[x[None, :, s:s + g.tile_width]])
@@ -101,7 +101,7 @@ def mine(model_path: Path, data: ExampleSet, g: Geometry, *, negative_share: flo
     objects = 0
     for i in range(len(data)):
         x, t, w = data.example(i)
-        logits = model.logits(x, g)
+        logits = model.logits(x, g, int(data.valid[i]))
         valid_cells = -(-int(data.valid[i]) // g.stride)
         anomaly, truth = logits[:, :valid_cells, 1:], t[:, :valid_cells, 1:]
         clean = ~(truth > 0).any(axis=-1) & (w[:, :valid_cells, 1:].min(axis=-1) > 0)

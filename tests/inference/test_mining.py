@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from inference.errors import ModelError
+from inference.preprocess import tile_offsets
 from inference.reviewer import Reviewer
 from inference.runtime import DEFAULT_MODEL_PATH
 from inference.synthetic import generate_scenario
@@ -28,14 +29,39 @@ def data() -> ExampleSet:
 
 def test_mined_logits_are_the_gates() -> None:
     # The same scan through the gate's Reviewer and through the miner's tiles of the cached
-    # model-space example: the same highest anomaly cell, up to the cache's input rounding.
-    for seed, kind in ((11, "weapon"), (12, "clean")):
+    # model-space example: the same highest anomaly cell, its logit within two steps of the int8
+    # output (the cache stores the input rounded to uint8 before the int8 quantization).
+    model = _TileModel(DEFAULT_MODEL_PATH, G, 1)
+    for seed, kind in ((11, "weapon"), (12, "clean"), (16, "clean")):
         example = synthetic_example(seed, G, kind)
-        mined = _TileModel(DEFAULT_MODEL_PATH, G, 1).logits(example.x, G)[:, :-(-example.width // G.stride)]
+        mined = model.logits(example.x, G)[:, :-(-example.width // G.stride), 1:]
         analysis = Reviewer(DEFAULT_MODEL_PATH).analyse(generate_scenario(seed, kind, world="random").scan)
         gate = analysis.anomaly.max()
-        assert abs(mined[..., 1:].max() - math.log(gate / (1 - gate))) < 0.5
-        assert mined.shape[1] == analysis.anomaly.shape[1]
+        assert mined.shape[:2] == analysis.anomaly.shape[:2]
+        assert abs(mined.max() - math.log(gate / (1 - gate))) <= 2 * model.s_out + 1e-4
+        cell = np.unravel_index(np.argmax(mined.max(axis=-1)), mined.shape[:2])
+        assert cell == np.unravel_index(np.argmax(analysis.anomaly.max(axis=-1)), mined.shape[:2])
+
+
+def test_the_miner_places_the_gates_tiles() -> None:
+    # Tiles spread evenly over the scan's padded width, as on the gate (`tile_offsets`), not one
+    # every tile_width - overlap columns with the last one flush.
+    model = _TileModel(DEFAULT_MODEL_PATH, G, 1)
+    x = np.random.default_rng(0).integers(0, 256, size=(G.rows, 640, 2), dtype=np.uint8)
+    fed: list[np.ndarray] = []
+    real = model.interp.set_tensor
+
+    def record(index: int, value: np.ndarray) -> None:
+        fed.append(value.copy())
+        real(index, value)
+
+    model.interp.set_tensor = record  # type: ignore[method-assign]
+    model.logits(x, G, width=590)  # 592 columns once padded to whole cells; the rest is not the scan
+    offsets = tile_offsets(592, G.tile_width, G.overlap, G.stride)
+    assert offsets == (0, 168, 336)
+    assert len(fed) == len(offsets)
+    for tile, start in zip(fed, offsets, strict=True):
+        assert np.array_equal(tile, model.table[x[None, :, start:start + G.tile_width]])
 
 
 def test_mining_finds_the_worst_clean_spots_and_the_missed_objects(data: ExampleSet) -> None:
