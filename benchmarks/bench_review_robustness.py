@@ -90,7 +90,7 @@ def _scale(factor: float, channels: slice) -> Perturbation:
     return apply
 
 
-COLUMNS: dict[str, Perturbation | None] = {
+PERTURBED: dict[str, Perturbation] = {
     "none": lambda s, _r: s,
     "8-bit": lambda s, _r: _with(s, (s.pixels >> 8).astype(np.uint8), bits=8),
     "3 dead rows": lambda s, r: _rows(s, r, 0),
@@ -100,12 +100,9 @@ COLUMNS: dict[str, Perturbation | None] = {
     "air x0.6": _scale(0.6, slice(None)),
     "low energy x0.85": _scale(0.85, slice(1, 2)),
     "single energy": lambda s, _r: _with(s, s.pixels[:1]),
-    "chassis absent": None,  # the columns from here on are regenerated, not pixel perturbations
-    "wheels in view": None,
-    "genset": None,
-    "tail lift": None,
 }
 LOW_SPAN_MM = 300.0
+# Columns regenerated from the same seed in another world (per scan seed), not pixel perturbations.
 REGENERATED: dict[str, Callable[[int], World]] = {
     "chassis absent": lambda _seed: nominal_world(chassis="none"),
     "wheels in view": lambda _seed: nominal_world(span_bottom_mm=LOW_SPAN_MM),
@@ -128,16 +125,15 @@ def _record(reviewer: Reviewer, syn: SyntheticScan, scan: Scan) -> ScanRecord:
 
 
 def run(reviewer: Reviewer, plan: list[tuple[int, str]]) -> dict[str, dict[str, Any]]:
-    records: dict[str, list[ScanRecord]] = {name: [] for name in COLUMNS}
+    records: dict[str, list[ScanRecord]] = {name: [] for name in (*PERTURBED, *REGENERATED)}
     for seed, kind in plan:
         syn = generate_scenario(seed, kind)
         rng = np.random.default_rng([seed, 0xB0B])
-        for name, perturb in COLUMNS.items():
-            if perturb is None:
-                other = generate_scenario(seed, kind, world=REGENERATED[name](seed))
-                records[name].append(_record(reviewer, other, other.scan))
-            else:
-                records[name].append(_record(reviewer, syn, perturb(syn.scan, rng)))
+        for name, perturb in PERTURBED.items():
+            records[name].append(_record(reviewer, syn, perturb(syn.scan, rng)))
+        for name, world in REGENERATED.items():
+            other = generate_scenario(seed, kind, world=world(seed))
+            records[name].append(_record(reviewer, other, other.scan))
     labels = reviewer.spec.labels
     out = {}
     for name, recs in records.items():

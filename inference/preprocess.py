@@ -37,6 +37,7 @@ __all__ = [
     "PreparedScan",
     "dequantize",
     "normalize_scan",
+    "padded_width",
     "prepare_quantized",
     "prepare_scan",
     "quantize",
@@ -208,10 +209,15 @@ def tile_offsets(width: int, tile: int, overlap: int, stride: int) -> tuple[int,
     return tuple(sorted(offsets))
 
 
+def padded_width(width: int, tile: int, stride: int) -> int:
+    """The columns a scan of ``width`` model columns is padded to: whole cells, at least one tile."""
+    return max(tile, -(-width // stride) * stride)
+
+
 def prepare_scan(scan: Scan, inp: InputSpec, norm: NormalizationSpec, overlap: int, stride: int) -> PreparedScan:
     """`normalize_scan` padded to whole tiles, as float NHWC ``(rows, padded, channels)``."""
     width = _check(scan, inp)
-    padded = max(inp.width, -(-width // stride) * stride)
+    padded = padded_width(width, inp.width, stride)
     data, width, report = _features(scan, inp, norm, padded)
     return PreparedScan(data=np.ascontiguousarray(data.transpose(1, 2, 0)), width=width,
                         scale_x=scan.columns / width, scale_y=scan.rows / inp.rows,

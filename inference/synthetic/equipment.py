@@ -48,7 +48,6 @@ class Trailer:
     x1: float
     top: float          # top of the main beams
     beam_h: float
-    landing_gear: float
     rear_axle: float    # first rear axle
 
 
@@ -137,7 +136,7 @@ def draw_equipment(cv: Canvas, equipment: str, seed: int, *, trailer: Trailer | 
             _genset_parts(cv, rng, (box_start_mm - length - rng.uniform(20, 80), length, top, rng.uniform(700, 950)))
         elif trailer is not None:
             length = rng.uniform(800, 1300)
-            # Anywhere from behind the kingpin to before the axles (most sit near the landing gear).
+            # Anywhere from behind the kingpin to before the axles.
             lo = trailer.x0 + 400
             x = rng.uniform(lo, max(lo + 1, trailer.rear_axle - 700 - length))
             top = trailer.top - trailer.beam_h - rng.uniform(0, 80)

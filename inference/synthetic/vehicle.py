@@ -173,7 +173,7 @@ def _trailer(cv: Canvas, world: World, x0: float, x1: float, deck: float) -> Tra
         cv.add_box(ORG, cv.col_of(fx), cv.col_of(fx + 900), y0 + (y1 - y0) * 0.4, y1, thick=rng.uniform(300, 500),
                    layer="structure")
         cv.add_hiding_place("fuel_tank", cv.col_of(fx) + 2, y0 + 2, cv.col_of(fx + 900) - 2, y1 - 2)
-    return Trailer(x0=x0, x1=x1, top=top, beam_h=beam_h, landing_gear=lg, rear_axle=rear)
+    return Trailer(x0=x0, x1=x1, top=top, beam_h=beam_h, rear_axle=rear)
 
 
 def draw_vehicle(cv: Canvas, world: World, box_start_mm: float, boxes_mm: list[float], *, container: str,

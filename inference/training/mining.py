@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from inference.preprocess import tile_offsets
+from inference.preprocess import padded_width, tile_offsets
 from inference.training.base_weights import load_base_spec
 from inference.training.dataset import X_QUANT, ExampleSet
 from inference.training.evaluate import logit
@@ -77,12 +77,10 @@ class _TileModel:
         ``width`` columns (default all) are the scan: the tiles the gate places on such a scan
         (`inference.preprocess.tile_offsets` over the width padded to whole cells) and the
         maximum of the raw outputs where they overlap, as on the gate."""
-        valid = x.shape[1] if width is None else width
-        padded = min(max(g.tile_width, -(-valid // g.stride) * g.stride), x.shape[1])
-        starts = tile_offsets(padded, g.tile_width, g.overlap, g.stride)
-        width = x.shape[1]
-        raw = np.full((g.cell_rows, width // g.stride, len(g.outputs)), -128, dtype=np.int16)
-        for s in starts:
+        columns = x.shape[1]
+        padded = min(padded_width(columns if width is None else width, g.tile_width, g.stride), columns)
+        raw = np.full((g.cell_rows, columns // g.stride, len(g.outputs)), -128, dtype=np.int16)
+        for s in tile_offsets(padded, g.tile_width, g.overlap, g.stride):
             self.interp.set_tensor(self.inp, self.table[x[None, :, s:s + g.tile_width]])
             self.interp.invoke()
             out = self.interp.get_tensor(self.out)[0].astype(np.int16)
