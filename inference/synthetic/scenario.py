@@ -13,7 +13,7 @@ simulate than a 256-row one; the noise, defects and bit depth are applied on the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -28,9 +28,12 @@ from inference.synthetic.container import LENGTHS_MM
 from inference.synthetic.detector import digitize, speed_profile
 from inference.synthetic.physics import attenuation, response, transmission
 from inference.synthetic.vehicle import draw_vehicle, scene_length_mm
+from inference.synthetic.visibility import DETECTABLE_DPRIME, MARGIN_PX, dprime
 from inference.synthetic.world import World, nominal_world, sample_world
 
 __all__ = ["SCENARIOS", "generate_scan", "generate_scenario"]
+
+FloatArray = npt.NDArray[np.float32]
 
 _DEFAULT_COLUMNS = {20: 1200, 40: 2400, 45: 2700}
 _CANVAS_MAX_ROWS = 384
@@ -126,19 +129,19 @@ def generate_scan(
     if (clutter if clutter is not None else rng.random() < 0.3) and bodies[0].kind != "none":
         cv.use(bodies[int(rng.integers(0, len(bodies)))])
         benign_clutter(cv)
-    raw_regions: list[tuple[int, int, int, int, str, str]] = []
+    drawn: list[_Drawn] = []
     for label in anomalies:
         cv.use(bodies[int(rng.integers(0, len(bodies)))])
         cv.current = np.zeros((rows_c, n_canvas), dtype=np.float32)
         cv.last_place = "load"
+        before = cv.t.copy()
         ANOMALY_DRAWERS[label](cv, label)
         visible = cv.current > ANOMALY_VISIBLE
         cv.current = None
         box = bbox_of(visible)
         if box is not None:
-            raw_regions.append((*box, label, cv.last_place))
-            if with_masks:
-                cv.class_masks[label] = cv.class_masks.get(label, np.zeros_like(visible)) | visible
+            drawn.append(_Drawn(box, label, cv.last_place, visible if with_masks else None,
+                                _object_paths(cv.t, before, box)))
     # Detector grid: the speed profile along the pulses, the row pitch down the column.
     src_x = speed_profile(rng, n_out, n_canvas, w)
     ry = rows_c / w.rows
@@ -146,17 +149,32 @@ def generate_scan(
     ys = ((np.arange(w.rows, dtype=np.float32) + 0.5) * ry - 0.5).astype(np.float32)
     map_y = np.ascontiguousarray(np.broadcast_to(ys[:, None], (w.rows, n_out)))
     trans = []
-    for mu in response(w).mu:
-        att = cv2.remap(attenuation(cv.t, mu), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        trans.append(transmission(np.asarray(att, dtype=np.float32), w))
+    atts = []
+    mus = response(w).mu
+    for mu in mus:
+        att = np.asarray(cv2.remap(attenuation(cv.t, mu), map_x, map_y, cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE), dtype=np.float32)
+        atts.append(att)
+        trans.append(transmission(att, w))
     pixels = digitize(tuple(trans), w, rng)
     regions: list[Region] = []
-    for x, y, bw, bh, label, place in raw_regions:
+    seen_dprime: list[float] = []
+    unseen: list[dict[str, Any]] = []
+    for d in drawn:
+        x, y, bw, bh = d.box
         ox0 = int(np.searchsorted(src_x, x - 1, side="right"))
         ox1 = min(int(np.searchsorted(src_x, x + bw, side="left")), n_out)
         oy0 = max(int(np.floor(y / ry)), 0)
         oy1 = min(int(np.ceil((y + bh) / ry)), w.rows)
-        regions.append(Region(x=ox0, y=oy0, w=max(1, ox1 - ox0), h=max(1, oy1 - oy0), label=label, place=place))
+        region = Region(x=ox0, y=oy0, w=max(1, ox1 - ox0), h=max(1, oy1 - oy0), label=d.label, place=d.place)
+        d_prime = _region_dprime(region, d, atts, mus=mus, maps=(map_x, map_y), w=w)
+        if d_prime < DETECTABLE_DPRIME:
+            unseen.append({"label": d.label, "place": d.place, "dprime": round(d_prime, 2)})
+            continue
+        regions.append(region)
+        seen_dprime.append(round(d_prime, 1))
+        if with_masks and d.visible is not None:
+            cv.class_masks[d.label] = cv.class_masks.get(d.label, np.zeros_like(d.visible)) | d.visible
     masks: dict[str, npt.NDArray[np.bool_]] = {}
     if with_masks:
 
@@ -168,8 +186,10 @@ def generate_scan(
         for label, m in cv.class_masks.items():
             masks[label] = warp(m)
     # Ground truth is what the scanner saw: an object hidden outside the detector column (a
-    # chassis below it) has no region and is no anomaly of this scan.
-    seen = sorted({label for *_, label, _ in raw_regions})
+    # chassis below it) has no region, and one the detector could not tell from noise (inside a
+    # tank's liquid, beyond the scanner's penetration: `visibility`) is recorded as unseen; neither
+    # is an anomaly of this scan.
+    seen = sorted({r.label for r in regions})
     not_empty = cargo != "empty" or bool(seen)
     labels = list(seen)
     labels.append("not_empty" if not_empty else "empty")
@@ -185,12 +205,50 @@ def generate_scan(
         "synthetic": {
             "seed": int(seed), "length_ft": length_ft, "cargo": cargo, "anomalies": seen,
             "finding": finding, "labels": labels, "regions": [r.as_dict() for r in regions],
+            "dprime": seen_dprime, "unseen": unseen,
             "world": w.as_dict(),
         },
     }
     scan = Scan(pixels=pixels, scan_id=sid, bits=w.bits, pixel_mm=round(pixel_mm, 4), declared=declared, meta=meta)
     return SyntheticScan(scan=scan, regions=tuple(regions), labels=tuple(labels), cargo=cargo,
                          finding=finding, not_empty=not_empty, masks=masks, world=w.as_dict())
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """One injected object before it is placed on the detector grid."""
+
+    box: tuple[int, int, int, int]  # canvas (x, y, w, h) of its visible part
+    label: str
+    place: str
+    visible: npt.NDArray[np.bool_] | None  # canvas mask (only with masks)
+    paths: tuple[int, int, FloatArray]  # (x0, y0, per-material path lengths) around the box
+
+
+_PATH_MARGIN = 8  # canvas pixels kept around an object's visible box (its faint edges)
+
+
+def _object_paths(t: FloatArray, before: FloatArray, box: tuple[int, int, int, int],
+                  ) -> tuple[int, int, FloatArray]:
+    """The object's own path lengths: what drawing it added to the canvas, around its box."""
+    x, y, bw, bh = box
+    x0, y0 = max(x - _PATH_MARGIN, 0), max(y - _PATH_MARGIN, 0)
+    x1, y1 = min(x + bw + _PATH_MARGIN, t.shape[2]), min(y + bh + _PATH_MARGIN, t.shape[1])
+    return x0, y0, t[:, y0:y1, x0:x1] - before[:, y0:y1, x0:x1]
+
+
+def _region_dprime(region: Region, d: _Drawn, atts: list[FloatArray], *, mus: tuple[FloatArray, ...],
+                   maps: tuple[FloatArray, FloatArray], w: World) -> float:
+    """`visibility.dprime` of a drawn object over its output region plus a margin."""
+    rows, cols = atts[0].shape
+    ys = slice(max(region.y - MARGIN_PX, 0), min(region.y + region.h + MARGIN_PX, rows))
+    xs = slice(max(region.x - MARGIN_PX, 0), min(region.x + region.w + MARGIN_PX, cols))
+    px0, py0, paths = d.paths
+    mx = np.ascontiguousarray(maps[0][ys, xs] - np.float32(px0))
+    my = np.ascontiguousarray(maps[1][ys, xs] - np.float32(py0))
+    own = [np.asarray(cv2.remap(attenuation(paths, mu), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0.0), dtype=np.float32) for mu in mus]
+    return dprime([a[ys, xs] for a in atts], own, w)
 
 
 # --- scenarios: named mixtures used by `smartgate synth`, the simulator and training ---------

@@ -74,6 +74,13 @@ class ScanRecord:
     reason: str | None = None
     signals: dict[str, float] = field(default_factory=dict)
     flagged_curve: list[float] = field(default_factory=list)  # flagged share at t = 0.02, 0.04, ... 0.98
+    unseen: list[str] = field(default_factory=list)  # classes of objects the scanner could not show
+
+    @property
+    def anomaly_free(self) -> bool:
+        """No anomaly at all: neither one to find nor one the scanner could not show (a scan with
+        an unseen object is left out of the false-alarm figures, not counted as clean)."""
+        return not self.has_anomaly and not self.unseen
 
 
 def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -113,7 +120,8 @@ def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]]
         anomaly_score=float(anomaly.max()), not_empty_score=float(cargo_map.max()),
         not_empty_truth=not_empty_truth, has_anomaly=has_anomaly, objects=objects,
         false_region_scores=false_scores, latency_ms=latency, invoke_ms=analysis.invoke_ms,
-        unavailable=reason is not None, reason=reason, signals=signals, flagged_curve=curve)
+        unavailable=reason is not None, reason=reason, signals=signals, flagged_curve=curve,
+        unseen=[str(u["label"]) for u in scan.meta.get("synthetic", {}).get("unseen", [])])
 
 
 CURVE_THRESHOLDS = tuple(k / 50 for k in range(1, 50))
@@ -197,7 +205,7 @@ def suspect_threshold(records: Sequence[ScanRecord], target_false_alarm: float) 
     target (0.5 without any anomaly-free scan). Chosen in logit space: the model outputs logits,
     so scores are resolved right up to 1, and a confident model's operating point can lie above
     0.99."""
-    fa = _bound([r.anomaly_score for r in records if not r.has_anomaly], target_false_alarm)
+    fa = _bound([r.anomaly_score for r in records if r.anomaly_free], target_false_alarm)
     if fa is None:
         return 0.5
     return min(max(_sigmoid(logit(fa) + SUSPECT_LOGIT_STEP), 0.05), 1.0 - 1e-6)
@@ -226,7 +234,7 @@ def not_empty_threshold(records: Sequence[ScanRecord], target_false_not_empty: f
 
 def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: float,
                     labels: Sequence[str]) -> dict[str, Any]:
-    negatives = [r for r in records if not r.has_anomaly]
+    negatives = [r for r in records if r.anomaly_free]
     per_class: dict[str, Any] = {}
     for label in labels:
         objs = [o for r in records if not r.unavailable for o in r.objects if o["label"] == label]
@@ -238,6 +246,7 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
             "detected": len(detected),
             "detection_rate": round(len(detected) / len(objs), 4) if objs else None,
             "label_accuracy": round(np.mean([o["predicted"] == label for o in detected]), 4) if detected else None,
+            "unseen": sum(u == label for r in records for u in r.unseen),
         }
     false_alarm = (float(np.mean([r.anomaly_score >= suspect or r.unavailable for r in negatives]))
                    if negatives else float("nan"))
@@ -308,7 +317,7 @@ def plot_roc(records: Sequence[ScanRecord], labels: Sequence[str], suspect: floa
     plt = importlib.import_module("matplotlib.pyplot")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    neg = [r.anomaly_score for r in records if not r.has_anomaly]
+    neg = [r.anomaly_score for r in records if r.anomaly_free]
     aucs: dict[str, Any] = {}
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
     for label in labels:

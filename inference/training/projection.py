@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from inference.conditioning import T_FLOOR
 from inference.synthetic.anomaly import ANOMALY_DRAWERS
 from inference.synthetic.canvas import ANOMALY_VISIBLE, Body, Canvas
 from inference.synthetic.physics import ENERGIES, attenuation, response
@@ -120,6 +121,8 @@ class ObjectBank:
             raise ValueError("every dual-energy pair is excluded: no response to render objects with")
         rng = np.random.default_rng([seed, 0x7199])
         self.g = g
+        # High-energy input at the gate's transmission floor, less the cache's rounding.
+        self._x_spent = np.float32(-np.log(T_FLOOR) / g.scale[0] - 1.5 / X_QUANT)
         self.labels = tuple(PROJECTED_LABELS)
         self.shares = np.array([PROJECTED_LABELS[k] for k in self.labels]) / sum(PROJECTED_LABELS.values())
         self.objects: dict[str, list[ProjectedObject]] = {}
@@ -163,6 +166,12 @@ class ObjectBank:
         y0 = int(np.clip(cy - h // 2, 0, rows - h))
         x0 = int(np.clip(cx - w // 2, 0, cols - w))
         xs = xs.copy()
+        # Where the tile's beam is spent (high-energy attenuation at the gate's floor) the scanner
+        # records nothing of an object: it adds no signal there and no target (as in the
+        # generator's ground truth, `inference.synthetic.visibility`).
+        through = xs[y0:y0 + h, x0:x0 + w, 0] < self._x_spent
+        ox = ox * through[..., None]
+        cover = cover * through
         # A single-energy tile (zero material channel) gets the high-energy plane only.
         channels = 1 if xs.shape[2] > 1 and float(np.abs(xs[..., 1]).max()) < 1e-3 else xs.shape[2]
         xs[y0:y0 + h, x0:x0 + w, :channels] += ox[..., :channels]

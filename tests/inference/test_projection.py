@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference.conditioning import T_FLOOR
 from inference.preprocess import normalize_scan
 from inference.synthetic import generate_scan
 from inference.training.dataset import ExampleSet, split_seed, synthetic_example
@@ -110,6 +111,28 @@ def test_single_energy_tiles_get_no_material_channel(bank: ObjectBank) -> None:
         x2, _, _ = bank.project(xs, ts, ws, rng)
         assert x2[..., 1].max() == 0.0
         assert x2[..., 0].max() > 0.2
+
+
+def test_no_object_is_projected_where_the_beam_is_spent(bank: ObjectBank) -> None:
+    # Left half: a load the beam crosses; right half: the gate's transmission floor (a full
+    # tank's deepest chord). An object there would leave no trace in a real scan.
+    spent = float(-np.log(T_FLOOR) / G.scale[0])
+    xs = np.zeros((G.rows, G.tile_width, 2), np.float32)
+    xs[..., 0] = 0.4
+    xs[:, G.tile_width // 2:, 0] = round(spent * 160) / 160
+    ts = np.zeros((G.cell_rows, G.tile_width // G.stride, 5), np.float32)
+    ts[..., 0] = 1.0  # cargo everywhere
+    ws = np.ones_like(ts)
+    rng = np.random.default_rng(11)
+    landed = {"through": 0, "spent": 0}
+    for _ in range(40):
+        x2, t2, _ = bank.project(xs, ts, ws, rng, anywhere=0.0)
+        added = x2 - xs
+        assert np.abs(added[:, G.tile_width // 2:]).max() == 0.0
+        assert not t2[:, G.tile_width // 2 // G.stride:, 1:].any()
+        landed["through" if t2[..., 1:].any() else "spent"] += 1
+    assert landed["through"] >= 10, landed
+    assert landed["spent"] >= 10, landed
 
 
 def test_bank_respects_a_held_out_energy_region() -> None:

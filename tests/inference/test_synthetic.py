@@ -26,6 +26,7 @@ from inference.synthetic import (
     sample_world,
 )
 from inference.synthetic.anomaly import HIDING_PLACES
+from inference.synthetic.visibility import DETECTABLE_DPRIME, dprime
 
 
 def _att(scan: Scan, channel: int) -> np.ndarray:
@@ -369,3 +370,46 @@ def test_modules_stay_small() -> None:
     package = Path(__file__).resolve().parents[2] / "inference" / "synthetic"
     for path in package.glob("*.py"):
         assert len(path.read_text().splitlines()) <= 500, path.name
+
+
+def test_detectability_of_an_object_in_air_behind_steel_and_at_eight_bits() -> None:
+    w = nominal_world()
+    scene = [np.full((20, 30), 1.0, np.float32)]          # a load: T = 0.37
+    obj = [np.zeros((20, 30), np.float32)]
+    obj[0][8:12, 10:20] = 0.05                             # a faint object: 5 % more attenuation
+    with_obj = [scene[0] + obj[0]]
+    assert dprime(scene, [np.zeros_like(obj[0])], w) == 0.0
+    seen = dprime(with_obj, obj, w)
+    assert seen > 4 * DETECTABLE_DPRIME
+    # Behind 12 nat of steel the beam is spent: below the gate's floor nothing changes.
+    spent = [scene[0] + 12.0 + obj[0]]
+    assert dprime(spent, obj, w) == 0.0
+    # Coarser output and more noise see less of the same object.
+    assert dprime(with_obj, obj, replace(w, bits=8)) < seen
+    assert dprime(with_obj, obj, replace(w, quantum=3.0, electronic=3.0)) < seen
+
+
+def test_an_object_the_scanner_could_not_show_is_no_anomaly_of_the_scan() -> None:
+    # Dense objects in tank containers: some sit where the liquid's deepest chord has spent the
+    # beam. The scan's pixels are the same either way; only the ground truth knows the difference.
+    world = nominal_world(container="tank")
+    outcomes = {"seen": 0, "unseen": 0}
+    for seed in range(12):
+        syn = generate_scan(seed, cargo="bulk", anomalies=("dense_object",), world=world, with_masks=True)
+        meta = syn.scan.meta["synthetic"]
+        assert len(meta["dprime"]) == len(syn.regions)
+        if syn.regions:
+            outcomes["seen"] += 1
+            assert min(meta["dprime"]) >= DETECTABLE_DPRIME
+            assert syn.finding == "contraband"
+            assert "dense_object" in syn.masks
+        for hidden in meta["unseen"]:
+            outcomes["unseen"] += 1
+            assert hidden["label"] == "dense_object"
+            assert hidden["dprime"] < DETECTABLE_DPRIME
+            assert not syn.regions
+            assert syn.finding == "clean"
+            assert syn.labels == ("not_empty",)
+            assert "dense_object" not in syn.masks
+    assert outcomes["seen"] >= 6, outcomes
+    assert outcomes["unseen"] >= 2, outcomes

@@ -10,6 +10,9 @@ import pytest
 
 from gate_controller.cli import main
 from inference.errors import ScanFormatError
+from inference.reviewer import Reviewer
+from inference.runtime import DEFAULT_MODEL_PATH
+from inference.synthetic import generate_scan, nominal_world
 from inference.training.__main__ import build_parser, parse_region, train_options
 from inference.training.dataset import (
     ExampleSet,
@@ -24,6 +27,7 @@ from inference.training.evaluate import (
     compute_metrics,
     detection_by_place,
     not_empty_threshold,
+    score_scan,
     suspect_threshold,
 )
 from inference.training.geometry import Geometry
@@ -172,6 +176,34 @@ def test_threshold_choice_and_metrics() -> None:
     assert 0.8 < m["detection"]["weapon"]["detection_rate"] < 1.0
     # Separable declared-empty groups: the threshold sits between them, not on the empty side.
     assert 0.33 < not_empty < 0.37
+
+
+def test_a_scan_with_an_unseen_object_is_neither_clean_nor_an_object_to_find() -> None:
+    clean = [_rec(s, False) for s in np.linspace(0.0, 0.5, 99)]
+    # The generator's ground truth: a pistol in a full tank's liquid, no region. Whatever the
+    # model says of that scan, it is no false alarm and no miss.
+    hidden = _rec(0.99, False)
+    hidden.unseen = ["weapon"]
+    assert not hidden.anomaly_free
+    assert all(r.anomaly_free for r in clean)
+    records = [*clean, hidden, _rec(0.97, True)]
+    suspect = suspect_threshold(records, 0.0)
+    assert suspect < 0.9  # set by the clean scans alone
+    m = compute_metrics(records, suspect, 0.5, ["weapon"])
+    assert m["anomaly_free_scans"] == 99
+    assert m["false_alarm_scan_rate"] == 0.0
+    assert m["detection"]["weapon"] == {"objects": 1, "detected": 1, "detection_rate": 1.0, "label_accuracy": 1.0,
+                                        "unseen": 1}
+
+
+def test_unseen_objects_reach_the_records_from_the_scans_ground_truth() -> None:
+    reviewer = Reviewer(DEFAULT_MODEL_PATH, num_threads=1)
+    syn = generate_scan(0, cargo="bulk", anomalies=("dense_object",), world=nominal_world(container="tank"))
+    assert syn.regions == ()
+    rec = score_scan(reviewer, syn.scan, [], source="t", cargo=syn.cargo, not_empty_truth=syn.not_empty,
+                     has_anomaly=False)
+    assert rec.unseen == ["dense_object"]
+    assert not rec.anomaly_free
 
 
 def test_detection_split_by_hiding_place() -> None:
