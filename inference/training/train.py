@@ -419,7 +419,8 @@ def train(opts: TrainOptions) -> Path:
                  "speed, chassis, tractor, container types, layouts, equipment; see docs/image-review.md), training "
                  "mixture TRAIN_MIX (30 % clean loaded incl. extra machinery/mixed/coils, 12 % empty, "
                  "7 % declared empty but loaded, 20 % weapon, 12 % dense_object, 9 % organic_mass, "
-                 "5 % vehicle); random 256 x 256 tiles, augmented"
+                 "5 % vehicle), objects labelled where the scanner could show them (ideal-observer d' >= 5); "
+                 "random 256 x 256 tiles, augmented"
                  + (f", {opts.project:.0%} of them with a projected object ({opts.project_objects} rendered "
                     f"objects per class: {', '.join(PROJECTED_LABELS)}; {opts.project_anywhere:.0%} of them anywhere "
                     "in the box band, the rest into the load)" if opts.project > 0 else "")
