@@ -55,6 +55,8 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
     if args.round is not None and (args.continue_from is not None or args.mine_from is not None):
         raise SystemExit("--round PREVIOUS already continues from and mines with PREVIOUS: "
                          "drop --continue-from / --mine-from")
+    if args.widen_to is not None and args.round is None and args.continue_from is None:
+        raise SystemExit("--widen-to widens a continued network: give --continue-from or --round")
 
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -71,7 +73,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
                         init_weights=args.init_weights, continue_from=args.continue_from,
                         peak_per_class=args.peak_per_class, project=given(args.project, d.project),
                         project_objects=args.project_objects, project_anywhere=args.project_anywhere,
-                        mine_from=args.mine_from,
+                        mine_from=args.mine_from, widen_to=args.widen_to,
                         hard_share=args.hard_share, hard_negatives=args.hard_negatives)
     if args.round is None:
         return opts
@@ -279,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--continue-from", type=Path, default=None, metavar="MODEL.tflite",
                    help="continue training this int8 model (its weights dequantized, batch norm folded): more "
                         "steps for a model whose float weights are gone, such as the shipped one")
+    t.add_argument("--widen-to", type=_widths, default=None, metavar="A,B,C,D",
+                   help="with --continue-from or --round: first widen the continued network to these stage "
+                        "widths, computing the same function (new channels copy existing ones)")
     t.add_argument("--mine-from", type=Path, default=None, metavar="MODEL.tflite",
                    help="before training, run this int8 model over the training set and centre a share of "
                         "the tiles on its hard spots: the worst clean spots and the objects it misses")

@@ -32,7 +32,7 @@ from inference.errors import ModelError
 from inference.model_spec import ModelSpec, load_spec, metadata_path_for
 from inference.training.geometry import Geometry
 
-__all__ = ["LAYER_NAMES", "check_base", "dequantized_weights", "load_base_spec", "widths_of"]
+__all__ = ["LAYER_NAMES", "check_base", "dequantized_weights", "load_base_spec", "widened", "widths_of"]
 
 LAYER_NAMES = ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "head")
 """`inference.training.model.CONV_LAYERS` (repeated here: that module imports TensorFlow)."""
@@ -78,6 +78,42 @@ def widths_of(weights: dict[str, tuple[FloatArray, FloatArray]]) -> tuple[int, i
     (2.0.0 has 24/48/64/96)."""
     return (int(weights["c1"][0].shape[3]), int(weights["c2"][0].shape[3]), int(weights["c4"][0].shape[3]),
             int(weights["c6"][0].shape[3]))
+
+
+_STAGE_OF = (0, 1, 1, 2, 2, 3, 3)
+"""Which of the four stage widths each of c1..c7 has (`inference.training.model`'s layout)."""
+
+
+def widened(weights: dict[str, tuple[FloatArray, FloatArray]], widths: tuple[int, int, int, int], *,
+            seed: int, noise: float = 1e-3) -> dict[str, tuple[FloatArray, FloatArray]]:
+    """The folded weights of a wider network computing the same function (Net2WiderNet, Chen,
+    Goodfellow and Shlens, ICLR 2016): each new channel of a layer copies a random existing one
+    (kernel and bias; ReLU6 acts per channel, so the copy's activation equals the original's), and
+    the next layer's weights on every copy of a channel are that channel's weights divided by the
+    number of copies, so its sums are unchanged. ``noise`` (relative, Gaussian) on those split
+    weights breaks the copies' symmetry so that training can set them apart; 0 keeps the function
+    exact. Continuing a shipped model on a wider network this way starts where the model stands
+    instead of from scratch."""
+    old = widths_of(weights)
+    if len(widths) != 4 or any(new < was for new, was in zip(widths, old, strict=True)):
+        raise ValueError(f"widths {widths} must be four stage widths no narrower than the model's {old}")
+    rng = np.random.default_rng([seed, 0x2E7])
+    out = {name: (np.array(k, np.float32), np.array(b, np.float32)) for name, (k, b) in weights.items()}
+    for i, name in enumerate(LAYER_NAMES[:-1]):
+        kernel, bias = out[name]
+        have, want = kernel.shape[3], widths[_STAGE_OF[i]]
+        if want == have:
+            continue
+        mapping = np.concatenate([np.arange(have), rng.integers(0, have, want - have)])
+        copies = np.bincount(mapping, minlength=have).astype(np.float32)
+        out[name] = (kernel[..., mapping], bias[mapping])
+        nxt = LAYER_NAMES[i + 1]
+        next_kernel, next_bias = out[nxt]
+        split = next_kernel[:, :, mapping, :] / copies[mapping][None, None, :, None]
+        if noise > 0:
+            split = split * (1.0 + noise * rng.standard_normal(split.shape)).astype(np.float32)
+        out[nxt] = (split.astype(np.float32), next_bias)
+    return out
 
 
 def dequantized_weights(model_path: Path) -> dict[str, tuple[FloatArray, FloatArray]]:

@@ -40,7 +40,7 @@ from inference.model_spec import (
     metadata_path_for,
 )
 from inference.scan import held_out
-from inference.training.base_weights import dequantized_weights, load_base_spec, widths_of
+from inference.training.base_weights import dequantized_weights, load_base_spec, widened, widths_of
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -97,6 +97,7 @@ class TrainOptions:
     # Continue training an int8 model whose float weights are gone (the shipped one): its weights
     # are dequantized (`base_weights`) and the network is trained with batch norm folded.
     continue_from: Path | None = None
+    widen_to: tuple[int, int, int, int] | None = None  # with continue_from: widen the network first
     hard_cells: int = 8
     project: float = 0.0  # share of training tiles that get a projected object (`projection`); 0: off
     project_objects: int = 3000  # rendered objects per projected class
@@ -362,7 +363,7 @@ def train(opts: TrainOptions) -> Path:
 
     widths = opts.widths
     if opts.continue_from is not None and continued is not None:
-        model, widths = _continued_model(opts.continue_from, continued, g)
+        model, widths = _continued_model(opts.continue_from, continued, g, widen_to=opts.widen_to, seed=opts.seed)
     else:
         model = build_model(g, widths)
     if opts.init_weights is not None:
@@ -443,7 +444,8 @@ def train(opts: TrainOptions) -> Path:
         **({"hard_examples": {**hard.summary, "share_of_tiles": opts.hard_share}} if hard is not None else {}),
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
         **({"continued_from": {"name": continued.name, "version": continued.version, "sha256": continued.sha256,
-                               "steps": continued.training.get("steps")}, "batch_norm": "folded"}
+                               "steps": continued.training.get("steps"),
+                               "widths": continued.training.get("widths")}, "batch_norm": "folded"}
            if continued is not None else {}),
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
@@ -456,12 +458,17 @@ def train(opts: TrainOptions) -> Path:
     return model_path
 
 
-def _continued_model(model_path: Path, spec: ModelSpec, g: Geometry) -> tuple[Any, tuple[int, int, int, int]]:
+def _continued_model(model_path: Path, spec: ModelSpec, g: Geometry, *, widen_to: tuple[int, int, int, int] | None,
+                     seed: int) -> tuple[Any, tuple[int, int, int, int]]:
     """The folded network of the int8 model ``model_path`` (metadata ``spec``) with its dequantized
-    weights, and its stage widths."""
+    weights, widened to ``widen_to`` first if given (`base_weights.widened`), and its stage widths."""
     from inference.training.model import build_folded_model, set_folded_weights
 
     weights = dequantized_weights(model_path)
+    if widen_to is not None and widen_to != widths_of(weights):
+        _log.info("widening %s from %s to %s (function-preserving)", spec.version,
+                  "/".join(map(str, widths_of(weights))), "/".join(map(str, widen_to)))
+        weights = widened(weights, widen_to, seed=seed)
     widths = widths_of(weights)
     model = build_folded_model(g, widths)
     set_folded_weights(model, weights)

@@ -26,7 +26,7 @@ from inference.package.loader import open_reviewer
 from inference.runtime import DEFAULT_MODEL_PATH
 from inference.scan import Scan, save_scan
 from inference.synthetic import generate_scan
-from inference.training.base_weights import LAYER_NAMES, dequantized_weights
+from inference.training.base_weights import LAYER_NAMES, dequantized_weights, widened, widths_of
 from inference.training.dataset import load_field_samples, projected_example
 from inference.training.geometry import WIDTHS, Geometry
 from inference.training.site import SiteOptions, fine_tune, replay_exclude
@@ -303,3 +303,41 @@ def test_fine_tuned_package_is_signed_and_reviews_on_the_gate(tmp_path: Path) ->
                 assert result.score == pytest.approx(expected.score, abs=1e-4)
 
     asyncio.run(on_the_gate())
+
+
+def _conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int, dilation: int) -> np.ndarray:
+    """A 'same' convolution (TensorFlow's padding) in numpy, for networks of a few pixels."""
+    kh, kw = kernel.shape[:2]
+    out_h, out_w = -(-x.shape[0] // stride), -(-x.shape[1] // stride)
+    pads = [max((o - 1) * stride + (k - 1) * dilation + 1 - n, 0) for o, k, n in
+            ((out_h, kh, x.shape[0]), (out_w, kw, x.shape[1]))]
+    xp = np.pad(x, ((pads[0] // 2, pads[0] - pads[0] // 2), (pads[1] // 2, pads[1] - pads[1] // 2), (0, 0)))
+    out = np.zeros((out_h, out_w, kernel.shape[3]), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[i * dilation:i * dilation + (out_h - 1) * stride + 1:stride,
+                       j * dilation:j * dilation + (out_w - 1) * stride + 1:stride]
+            out += patch @ kernel[i, j]
+    return out + bias
+
+
+def _folded_forward(weights: dict[str, tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    layout = (("c1", 2, 1), ("c2", 2, 1), ("c3", 1, 1), ("c4", 2, 1), ("c5", 1, 1), ("c6", 1, 2), ("c7", 1, 4))
+    for name, stride, dilation in layout:
+        x = np.clip(_conv(x, *weights[name], stride, dilation), 0.0, 6.0)
+    return _conv(x, *weights["head"], 1, 1)
+
+
+def test_a_widened_network_computes_what_the_shipped_one_does() -> None:
+    weights = dequantized_weights(DEFAULT_MODEL_PATH)
+    x = np.random.default_rng(4).uniform(0.0, 1.2, size=(40, 48, 2))
+    base = _folded_forward(weights, x)
+    wide = widened(weights, (48, 80, 112, 160), seed=1, noise=0.0)
+    assert widths_of(wide) == (48, 80, 112, 160)
+    assert wide["head"][0].shape == (1, 1, 160, weights["head"][0].shape[3])
+    np.testing.assert_allclose(_folded_forward(wide, x), base, rtol=1e-4, atol=1e-4)
+    # The default noise sets the copies apart and moves the logits by little.
+    noisy = _folded_forward(widened(weights, (48, 80, 112, 160), seed=1), x)
+    assert 0 < np.abs(noisy - base).max() < 0.05 * np.abs(base).max()
+    with pytest.raises(ValueError, match="no narrower"):
+        widened(weights, (16, 80, 112, 160), seed=1)

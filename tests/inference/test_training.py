@@ -104,6 +104,11 @@ def test_a_round_is_the_shipped_recipe_unless_told_otherwise(tmp_path: Path) -> 
     assert plain == TrainOptions()
     with pytest.raises(SystemExit, match="--round PREVIOUS already"):
         train_options(parser.parse_args(["train", "--round", str(prev), "--mine-from", str(prev)]))
+    wider = train_options(parser.parse_args(["train", "--round", str(prev), "--widen-to", "48,80,112,160"]))
+    assert wider.widen_to == (48, 80, 112, 160)
+    assert wider.continue_from == prev
+    with pytest.raises(SystemExit, match="widens a continued network"):
+        train_options(parser.parse_args(["train", "--widen-to", "48,80,112,160"]))
 
 
 def test_loo_table_lists_every_slice_and_test_set() -> None:
