@@ -92,7 +92,8 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     shipped = load_spec(metadata_path_for(DEFAULT_MODEL_PATH))
     training = load_spec(metadata_path_for(model)).training
     assert training["continued_from"] == {"name": shipped.name, "version": shipped.version,
-                                          "sha256": shipped.sha256, "steps": shipped.training["steps"]}
+                                          "sha256": shipped.sha256, "steps": shipped.training["steps"],
+                                          "widths": shipped.training["widths"]}
     assert training["batch_norm"] == "folded"
     assert training["widths"] == shipped.training["widths"]
     # Hard spots were mined from the six training scans with the shipped model.
