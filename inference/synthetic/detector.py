@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from inference.synthetic.world import World
 
-__all__ = ["digitize", "speed_profile"]
+__all__ = ["digitize", "noise_terms", "speed_profile"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -56,6 +56,11 @@ def _afterglow(signal: FloatArray, a: float) -> None:
         signal[:, c] = signal[:, c] * keep + signal[:, c - 1] * lag
 
 
+def noise_terms(world: World) -> tuple[np.float32, np.float32]:
+    """``(photon, read2)``: a pixel's noise variance is ``signal * photon + read2`` (counts^2)."""
+    return np.float32(world.quantum ** 2), np.float32((2.5 * world.electronic) ** 2)
+
+
 def digitize(trans: tuple[FloatArray, ...], world: World, rng: np.random.Generator,
              ) -> npt.NDArray[np.unsignedinteger[Any]]:
     """Transmission planes (output grid) -> detector counts ``(channels, rows, columns)``."""
@@ -67,8 +72,7 @@ def digitize(trans: tuple[FloatArray, ...], world: World, rng: np.random.Generat
     drift -= drift.mean()
     col_gain = (i0 * (1 + drift + rng.normal(0, 0.002, size=cols))).astype(np.float32)
     row_gain = (1 + rng.normal(0, max(world.row_gain_sigma, 1e-6), size=(channels, rows, 1))).astype(np.float32)
-    photon = np.float32(world.quantum ** 2)
-    read2 = np.float32((2.5 * world.electronic) ** 2)
+    photon, read2 = noise_terms(world)
     dark = np.float32(world.dark_fraction * full)
     dead = rng.choice(rows, size=min(world.dead_rows, rows), replace=False) if world.dead_rows else []
     stuck = rng.choice(rows, size=min(world.stuck_rows, rows), replace=False) if world.stuck_rows else []

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from inference.synthetic.canvas import LOW_HIGH_RATIO, MU_HIGH
 from inference.synthetic.world import World
 
-__all__ = ["ENERGIES", "Response", "attenuation", "response", "transmission"]
+__all__ = ["ENERGIES", "Response", "attenuation", "blur", "response", "transmission"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -66,12 +66,17 @@ def attenuation(t: FloatArray, mu: FloatArray) -> FloatArray:
     return np.asarray(att, dtype=np.float32)
 
 
+def blur(trans: FloatArray, world: World) -> FloatArray:
+    """The world's focal-spot and crosstalk blur of a transmission plane (output grid)."""
+    if world.blur_rows > 0.05 or world.blur_cols > 0.05:
+        return np.asarray(cv2.GaussianBlur(trans, (0, 0), sigmaX=max(world.blur_cols, 0.05),
+                                           sigmaY=max(world.blur_rows, 0.05)), dtype=np.float32)
+    return trans
+
+
 def transmission(att: FloatArray, world: World) -> FloatArray:
     """``exp(-att)`` with the world's blur and scatter applied (output grid)."""
-    trans: FloatArray = np.asarray(cv2.exp(-att), dtype=np.float32)
-    if world.blur_rows > 0.05 or world.blur_cols > 0.05:
-        trans = np.asarray(cv2.GaussianBlur(trans, (0, 0), sigmaX=max(world.blur_cols, 0.05),
-                                            sigmaY=max(world.blur_rows, 0.05)), dtype=np.float32)
+    trans = blur(np.asarray(cv2.exp(-att), dtype=np.float32), world)
     if world.scatter > 0:
         small = cv2.resize(trans, (max(trans.shape[1] // 8, 1), max(trans.shape[0] // 8, 1)),
                            interpolation=cv2.INTER_AREA)

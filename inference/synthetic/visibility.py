@@ -29,11 +29,12 @@ may still be hard to tell from the cargo around it, which is what the review is 
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from inference.conditioning import T_FLOOR
+from inference.synthetic.detector import noise_terms
+from inference.synthetic.physics import blur
 from inference.synthetic.world import World
 
 __all__ = ["DETECTABLE_DPRIME", "MARGIN_PX", "dprime"]
@@ -54,8 +55,7 @@ def dprime(att_with: list[FloatArray], att_object: list[FloatArray], world: Worl
     ``att_object``: per channel, the object's own share of it (same window).
     """
     i0 = world.air_fraction * _FULL
-    photon = world.quantum ** 2
-    read2 = (2.5 * world.electronic) ** 2
+    photon, read2 = noise_terms(world)
     quant2 = (256.0 ** 2 if world.bits == 8 else 1.0) / 12.0
     total = 0.0
     for a_with, a_obj in zip(att_with, att_object, strict=True):
@@ -70,8 +70,4 @@ def dprime(att_with: list[FloatArray], att_object: list[FloatArray], world: Worl
 
 def _transmission(att: FloatArray, world: World) -> FloatArray:
     """``max(exp(-att), T_FLOOR)`` with the world's blur (the broad scatter is a common offset)."""
-    t = np.exp(-np.maximum(att, 0.0)).astype(np.float32)
-    if world.blur_rows > 0.05 or world.blur_cols > 0.05:
-        t = np.asarray(cv2.GaussianBlur(t, (0, 0), sigmaX=max(world.blur_cols, 0.05),
-                                        sigmaY=max(world.blur_rows, 0.05)), dtype=np.float32)
-    return np.maximum(t, np.float32(T_FLOOR))
+    return np.maximum(blur(np.exp(-np.maximum(att, 0.0)).astype(np.float32), world), np.float32(T_FLOOR))
