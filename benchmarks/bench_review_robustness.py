@@ -25,10 +25,11 @@ tail lift           ... and a tail lift at the rear (platform, arms, cylinders, 
 
 Per column: false alarms on anomaly-free scans (an anomaly score at or above the suspect
 threshold, or verdict ``unavailable``), detection per class (the object's own region reaches
-the threshold, `inference.training.evaluate`), declared-empty accuracy, and how many scans the
-guard called unfamiliar (each counts as a miss or a false alarm). No threshold depends on the
-column and no scan is skipped. Targets (issue 13): every class >= 95 %, false alarms <= 2 %,
-declared empty >= 99 %.
+the threshold, `inference.training.evaluate`), declared-empty accuracy, the anomaly-free scans
+with an area the beam did not cross (`inference.opacity`: sent to an officer, reported apart from
+the model's false alarms), and how many scans the guard called unfamiliar (each counts as a
+miss or a false alarm). No threshold depends on the column and no scan is skipped. Targets
+(issue 13): every class >= 95 %, false alarms <= 2 %, declared empty >= 99 %.
 
     .venv/bin/python benchmarks/bench_review_robustness.py [--clean 100] [--per-class 50] [--empty 60]
         [--json out.json] [--check]
@@ -140,6 +141,7 @@ def run(reviewer: Reviewer, plan: list[tuple[int, str]]) -> dict[str, dict[str, 
         m = compute_metrics(recs, reviewer.suspect_threshold, reviewer.not_empty_threshold, labels)
         out[name] = {
             "false_alarm": m["false_alarm_scan_rate"],
+            "opaque": m["opacity"]["anomaly_free_opaque"],
             "detection": {lb: m["detection"][lb]["detection_rate"] for lb in labels},
             "declared_empty": m["declared_empty"]["accuracy"],
             "unavailable": sum(r.unavailable for r in recs),
@@ -158,6 +160,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
     lines.append("| false alarms % | " + " | ".join(pct(results[n]["false_alarm"]) for n in names) + " |")
+    lines.append("| clean, opaque area % | " + " | ".join(pct(results[n].get("opaque")) for n in names) + " |")
     for lb in labels:
         lines.append(f"| {lb} % | " + " | ".join(pct(results[n]["detection"][lb]) for n in names) + " |")
     lines.append("| declared empty % | " + " | ".join(pct(results[n]["declared_empty"]) for n in names) + " |")

@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["REASON_ERROR", "REASON_UNFAMILIAR", "VERDICTS", "ReviewRegion", "ReviewResult", "Verdict"]
+__all__ = ["OPAQUE_LABEL", "REASON_ERROR", "REASON_UNFAMILIAR", "VERDICTS", "ReviewRegion", "ReviewResult", "Verdict"]
 
 Verdict = Literal["clear", "suspect", "unavailable"]
 VERDICTS: tuple[str, ...] = ("clear", "suspect", "unavailable")
 REASON_UNFAMILIAR = "unfamiliar"
 REASON_ERROR = "error"
+OPAQUE_LABEL = "opaque"
+"""The label of a region the beam did not cross (`inference.opacity`)."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,11 @@ class ReviewResult:
 
     ``verdict`` ``suspect`` when an anomaly scores at or above the suspect threshold, or when the
     cargo is declared empty and ``not_empty_score`` reaches the not-empty threshold
-    (``declared_empty_violation``). ``unavailable`` (crash, hang, timeout, missing or corrupt
-    model, unreadable scan) carries ``error`` and no scores; it must never lead to release.
-    ``score`` is what the contract reports: the anomaly score, or the not-empty score when that
+    (``declared_empty_violation``), or when the scan has an area the beam did not cross of at
+    least the reviewer's ``opaque_area_m2`` (``opaque_m2`` is the total of such areas, each a
+    region labelled ``opaque``: `inference.opacity`). ``unavailable`` (crash, hang, timeout,
+    missing or corrupt model, unreadable scan) carries ``error`` and no scores; it must never lead
+    to release. ``score`` is what the contract reports: the anomaly score, or the not-empty score when that
     is what made a declared-empty scan suspect. ``extra["input"]`` holds the statistics of the
     model input (`inference.adaptation.envelope`) that drift monitoring compares with the model's
     envelope.
@@ -69,11 +73,17 @@ class ReviewResult:
     anomaly_score: float | None = None
     not_empty: bool | None = None
     declared_empty_violation: bool = False
+    opaque_m2: float = 0.0
     scan_id: str | None = None
     reason: str | None = None
     conditioning: dict[str, Any] = field(default_factory=dict, compare=False)
     envelope: dict[str, Any] = field(default_factory=dict, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def opaque(self) -> bool:
+        """The scan has an area the beam did not cross (regions labelled ``opaque``)."""
+        return self.opaque_m2 > 0.0
 
     @property
     def unfamiliar(self) -> bool:
@@ -112,6 +122,7 @@ class ReviewResult:
             "anomaly_score": None if self.anomaly_score is None else round(self.anomaly_score, 4),
             "not_empty": self.not_empty,
             "declared_empty_violation": self.declared_empty_violation,
+            "opaque_m2": self.opaque_m2,
             "regions": [r.as_dict() for r in self.regions],
             "latency_ms": round(self.latency_ms, 2),
             "model": self.model,
@@ -140,6 +151,7 @@ class ReviewResult:
             anomaly_score=None if raw.get("anomaly_score") is None else float(raw["anomaly_score"]),
             not_empty=raw.get("not_empty"),
             declared_empty_violation=bool(raw.get("declared_empty_violation", False)),
+            opaque_m2=float(raw.get("opaque_m2") or 0.0),
             scan_id=raw.get("scan_id"),
             extra={"input": dict(raw["input"])} if isinstance(raw.get("input"), dict) else {},
             reason=raw.get("reason"),

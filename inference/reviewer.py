@@ -13,12 +13,17 @@ the region threshold, kept when their peak reaches the suspect threshold, and ma
 scan pixel coordinates. The scan's not-empty score is the maximum of the cargo map after a small
 box filter, so a single spurious cell cannot call an empty box loaded.
 
+Besides the model, the review looks for areas the beam did not cross (`inference.opacity`): an
+opaque area of at least ``opaque_area_m2`` is a region labelled ``opaque`` and makes the scan
+``suspect``, since no model can call clear what the scanner could not show.
+
 `Reviewer` is not thread-safe and blocks for the duration of one review (tens of ms): the daemon
 uses it through `inference.worker.ReviewWorker`, which runs it in a separate process.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +37,9 @@ import numpy.typing as npt
 from inference.adaptation.envelope import input_statistics
 from inference.errors import InferenceError
 from inference.model_spec import ModelSpec
+from inference.opacity import DEFAULT_OPAQUE_AREA_M2, OpaqueArea, opaque_areas
 from inference.preprocess import PreparedScan, dequantize, prepare_quantized
-from inference.result import REASON_UNFAMILIAR, ReviewRegion, ReviewResult
+from inference.result import OPAQUE_LABEL, REASON_UNFAMILIAR, ReviewRegion, ReviewResult
 from inference.runtime import ModelInfo, TfliteModel
 from inference.scan import Scan
 
@@ -44,10 +50,12 @@ MAX_REGIONS = 16
 FloatArray = npt.NDArray[np.float32]
 
 
-def _check_thresholds(suspect: float | None, not_empty: float | None) -> None:
+def _check_thresholds(suspect: float | None, not_empty: float | None, opaque_area_m2: float | None = None) -> None:
     for name, value in (("suspect_threshold", suspect), ("not_empty_threshold", not_empty)):
         if value is not None and not 0.0 < value < 1.0:
             raise ValueError(f"{name} must be in (0, 1) (got {value})")
+    if opaque_area_m2 is not None and not 0.0 <= opaque_area_m2 <= 100.0:
+        raise ValueError(f"opaque_area_m2 must be in [0, 100] (got {opaque_area_m2})")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,11 @@ class ScanAnalysis:
     input_stats: dict[str, float] = field(default_factory=dict)
     """Statistics of the model input (`inference.adaptation.envelope`), for drift monitoring."""
     report: dict[str, Any] = field(default_factory=dict)
+    opaque: tuple[OpaqueArea, ...] = ()
+    """Opaque areas of at least the reviewer's ``opaque_area_m2``, on the model grid."""
+    scale_x: float = 1.0
+    scale_y: float = 1.0
+    """Scan pixels per model pixel (to map ``opaque`` back to the scan)."""
 
     @property
     def anomaly(self) -> FloatArray:
@@ -100,18 +113,22 @@ class Reviewer:
         *,
         suspect_threshold: float | None = None,
         not_empty_threshold: float | None = None,
+        opaque_area_m2: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        _check_thresholds(suspect_threshold, not_empty_threshold)
+        _check_thresholds(suspect_threshold, not_empty_threshold, opaque_area_m2)
         self._model = TfliteModel(model_path, num_threads, preserve_all_tensors=self.preserve_all_tensors)
         self.spec: ModelSpec = self._model.spec
         self._clock = clock
-        self.set_thresholds(suspect_threshold, not_empty_threshold)
+        self.set_thresholds(suspect_threshold, not_empty_threshold, opaque_area_m2)
 
     def set_thresholds(self, suspect_threshold: float | None = None, not_empty_threshold: float | None = None,
-                       ) -> None:
-        """Override the metadata's thresholds (None = metadata), e.g. after a config reload."""
-        _check_thresholds(suspect_threshold, not_empty_threshold)
+                       opaque_area_m2: float | None = None) -> None:
+        """Override the metadata's thresholds (None = metadata), e.g. after a config reload, and
+        the smallest opaque area that makes a scan suspect (None = `DEFAULT_OPAQUE_AREA_M2`,
+        0 = no opacity test)."""
+        _check_thresholds(suspect_threshold, not_empty_threshold, opaque_area_m2)
+        self.opaque_area_m2 = DEFAULT_OPAQUE_AREA_M2 if opaque_area_m2 is None else opaque_area_m2
         spec = self.spec
         self.suspect_threshold = suspect_threshold if suspect_threshold is not None else spec.thresholds.suspect
         self.not_empty_threshold = (not_empty_threshold if not_empty_threshold is not None
@@ -177,6 +194,9 @@ class Reviewer:
         if out_dtype.kind == "f" and not np.isfinite(probs).all():
             raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         return ScanAnalysis(
+            opaque=tuple(self._opaque(prepared)),
+            scale_x=prepared.scale_x,
+            scale_y=prepared.scale_y,
             probs=np.ascontiguousarray(probs),
             labels=tuple(spec.labels),
             cell_w=stride * prepared.scale_x,
@@ -188,6 +208,27 @@ class Reviewer:
             input_stats=input_statistics(prepared.data, prepared.width, spec.input),
             report=prepared.report,
         )
+
+    def _opaque(self, prepared: PreparedScan) -> list[OpaqueArea]:
+        spec = self.spec
+        if self.opaque_area_m2 <= 0 or "high" not in spec.input.channels:
+            return []
+        c = spec.input.channels.index("high")
+        high = dequantize(prepared.data[:, :prepared.width, c], spec.input.quantization)
+        high *= np.float32(spec.normalization.scale[c])
+        return opaque_areas(high, spec.input.column_mm, self.opaque_area_m2)
+
+    def opaque_regions(self, analysis: ScanAnalysis) -> list[ReviewRegion]:
+        """The analysis' opaque areas as regions in scan pixels; the score is 1 (the beam did
+        not cross: a fact of the scan, not a probability)."""
+        out = []
+        for a in analysis.opaque:
+            px0, py0 = int(a.x * analysis.scale_x), int(a.y * analysis.scale_y)
+            px1 = min(math.ceil((a.x + a.w) * analysis.scale_x), analysis.scan_columns)
+            py1 = min(math.ceil((a.y + a.h) * analysis.scale_y), analysis.scan_rows)
+            out.append(ReviewRegion(x=px0, y=py0, w=max(1, px1 - px0), h=max(1, py1 - py0), score=1.0,
+                                    label=OPAQUE_LABEL))
+        return out
 
     def not_empty_map(self, analysis: ScanAnalysis) -> FloatArray:
         k = self.spec.thresholds.not_empty_pool
@@ -291,13 +332,15 @@ class Reviewer:
         not_empty = not_empty_score >= self.not_empty_threshold
         decl = declared if declared is not None else scan.declared
         violation = decl is not None and decl.strip().lower() == "empty" and not_empty
-        suspect = anomaly_score >= self.suspect_threshold or violation
+        opaque = self.opaque_regions(analysis)
+        suspect = anomaly_score >= self.suspect_threshold or violation or bool(opaque)
         score = anomaly_score
         if violation:
             score = max(anomaly_score, not_empty_score)
             ys, xs = np.nonzero(cargo >= self.not_empty_threshold)
             px, py, pw, ph = self._box(analysis, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             regions.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=not_empty_score, label="not_empty"))
+        regions.extend(opaque)
         return ReviewResult(
             verdict="suspect" if suspect else "clear",
             score=score,
@@ -309,6 +352,7 @@ class Reviewer:
             anomaly_score=anomaly_score,
             not_empty=not_empty,
             declared_empty_violation=violation,
+            opaque_m2=round(sum(a.area_m2 for a in analysis.opaque), 3),
             scan_id=scan.scan_id,
             conditioning=conditioning,
             envelope=signals,

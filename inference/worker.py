@@ -16,7 +16,7 @@ answer ``unavailable`` at once instead of spawning a process per scan.
 
 The daemon owns the lifetime: ``await worker.start()`` at startup, ``await worker.close()`` at
 shutdown; ``async with ReviewWorker(...)`` does both. ``suspect_threshold``,
-``not_empty_threshold`` and ``timeout_s`` may be reassigned at any time (config reload): the
+``not_empty_threshold``, ``opaque_area_m2`` and ``timeout_s`` may be reassigned at any time (config reload): the
 thresholds travel with every request, the timeout applies to the next call.
 
 With ``trusted_keys`` (the gate's ``inference.trusted_keys``) a model package is loaded only when
@@ -67,6 +67,7 @@ class ReviewWorker:
         *,
         suspect_threshold: float | None = None,
         not_empty_threshold: float | None = None,
+        opaque_area_m2: float | None = None,
         start_timeout_s: float = 60.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 30.0,
@@ -84,6 +85,7 @@ class ReviewWorker:
         self.start_timeout_s = start_timeout_s
         self.suspect_threshold = suspect_threshold
         self.not_empty_threshold = not_empty_threshold
+        self.opaque_area_m2 = opaque_area_m2
         self._backoff_initial = backoff_initial_s
         self._backoff_max = backoff_max_s
         self._clock = clock
@@ -199,6 +201,7 @@ class ReviewWorker:
             "type": "review", "id": self._next_id, "declared": declared, "payload_bytes": len(payload),
             # Sent with every request so that a config reload applies to the very next review.
             "suspect_threshold": self.suspect_threshold, "not_empty_threshold": self.not_empty_threshold,
+            "opaque_area_m2": self.opaque_area_m2,
             "scan": {"scan_id": scan.scan_id, "bits": scan.bits, "pixel_mm": scan.pixel_mm,
                      "declared": scan.declared, "shape": list(scan.pixels.shape), "meta": _json_safe(scan.meta)},
         }
@@ -406,7 +409,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
             pixels = np.frombuffer(payload, dtype=dtype).reshape(s["shape"]).astype(dtype.newbyteorder("="))
             scan = Scan(pixels=pixels, scan_id=s["scan_id"], bits=s["bits"], pixel_mm=s["pixel_mm"],
                         declared=s.get("declared"), meta=s.get("meta") or {})
-            reviewer.set_thresholds(req.get("suspect_threshold"), req.get("not_empty_threshold"))
+            reviewer.set_thresholds(req.get("suspect_threshold"), req.get("not_empty_threshold"),
+                                    req.get("opaque_area_m2"))
             result = reviewer.review(scan, declared=req.get("declared"))
         except (SmartGateError, ValueError) as err:
             info = reviewer.model_info

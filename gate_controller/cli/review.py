@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
                         help="write a false-colour JPEG preview per scan into DIR")
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     parser.add_argument("--declared", default=None, help="declared cargo, overrides the scan's (e.g. empty)")
+    parser.add_argument("--opaque-area", type=float, default=None, metavar="M2",
+                        help="smallest area the beam did not cross that makes a scan suspect, as the gate's "
+                        "policy.opaque_area_m2 (default 0.5; 0 turns the test off)")
     parser.set_defaults(func=_review)
 
 
@@ -68,6 +71,7 @@ def _review(args: argparse.Namespace) -> int:
 
     try:
         reviewer = open_reviewer(args.model, num_threads=args.threads)
+        reviewer.set_thresholds(opaque_area_m2=args.opaque_area)
     except (ModelError, ValueError) as err:
         print(f"smartgate review: {err}", file=sys.stderr)
         return EX_MODEL
@@ -90,6 +94,7 @@ def _review(args: argparse.Namespace) -> int:
                 "score": None if result.score is None else round(result.score, 4),
                 "not_empty_score": None if result.not_empty_score is None else round(result.not_empty_score, 4),
                 "regions": [r.as_dict() for r in result.regions],
+                "opaque_m2": result.opaque_m2,
                 "latency_ms": round(result.latency_ms, 2),
             }
             if result.error is not None:

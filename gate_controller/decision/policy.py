@@ -35,6 +35,7 @@ from pydantic_core import PydanticCustomError
 
 from gate_controller.decision.identity import ContainerIdentity, IdentityReason, IdentitySettings, is_valid_number
 from gate_controller.decision.notices import Notice
+from inference.opacity import DEFAULT_OPAQUE_AREA_M2
 
 __all__ = [
     "ACTION_SEVERITY",
@@ -120,6 +121,14 @@ class PolicyConfig(BaseModel):
     """Scan score at or above which the scan is suspect; null uses the model's verdict (its metadata)."""
     not_empty_threshold: Threshold | None = None
     """Cargo score at or above which a declared-empty container is not empty; null: model metadata."""
+    opaque_area_m2: Annotated[float, Field(ge=0.0, le=100.0)] = DEFAULT_OPAQUE_AREA_M2
+    """Smallest area of the scan the beam did not cross (m2) that makes the scan suspect
+    (`inference.opacity`); 0 turns the test off. Such a scan is ``SCAN_SUSPECT`` with a region
+    labelled ``opaque``."""
+    opaque_action: Literal["inspect", "manual"] = "manual"
+    """What a scan suspect only for an opaque area leads to: an officer reads the image with the
+    declaration (``manual``, the default: a dense liquid declared as such is released by hand),
+    or the inspection bay (``inspect``). A scan the model also finds suspect follows ``actions``."""
     require_scan: bool = True
     """Scanner lanes need a complete, clear scan for release. Stated for the reader of a site file;
     it cannot be false (a lane whose scanner is out of service is configured as a lane without one,
@@ -178,6 +187,11 @@ class ScanFacts:
     """The model's own not-empty threshold (its metadata); ``policy.not_empty_threshold`` overrides."""
     unfamiliar: bool = False
     """The review found the scan outside its training envelope (verdict ``unavailable``)."""
+    opaque: bool = False
+    """The scan has an area the beam did not cross, of at least ``policy.opaque_area_m2``."""
+    opaque_only: bool = False
+    """The verdict is ``suspect`` for that area alone (no region of the model's, no declared-empty
+    violation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +293,7 @@ def decide(inputs: DecisionInputs, config: PolicyConfig) -> Decision:
     if all_released:
         reasons.add("ALL_RELEASED")
 
+    opaque_only = False
     if inputs.lane_has_scanner:
         if scan is None:
             reasons.add("NO_SCAN")
@@ -288,8 +303,11 @@ def decide(inputs: DecisionInputs, config: PolicyConfig) -> Decision:
             verdict: str = scan.verdict
             if verdict not in _VERDICTS:
                 verdict = "unavailable"  # an unknown verdict is no verdict
+            opaque_only = verdict == "suspect" and scan.opaque and scan.opaque_only
             if verdict != "unavailable" and config.suspect_threshold is not None and scan.anomaly_score is not None:
-                verdict = "suspect" if scan.anomaly_score >= config.suspect_threshold else "clear"
+                model_suspect = scan.anomaly_score >= config.suspect_threshold
+                verdict = "suspect" if model_suspect or scan.opaque else "clear"
+                opaque_only = scan.opaque and not model_suspect
             if verdict == "unavailable":
                 reasons.add("INFERENCE_UNAVAILABLE")
             elif verdict == "suspect":
@@ -310,6 +328,12 @@ def decide(inputs: DecisionInputs, config: PolicyConfig) -> Decision:
         action = max((config.action_for(r) for r in blocking), key=ACTION_SEVERITY.__getitem__)
         if scan is not None and scan.unfamiliar and "INFERENCE_UNAVAILABLE" in reasons:
             return Decision(action="manual", reasons=ordered, extra={"review": "unfamiliar"})
+        if opaque_only:
+            # The scan is suspect only because the beam did not cross part of it: that reason
+            # takes the opacity action; every other blocking reason keeps its own.
+            others = [config.action_for(r) for r in blocking if r != "SCAN_SUSPECT"]
+            action = max([config.opaque_action, *others], key=ACTION_SEVERITY.__getitem__)
+            return Decision(action=action, reasons=ordered, extra={"review": "opaque"})
         return Decision(action=action, reasons=ordered)
     # Defence in depth: the code above cannot get here without every precondition, but a release
     # is re-derived from the positive reasons alone before it is returned.

@@ -8,6 +8,10 @@ stay inside [0, 1] and behave at 0 of n, where the normal approximation claims c
 lane meets the bar for ``live`` only when the *pessimistic* ends do: the upper bound of the
 false-alarm rate at most ``max_false_alarm`` and the lower bound of detection at least
 ``min_detection``, with at least ``min_clean`` and ``min_anomalies`` confirmed scans.
+
+The report judges the model. A scan the review called suspect only for an area the beam did not
+cross (every region labelled ``opaque``, `inference.opacity`) is the scanner's limit, not the
+model's judgement: it is counted apart (``opaque``), neither a false alarm nor a detection.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gate_controller.config.schema import LiveBarConfig
+from inference.result import OPAQUE_LABEL
 
 __all__ = ["LaneReport", "Rate", "load_verdict_samples", "shadow_report", "wilson"]
 
@@ -63,6 +68,7 @@ class VerdictSample:
     labels: tuple[str, ...]
     model: str | None
     version: str | None
+    opaque_only: bool = False  # suspect only for areas the beam did not cross
 
 
 @dataclass
@@ -74,6 +80,7 @@ class LaneReport:
     detected: int = 0
     unavailable: int = 0
     unreviewed: int = 0
+    opaque: int = 0
     per_label: dict[str, list[int]] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)
 
@@ -86,7 +93,8 @@ class LaneReport:
         if s.verdict == "unavailable":
             self.unavailable += 1
             return
-        suspect = s.verdict == "suspect"
+        suspect = s.verdict == "suspect" and not s.opaque_only
+        self.opaque += s.opaque_only
         if s.finding == "clean":
             self.clean += 1
             self.false_alarms += suspect
@@ -117,6 +125,7 @@ class LaneReport:
             "anomalies": self.anomalies,
             "unavailable": self.unavailable,
             "unreviewed": self.unreviewed,
+            "opaque": self.opaque,
             "false_alarm": fa.as_dict(),
             "detection": det.as_dict(),
             "detection_by_label": {k: Rate(v[0], v[1]).as_dict() for k, v in sorted(self.per_label.items())},
@@ -132,6 +141,7 @@ def _sample(raw: Mapping[str, Any]) -> VerdictSample | None:
         return None
     record = raw.get("transaction")
     lane = verdict = model = version = None
+    opaque_only = False
     if isinstance(record, Mapping):
         lane = record.get("lane") if isinstance(record.get("lane"), str) else None
         scan = record.get("scan")
@@ -140,9 +150,12 @@ def _sample(raw: Mapping[str, Any]) -> VerdictSample | None:
             verdict = inference.get("verdict") if inference.get("verdict") in ("clear", "suspect",
                                                                                 "unavailable") else None
             model, version = inference.get("model"), inference.get("version")
+            regions = inference.get("regions")
+            found = [r.get("label") for r in regions if isinstance(r, Mapping)] if isinstance(regions, list) else []
+            opaque_only = verdict == "suspect" and bool(found) and all(x == OPAQUE_LABEL for x in found)
     labels = tuple(str(x) for x in raw.get("labels") or () if isinstance(x, str))
     return VerdictSample(lane=lane, finding="clean" if finding == "clean" else "anomaly", verdict=verdict,
-                         labels=labels, model=model, version=version)
+                         labels=labels, model=model, version=version, opaque_only=opaque_only)
 
 
 def load_verdict_samples(samples_dir: Path) -> list[VerdictSample]:

@@ -162,7 +162,7 @@ class GateDaemon:
         reviewer = ReviewWorker(
             store.active_path() or fallback_model, config.inference.threads, config.inference.timeout_s,
             suspect_threshold=policy.suspect_threshold, not_empty_threshold=policy.not_empty_threshold,
-            trusted_keys=keys,
+            opaque_area_m2=policy.opaque_area_m2, trusted_keys=keys,
         )
         self.reviewer = reviewer
         self.models = ModelManager(
@@ -566,6 +566,7 @@ class GateDaemon:
             self.models.canary = new.inference.canary
         self.reviewer.suspect_threshold = new.policy.suspect_threshold
         self.reviewer.not_empty_threshold = new.policy.not_empty_threshold
+        self.reviewer.opaque_area_m2 = new.policy.opaque_area_m2
         self.reviewer.timeout_s = new.inference.timeout_s
         configure_logging(new.logging.level, new.logging.format)
         self.config = new

@@ -157,7 +157,9 @@ class AdaptedReviewer(Reviewer):
                                 cell_w=stride * prepared.scale_x, cell_h=stride * prepared.scale_y,
                                 scan_rows=scan.rows, scan_columns=scan.columns, invoke_ms=invoke_s * 1000.0,
                                 tiles=len(tiles), input_stats=input_statistics(prepared.data, prepared.width,
-                                                                                spec.input))
+                                                                                spec.input),
+                                opaque=tuple(self._opaque(prepared)), scale_x=prepared.scale_x,
+                                scale_y=prepared.scale_y)
         return analysis, np.ascontiguousarray(dist[:, :valid])
 
     def cell_scores(self, analysis: ScanAnalysis, dist: FloatArray) -> FloatArray:
@@ -177,17 +179,19 @@ class AdaptedReviewer(Reviewer):
         not_empty = not_empty_score >= self.not_empty_threshold
         decl = declared if declared is not None else scan.declared
         violation = decl is not None and decl.strip().lower() == "empty" and not_empty
-        suspect = anomaly_score >= self.suspect_threshold or violation
+        opaque = self.opaque_regions(analysis)
+        suspect = anomaly_score >= self.suspect_threshold or violation or bool(opaque)
         result_score = max(anomaly_score, not_empty_score) if violation else anomaly_score
         if violation:
             ys, xs = np.nonzero(cargo >= self.not_empty_threshold)
             px, py, pw, ph = self._box(analysis, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             regions.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=not_empty_score, label="not_empty"))
+        regions.extend(opaque)
         info = self.model_info
         return ReviewResult(
             verdict="suspect" if suspect else "clear", score=result_score, not_empty_score=not_empty_score,
             regions=tuple(regions), latency_ms=(self._clock() - t0) * 1000.0, model=info.name, version=info.version,
             anomaly_score=anomaly_score, not_empty=not_empty, declared_empty_violation=violation,
-            scan_id=scan.scan_id,
+            opaque_m2=round(sum(a.area_m2 for a in analysis.opaque), 3), scan_id=scan.scan_id,
             extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles, "input": analysis.input_stats,
                    "max_distance": round(float(dist.max()) if dist.size else 0.0, 3)})

@@ -118,6 +118,7 @@ def _by_world(records: list[Any], suspect: float, not_empty: float, labels: Sequ
                 "scans": len(subset),
                 "detection": {lb: m["detection"][lb]["detection_rate"] for lb in labels},
                 "false_alarm": m["false_alarm_scan_rate"],
+                "opaque": m["opacity"]["anomaly_free_opaque"],
                 "declared_empty": m["declared_empty"]["accuracy"],
                 "unavailable": m["unavailable_rate"],
             }

@@ -75,6 +75,7 @@ class ScanRecord:
     signals: dict[str, float] = field(default_factory=dict)
     flagged_curve: list[float] = field(default_factory=list)  # flagged share at t = 0.02, 0.04, ... 0.98
     unseen: list[str] = field(default_factory=list)  # classes of objects the scanner could not show
+    opaque_m2: float = 0.0  # area the beam did not cross, in areas of at least the reviewer's opaque_area_m2
 
     @property
     def anomaly_free(self) -> bool:
@@ -121,7 +122,8 @@ def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]]
         not_empty_truth=not_empty_truth, has_anomaly=has_anomaly, objects=objects,
         false_region_scores=false_scores, latency_ms=latency, invoke_ms=analysis.invoke_ms,
         unavailable=reason is not None, reason=reason, signals=signals, flagged_curve=curve,
-        unseen=[str(u["label"]) for u in scan.meta.get("synthetic", {}).get("unseen", [])])
+        unseen=[str(u["label"]) for u in scan.meta.get("synthetic", {}).get("unseen", [])],
+        opaque_m2=round(sum(a.area_m2 for a in analysis.opaque), 3))
 
 
 CURVE_THRESHOLDS = tuple(k / 50 for k in range(1, 50))
@@ -262,8 +264,25 @@ def compute_metrics(records: Sequence[ScanRecord], suspect: float, not_empty: fl
         "false_regions_per_clean_scan": round(float(np.mean([
             sum(s >= suspect for s in r.false_region_scores) for r in negatives])), 4) if negatives else None,
         "declared_empty": declared_empty_metrics(records, not_empty),
+        "opacity": opacity_metrics(records, suspect),
         "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
                        "p95": round(float(np.percentile(latencies, 95)), 2)},
+    }
+
+
+def opacity_metrics(records: Sequence[ScanRecord], suspect: float) -> dict[str, Any]:
+    """What the opacity test adds (`inference.opacity`), apart from the model's figures: the share
+    of anomaly-free scans it sends to an officer, the same scans' false alarms counted with it,
+    and how many scans holding an object the scanner could not show it catches."""
+    negatives = [r for r in records if r.anomaly_free]
+    hidden = [r for r in records if r.unseen]
+    return {
+        "anomaly_free_opaque": round(float(np.mean([r.opaque_m2 > 0 for r in negatives])), 4) if negatives else None,
+        "false_alarm_with_opacity": round(float(np.mean([
+            r.anomaly_score >= suspect or r.unavailable or r.opaque_m2 > 0 for r in negatives])), 4)
+        if negatives else None,
+        "unseen_scans": len(hidden),
+        "unseen_scans_opaque": sum(r.opaque_m2 > 0 for r in hidden),
     }
 
 

@@ -58,9 +58,17 @@ def test_review_lines_json_and_previews(scans: Path, tmp_path: Path, capsys: pyt
     previews = tmp_path / "previews"
     assert main(["review", "--json", "--preview", str(previews), *files]) == 0
     objs = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert [o["verdict"] for o in objs] == ["suspect", "clear", "clear"]
+    # The third is a load of steel coils seen along their width: the model calls it clean, but
+    # the beam did not cross the coils, so it is suspect for opaque areas alone.
+    assert [o["verdict"] for o in objs] == ["suspect", "clear", "suspect"]
+    assert objs[2]["opaque_m2"] > 1.0
+    assert {r["label"] for r in objs[2]["regions"]} == {"opaque"}
+    assert main(["review", "--json", "--opaque-area", "0", files[2]]) == 0
+    unchecked = json.loads(capsys.readouterr().out)
+    assert (unchecked["verdict"], unchecked["opaque_m2"], unchecked["regions"]) == ("clear", 0.0, [])
     for obj, path in zip(objs, files, strict=True):
-        assert set(obj) == {"file", "scan_id", "verdict", "score", "not_empty_score", "regions", "latency_ms"}
+        assert set(obj) == {"file", "scan_id", "verdict", "score", "not_empty_score", "regions", "opaque_m2",
+                            "latency_ms"}
         assert obj["file"] == path
         assert 0 <= obj["score"] <= 1
         assert 0 <= obj["not_empty_score"] <= 1

@@ -79,9 +79,14 @@ def test_random_scans_statistics(reviewer: Reviewer) -> None:
             visible[label] += 1
             ranked[label] += _object_score(reviewer, syn.scan, truth) >= 0.5
     assert all(ranked[lb] >= 0.75 * visible[lb] and visible[lb] >= 12 for lb in ANOMALY_CLASSES), (ranked, visible)
-    false_alarms = sum(reviewer.review(generate_scenario(seed, "clean").scan).verdict == "suspect"
-                       for seed in range(500, 540))
+    clean = [generate_scenario(seed, "clean") for seed in range(500, 540)]
+    results = [reviewer.review(syn.scan) for syn in clean]
+    # The model's false alarms; scans suspect only for an area the beam did not cross (steel
+    # coils seen along their width) are the opacity test's, checked below.
+    false_alarms = sum(any(g.label != "opaque" for g in r.regions) for r in results)
     assert false_alarms <= 3, false_alarms
+    opaque = {syn.cargo for syn, r in zip(clean, results, strict=True) if r.opaque}
+    assert opaque <= {"coils"}, opaque
 
 
 @pytest.mark.parametrize(("seed", "cargo"), KNOWN_CLEAN)
@@ -270,3 +275,44 @@ def test_random_worlds_small_sample(reviewer: Reviewer) -> None:
     alarms = sum(reviewer.review(generate_scenario(seed, "clean", world="random").scan).verdict != "clear"
                  for seed in range(640, 680))
     assert alarms <= 3, alarms
+
+
+def _with_opaque_block(scan: Scan, width_m: float, height_m: float) -> tuple[Scan, tuple[int, int, int, int]]:
+    """The scan with a block of the cargo at the detector's dark level (the beam did not cross
+    it), centred in the scan; and the block as ``(x, y, w, h)`` in scan pixels."""
+    pixels = scan.pixels.copy()
+    row_mm = float(scan.meta["row_mm"])
+    w, h = round(width_m * 1000 / scan.pixel_mm), round(height_m * 1000 / row_mm)
+    x, y = scan.columns // 2 - w // 2, scan.rows // 2 - h // 2
+    pixels[:, y:y + h, x:x + w] = 0
+    return scan_with(scan, pixels=pixels), (x, y, w, h)
+
+
+def test_an_area_the_beam_did_not_cross_is_an_opaque_region(shipped_model: Any) -> None:
+    """No model can call clear what the scanner could not show: a clean load with 1 m2 at the dark
+    level is suspect with an ``opaque`` region on that area, in both bit depths; a smaller area
+    than ``opaque_area_m2`` is not, and 0 turns the test off."""
+    reviewer = Reviewer(shipped_model)
+    clean = synthetic(311, cargo="cartons").scan
+    assert reviewer.review(clean).verdict == "clear"
+    scan, block = _with_opaque_block(clean, 1.0, 1.0)
+    for variant in (scan, to_8bit(scan)):
+        result = reviewer.review(variant)
+        assert result.verdict == "suspect"
+        assert result.opaque
+        assert 0.7 <= result.opaque_m2 <= 1.3, result.opaque_m2
+        opaque = [r for r in result.regions if r.label == "opaque"]
+        assert len(opaque) == 1
+        assert overlaps((opaque[0].x, opaque[0].y, opaque[0].w, opaque[0].h), block)
+        assert opaque[0].w == pytest.approx(block[2], abs=8)
+        assert ReviewResult.from_dict(result.as_dict()).opaque_m2 == result.opaque_m2
+        assert {"label": "opaque"}.items() <= result.to_contract()["regions"][-1].items()
+    small, _ = _with_opaque_block(clean, 0.5, 0.5)
+    assert not reviewer.review(small).opaque
+    reviewer.set_thresholds(opaque_area_m2=0.2)
+    assert reviewer.review(small).opaque
+    off = Reviewer(shipped_model, opaque_area_m2=0.0)
+    unflagged = off.review(scan)
+    assert (unflagged.verdict, unflagged.opaque_m2) == ("clear", 0.0)
+    with pytest.raises(ValueError, match="opaque_area_m2"):
+        reviewer.set_thresholds(opaque_area_m2=-1.0)

@@ -209,6 +209,20 @@ def test_unseen_objects_reach_the_records_from_the_scans_ground_truth() -> None:
                      has_anomaly=False)
     assert rec.unseen == ["dense_object"]
     assert not rec.anomaly_free
+    # What hides it is the tank's liquid beyond the beam's reach: the opacity test stops the scan.
+    assert rec.opaque_m2 > 5.0
+
+
+def test_opacity_figures_are_reported_apart_from_the_models() -> None:
+    clean = [_rec(s, False) for s in np.linspace(0.0, 0.5, 10)]
+    clean[0].opaque_m2 = 3.0  # a full tank of dense liquid, nothing in it
+    hidden = _rec(0.1, False)
+    hidden.unseen = ["weapon"]
+    hidden.opaque_m2 = 12.0
+    m = compute_metrics([*clean, hidden], 0.45, 0.5, ["weapon"])
+    assert m["false_alarm_scan_rate"] == 0.1  # the model's own: the one clean scan at 0.5
+    assert m["opacity"] == {"anomaly_free_opaque": 0.1, "false_alarm_with_opacity": 0.2, "unseen_scans": 1,
+                            "unseen_scans_opaque": 1}
 
 
 def test_detection_split_by_hiding_place() -> None:

@@ -178,6 +178,11 @@ def test_bad_scan_is_unavailable_and_worker_keeps_running() -> None:
             assert "suspect_threshold" in (refused.error or "")
             worker.suspect_threshold = None
             assert (await worker.review(good)).verdict == ok.verdict
+            worker.opaque_area_m2 = 500.0  # the opacity setting travels the same way
+            refused = await worker.review(good)
+            assert refused.verdict == "unavailable"
+            assert "opaque_area_m2" in (refused.error or "")
+            worker.opaque_area_m2 = None
             assert worker.pid == pid
 
     asyncio.run(run())

@@ -254,7 +254,7 @@ def _holds(passage: DecisionInputs, config: PolicyConfig) -> bool:
             return False
         verdict = scan.verdict
         if verdict != "unavailable" and config.suspect_threshold is not None and scan.anomaly_score is not None:
-            verdict = "suspect" if scan.anomaly_score >= config.suspect_threshold else "clear"
+            verdict = "suspect" if scan.anomaly_score >= config.suspect_threshold or scan.opaque else "clear"
         if verdict != "clear":
             return False
     return not passage.plc_fault
@@ -283,7 +283,8 @@ container_facts = st.builds(ContainerFacts, identity=identities, notice=notices,
 scans = st.none() | st.builds(ScanFacts, complete=st.booleans(),
                               verdict=st.sampled_from(["clear", "suspect", "unavailable", "bogus"]),
                               anomaly_score=maybe_unit, not_empty_score=maybe_unit,
-                              not_empty_threshold=st.none() | st.floats(0.01, 0.99))
+                              not_empty_threshold=st.none() | st.floats(0.01, 0.99),
+                              opaque=st.booleans(), opaque_only=st.booleans())
 passages = st.builds(
     DecisionInputs, containers=st.lists(container_facts, max_size=3).map(tuple), scan=scans,
     lane_has_scanner=st.booleans(), plc_fault=st.booleans(), max_containers=st.none() | st.integers(1, 2),
@@ -293,6 +294,7 @@ configs = st.builds(
     PolicyConfig,
     actions=st.dictionaries(st.sampled_from(BLOCKING_REASONS), st.sampled_from(["inspect", "hold", "manual"])),
     suspect_threshold=st.none() | st.floats(0.01, 0.99), not_empty_threshold=st.none() | st.floats(0.01, 0.99),
+    opaque_action=st.sampled_from(["inspect", "manual"]),
 )
 
 
@@ -313,7 +315,13 @@ def test_release_if_and_only_if_every_precondition_holds(passage: DecisionInputs
         assert decision.reasons == expected
     else:
         assert blocking
-        worst = max((config.action_for(r) for r in blocking), key=ACTION_SEVERITY.__getitem__)  # type: ignore[arg-type]
+        actions = [config.action_for(r) for r in blocking]  # type: ignore[arg-type]
+        if decision.extra == {"review": "opaque"}:  # suspect for an opaque area alone
+            assert passage.scan is not None
+            assert passage.scan.opaque
+            actions = [config.opaque_action] + [config.action_for(r) for r in blocking  # type: ignore[arg-type]
+                                                if r != "SCAN_SUSPECT"]
+        worst = max(actions, key=ACTION_SEVERITY.__getitem__)
         assert decision.action == worst
 
 
@@ -342,3 +350,55 @@ def test_an_unfamiliar_scan_is_manual_whatever_the_action_map_says() -> None:
     # Any other unavailable review follows the configured action.
     failed = replace(CLEAR, verdict="unavailable", anomaly_score=None)
     assert decide(inputs(scan=failed), PolicyConfig(actions={"INFERENCE_UNAVAILABLE": "inspect"})).action == "inspect"
+
+
+def test_a_scan_suspect_only_for_an_opaque_area_goes_to_an_officer() -> None:
+    """An area the beam did not cross is SCAN_SUSPECT, never release, and by default manual: an
+    officer reads the image with the declaration. The model's own suspicion keeps its action."""
+    opaque = replace(CLEAR, verdict="suspect", opaque=True, opaque_only=True)
+    decision = decide(inputs(scan=opaque), PolicyConfig())
+    assert (decision.action, decision.reasons, decision.extra) == (
+        "manual", ("ALL_RELEASED", "SCAN_SUSPECT"), {"review": "opaque"})
+    assert decide(inputs(scan=opaque), PolicyConfig(opaque_action="inspect")).action == "inspect"
+    # Other reasons keep theirs; the most severe wins.
+    held = inputs(facts(A, released(A, status="hold")), scan=opaque)
+    assert decide(held, PolicyConfig(opaque_action="inspect")).action == "inspect"
+    assert decide(held, PolicyConfig(actions={"ON_HOLD": "manual"}, opaque_action="inspect")).action == "manual"
+    # Suspect for the model too: the SCAN_SUSPECT action (inspect), not the opacity's.
+    both = replace(opaque, opaque_only=False, anomaly_score=0.9)
+    assert decide(inputs(scan=both), PolicyConfig()).action == "inspect"
+    # A threshold override cannot clear an opaque scan; it decides whether the model also suspects it.
+    assert decide(inputs(scan=opaque), PolicyConfig(suspect_threshold=0.5)).action == "manual"
+    assert decide(inputs(scan=both), PolicyConfig(suspect_threshold=0.95)).extra == {"review": "opaque"}
+    assert decide(inputs(scan=both), PolicyConfig(suspect_threshold=0.5)).action == "inspect"
+    # The setting is bounded and typed.
+    with pytest.raises(ValidationError):
+        PolicyConfig(opaque_action="release")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        PolicyConfig(opaque_area_m2=-0.1)
+
+
+def test_the_review_result_tells_the_policy_whether_opacity_alone_made_it_suspect() -> None:
+    from gate_controller.core.ports import ScanObservation
+    from gate_controller.decision.decider import _scan_facts
+    from inference.result import ReviewRegion, ReviewResult
+
+    obs = ScanObservation(link="scanner", scan_id="S-1", scan_no=1, complete=True, columns=10, rows=10,
+                          channels=2, sha256=None, reason=None, scan_end=0.0)
+    dark = ReviewRegion(x=0, y=0, w=5, h=5, score=1.0, label="opaque")
+    gun = ReviewRegion(x=6, y=0, w=2, h=2, score=0.9, label="weapon")
+    only = ReviewResult(verdict="suspect", score=0.1, not_empty_score=0.9, regions=(dark,), opaque_m2=2.0,
+                        anomaly_score=0.1)
+    facts = _scan_facts(obs, only)
+    assert facts is not None
+    assert (facts.opaque, facts.opaque_only) == (True, True)
+    with_model = replace(only, regions=(gun, dark), anomaly_score=0.9)
+    facts = _scan_facts(obs, with_model)
+    assert facts is not None
+    assert (facts.opaque, facts.opaque_only) == (True, False)
+    facts = _scan_facts(obs, replace(only, declared_empty_violation=True))
+    assert facts is not None
+    assert not facts.opaque_only
+    facts = _scan_facts(obs, replace(only, regions=(), opaque_m2=0.0, verdict="clear"))
+    assert facts is not None
+    assert not facts.opaque

@@ -23,9 +23,11 @@ def test_wilson_matches_published_values() -> None:
 
 
 def _sample(directory: Path, name: str, finding: str, verdict: str | None, lane: str = "L1",
-            labels: tuple[str, ...] = ()) -> None:
+            labels: tuple[str, ...] = (), regions: tuple[str, ...] = ()) -> None:
     record = None if verdict is None else {
-        "lane": lane, "scan": {"inference": {"verdict": verdict, "model": "m", "version": "1.0"}}}
+        "lane": lane, "scan": {"inference": {"verdict": verdict, "model": "m", "version": "1.0",
+                                             "regions": [{"x": 0, "y": 0, "w": 9, "h": 9, "score": 1.0, "label": r}
+                                                         for r in regions]}}}
     confirmed = {"confirmed": "anomaly"} if finding == "anomaly" else {}
     directory.joinpath(f"{name}.json").write_text(json.dumps({
         "finding": "clean" if finding == "clean" else "contraband", **confirmed, "labels": list(labels),
@@ -63,6 +65,19 @@ def test_report_counts_judges_with_the_pessimistic_bounds(tmp_path: Path) -> Non
     judged = shadow_report(load_verdict_samples(few), ["L1"], bar.model_copy(update={"min_clean": 50}))["lanes"]["L1"]
     assert not judged["meets_live_bar"]
     assert any("false alarms up to" in r for r in judged["short_of_bar"])
+
+
+def test_scans_suspect_only_for_opaque_areas_are_counted_apart(tmp_path: Path) -> None:
+    """The report judges the model: a tank the beam did not cross is the scanner's limit."""
+    for i in range(10):
+        _sample(tmp_path, f"t{i}", "clean", "suspect", regions=("opaque",))
+    _sample(tmp_path, "both", "clean", "suspect", regions=("weapon", "opaque"))
+    _sample(tmp_path, "hidden", "anomaly", "suspect", labels=("weapon",), regions=("opaque",))
+    _sample(tmp_path, "found", "anomaly", "suspect", labels=("weapon",), regions=("weapon",))
+    lane = shadow_report(load_verdict_samples(tmp_path), ["L1"], LiveBarConfig())["lanes"]["L1"]
+    assert (lane["clean"], lane["anomalies"], lane["opaque"]) == (11, 2, 11)
+    assert lane["false_alarm"]["count"] == 1  # the weapon region, not the ten tanks
+    assert lane["detection"]["count"] == 1  # the model did not find the hidden one
 
 
 def test_review_modes_persist_and_fail_safe(tmp_path: Path) -> None:
