@@ -70,11 +70,20 @@ def main() -> int:
     world = nominal_world(rows=args.rows, col_mm=args.pitch)
     scan = generate_scan(4242, cargo="mixed", anomalies=("weapon",), world=world).scan
     assert scan.pixels.shape[:2] == (2, args.rows)
-    tiles = reviewer.quantized_tiles(reviewer.prepare(scan))
+    prepared = reviewer.prepare(scan)
+    tiles = reviewer.quantized_tiles(prepared)
+    # The opacity test on this scan (nothing opaque: the early exit) and on the same scan with a
+    # 1 x 1 m block at the dark level (the full path: opening and connected areas).
+    dark = scan.pixels.copy()
+    bw, bh = round(1000 / scan.pixel_mm), round(1000 / float(scan.meta["row_mm"]))
+    r0, c0 = scan.rows // 2 - bh // 2, scan.columns // 2 - bw // 2
+    dark[:, r0:r0 + bh, c0:c0 + bw] = 0
+    prepared_dark = reviewer.prepare(Scan(pixels=dark, scan_id="dark", bits=scan.bits, pixel_mm=scan.pixel_mm))
+    assert reviewer.opaque_areas(prepared_dark), "the dark block must be found"
     for _ in range(10):
         reviewer.review(scan)
 
-    e2e, bare, prep, invoke_in_e2e = [], [], [], []
+    e2e, bare, prep, invoke_in_e2e, opacity, opacity_dark = [], [], [], [], [], []
     for _ in range(args.runs):
         # Interleave the measurements so drift from other load affects both alike.
         t0 = time.perf_counter()
@@ -88,6 +97,12 @@ def main() -> int:
         t0 = time.perf_counter()
         reviewer.prepare(scan)
         prep.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        reviewer.opaque_areas(prepared)
+        opacity.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        reviewer.opaque_areas(prepared_dark)
+        opacity_dark.append((time.perf_counter() - t0) * 1000)
 
     p50_e2e, p95_e2e = pct(e2e, 50), pct(e2e, 95)
     p50_bare, p95_bare = pct(bare, 50), pct(bare, 95)
@@ -104,6 +119,9 @@ def main() -> int:
         "bare_invoke_ms": {"p50": round(p50_bare, 2), "p95": round(p95_bare, 2)},
         "invoke_inside_review_ms_p50": round(statistics.median(invoke_in_e2e), 2),
         "preprocess_ms_p50": round(pct(prep, 50), 2),
+        "opacity_ms": {"p50": round(pct(opacity, 50), 3), "p95": round(pct(opacity, 95), 3),
+                       "with_1m2_dark_p50": round(pct(opacity_dark, 50), 3),
+                       "with_1m2_dark_p95": round(pct(opacity_dark, 95), 3)},
         "overhead_p50": round(overhead, 3),
         "overhead_p95": round(p95_e2e / p95_bare - 1.0, 3),
     }

@@ -194,7 +194,7 @@ class Reviewer:
         if out_dtype.kind == "f" and not np.isfinite(probs).all():
             raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         return ScanAnalysis(
-            opaque=tuple(self._opaque(prepared)),
+            opaque=tuple(self.opaque_areas(prepared)),
             scale_x=prepared.scale_x,
             scale_y=prepared.scale_y,
             probs=np.ascontiguousarray(probs),
@@ -209,7 +209,8 @@ class Reviewer:
             report=prepared.report,
         )
 
-    def _opaque(self, prepared: PreparedScan) -> list[OpaqueArea]:
+    def opaque_areas(self, prepared: PreparedScan) -> list[OpaqueArea]:
+        """The areas the beam did not cross, of at least ``opaque_area_m2`` (`inference.opacity`)."""
         spec = self.spec
         if self.opaque_area_m2 <= 0 or "high" not in spec.input.channels:
             return []

@@ -158,7 +158,7 @@ class AdaptedReviewer(Reviewer):
                                 scan_rows=scan.rows, scan_columns=scan.columns, invoke_ms=invoke_s * 1000.0,
                                 tiles=len(tiles), input_stats=input_statistics(prepared.data, prepared.width,
                                                                                 spec.input),
-                                opaque=tuple(self._opaque(prepared)), scale_x=prepared.scale_x,
+                                opaque=tuple(self.opaque_areas(prepared)), scale_x=prepared.scale_x,
                                 scale_y=prepared.scale_y)
         return analysis, np.ascontiguousarray(dist[:, :valid])
 
