@@ -78,18 +78,23 @@ bench: $(STAMP)
 # seed in ROUND_SEEDS, each 6000 steps continued from the previous model's int8 weights, with tiles
 # centred on the hard examples that model mines from that seed's 12000 training scans: three
 # rounds on SEED's scans, then rounds on new scans (another seed each, generated without a cache,
-# calibrated on 600 + 300 of their own validation scans). Every stage is calibrated; the last model
-# on SEED's 3000 + 600 validation scans. About 30 min for the base, 25 min per round on SEED and 30
-# min per round on new scans on the 2-core machine with AVX-512 (twice that without), plus 7-9 min
-# to generate SEED's scans the first time. Then it measures the model with LiteRT on 2000 held-out
+# calibrated on 600 + 300 of their own validation scans); at WIDEN_SEED the network is first widened
+# function-preservingly to WIDEN_TO (`train --widen-to`), and the rounds from there on carry version
+# WIDE_VERSION. Every stage is calibrated; the last model on SEED's 3000 + 600 validation scans.
+# About 30 min for the base, 25 min per round on SEED, 30 min per round on new scans and 45 min per
+# round of the wider network on the 2-core machine with AVX-512 (twice that without), plus 7-9 min
+# to generate SEED's scans the first time: about 6 hours. Then it measures the model with LiteRT on 2000 held-out
 # scans and redraws docs/img/.
 SEED        ?= 7
-ROUND_SEEDS ?= 7 7 7 8 9 10 11
+ROUND_SEEDS ?= 7 7 7 8 9 10 11 12 13 14 15
+WIDEN_SEED  ?= 14
+WIDEN_TO    ?= 48,80,112,160
+WIDE_VERSION ?= 2.5.0
 MODEL_WORK  ?= build/model
 MODEL_OUT   ?= inference/models
 # A round is `train --round PREVIOUS` (inference/training/train.py: ROUND_STEPS, ROUND_PROJECT,
 # ROUND_LEARNING_RATE).
-ROUND_ARGS   = --threads 2 --version 2.4.0
+ROUND_ARGS   = --threads 2
 NEW_SCANS    = --no-cache --val-scans 600 --val-empty-scans 300
 
 $(TRAIN_STAMP): setup.cfg pyproject.toml
@@ -101,12 +106,13 @@ $(TRAIN_STAMP): setup.cfg pyproject.toml
 model: $(TRAIN_STAMP)
 	$(TRAIN_VENV)/bin/python -m inference.training train --seed $(SEED) --threads 2 --version 2.2.0 \
 		--out $(MODEL_WORK)/round0
-	@r=0; for s in $(ROUND_SEEDS); do \
+	@r=0; version=2.4.0; for s in $(ROUND_SEEDS); do \
 		prev=$(MODEL_WORK)/round$$r/xray_anomaly.tflite; r=$$((r + 1)); out=$(MODEL_WORK)/round$$r; \
 		extra=""; [ $$s -ne $(SEED) ] && extra="$(NEW_SCANS)"; \
+		[ $$s -eq $(WIDEN_SEED) ] && { version=$(WIDE_VERSION); extra="$$extra --widen-to $(WIDEN_TO)"; }; \
 		echo "round $$r on the scans of seed $$s: $$prev -> $$out"; \
-		$(TRAIN_VENV)/bin/python -m inference.training train $(ROUND_ARGS) --seed $$s $$extra --round $$prev \
-			--out $$out || exit 1; \
+		$(TRAIN_VENV)/bin/python -m inference.training train $(ROUND_ARGS) --version $$version --seed $$s $$extra \
+			--round $$prev --out $$out || exit 1; \
 		last=$$out; \
 	done; \
 	mkdir -p $(MODEL_OUT) && cp $$last/xray_anomaly.tflite $$last/xray_anomaly.json $$last/xray_anomaly.weights.h5 \
