@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.conditioning import T_FLOOR
+from inference.result import DEFAULT_OPAQUE_AREA_M2
 
 __all__ = [
     "DEFAULT_OPAQUE_AREA_M2",
@@ -46,10 +47,6 @@ __all__ = [
 OPAQUE_TRANSMISSION: Final = 2.0 * T_FLOOR
 OPAQUE_ATTENUATION: Final = -math.log(OPAQUE_TRANSMISSION)
 NOMINAL_DETECTOR_HEIGHT_MM: Final = 4000.0
-DEFAULT_OPAQUE_AREA_M2: Final = 0.5
-"""About 0.7 x 0.7 m: the size of a concealment worth a search, and well above what the
-vehicle's own steel (axles, hubs, fifth wheel) shows dark."""
-
 _OPENING: Final = np.ones((3, 3), np.uint8)
 
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["OPAQUE_LABEL", "REASON_ERROR", "REASON_UNFAMILIAR", "VERDICTS", "ReviewRegion", "ReviewResult", "Verdict"]
+__all__ = [
+    "DEFAULT_OPAQUE_AREA_M2",
+    "OPAQUE_LABEL",
+    "REASON_ERROR",
+    "REASON_UNFAMILIAR",
+    "VERDICTS",
+    "ReviewRegion",
+    "ReviewResult",
+    "Verdict",
+]
 
 Verdict = Literal["clear", "suspect", "unavailable"]
 VERDICTS: tuple[str, ...] = ("clear", "suspect", "unavailable")
@@ -17,6 +26,11 @@ REASON_UNFAMILIAR = "unfamiliar"
 REASON_ERROR = "error"
 OPAQUE_LABEL = "opaque"
 """The label of a region the beam did not cross (`inference.opacity`)."""
+DEFAULT_OPAQUE_AREA_M2 = 0.5
+"""The smallest opaque area that makes a scan suspect, unless configured (`policy.opaque_area_m2`):
+about 0.7 x 0.7 m, the size of a concealment worth a search, and well above what the vehicle's own
+steel (axles, hubs, fifth wheel) shows dark. Here, not in `inference.opacity`, so that the policy
+can name it without loading OpenCV."""
 
 
 @dataclass(frozen=True)

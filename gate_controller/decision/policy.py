@@ -35,7 +35,7 @@ from pydantic_core import PydanticCustomError
 
 from gate_controller.decision.identity import ContainerIdentity, IdentityReason, IdentitySettings, is_valid_number
 from gate_controller.decision.notices import Notice
-from inference.opacity import DEFAULT_OPAQUE_AREA_M2
+from inference.result import DEFAULT_OPAQUE_AREA_M2
 
 __all__ = [
     "ACTION_SEVERITY",
