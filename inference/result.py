@@ -6,6 +6,7 @@ publish results without loading the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ __all__ = [
     "ReviewRegion",
     "ReviewResult",
     "Verdict",
+    "suspect_for_opacity_alone",
 ]
 
 Verdict = Literal["clear", "suspect", "unavailable"]
@@ -31,6 +33,14 @@ DEFAULT_OPAQUE_AREA_M2 = 0.5
 about 0.7 x 0.7 m, the size of a concealment worth a search, and well above what the vehicle's own
 steel (axles, hubs, fifth wheel) shows dark. Here, not in `inference.opacity`, so that the policy
 can name it without loading OpenCV."""
+
+
+def suspect_for_opacity_alone(verdict: str, labels: Iterable[str]) -> bool:
+    """Whether a review with this verdict and these region labels is suspect only because the
+    beam did not cross part of the scan: every region is ``opaque`` (a model region or a
+    declared-empty violation's ``not_empty`` region would be among them)."""
+    found = list(labels)
+    return verdict == "suspect" and bool(found) and all(label == OPAQUE_LABEL for label in found)
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,13 @@ class ReviewResult:
     def opaque(self) -> bool:
         """The scan has an area the beam did not cross (regions labelled ``opaque``)."""
         return self.opaque_m2 > 0.0
+
+    @property
+    def opaque_only(self) -> bool:
+        """Suspect for an area the beam did not cross and for nothing else (no model region, no
+        declared-empty violation)."""
+        return (self.opaque and not self.declared_empty_violation
+                and suspect_for_opacity_alone(self.verdict, (r.label for r in self.regions)))
 
     @property
     def unfamiliar(self) -> bool:

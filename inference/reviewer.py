@@ -23,7 +23,6 @@ uses it through `inference.worker.ReviewWorker`, which runs it in a separate pro
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +57,19 @@ def _check_thresholds(suspect: float | None, not_empty: float | None, opaque_are
         raise ValueError(f"opaque_area_m2 must be in [0, 100] (got {opaque_area_m2})")
 
 
+def _scan_box(analysis: ScanAnalysis, unit: tuple[float, float], box: tuple[int, int, int, int],
+              ) -> tuple[int, int, int, int]:
+    """A box ``(x0, y0, x1, y1)`` (exclusive end) in units of ``unit`` = (width, height) scan
+    pixels -> ``(x, y, w, h)`` in scan pixels, clipped to the scan and at least one pixel each way."""
+    unit_w, unit_h = unit
+    x0, y0, x1, y1 = box
+    px0 = int(np.floor(x0 * unit_w))
+    py0 = int(np.floor(y0 * unit_h))
+    px1 = min(int(np.ceil(x1 * unit_w)), analysis.scan_columns)
+    py1 = min(int(np.ceil(y1 * unit_h)), analysis.scan_rows)
+    return px0, py0, max(1, px1 - px0), max(1, py1 - py0)
+
+
 @dataclass(frozen=True)
 class ScanAnalysis:
     """Raw per-cell output for one scan (used by the review, the evaluation and the preview).
@@ -86,6 +98,11 @@ class ScanAnalysis:
     @property
     def anomaly(self) -> FloatArray:
         return self.probs[..., 1:]
+
+    @property
+    def opaque_m2(self) -> float:
+        """The total area of ``opaque`` (m2), as `ReviewResult.opaque_m2` reports it."""
+        return round(sum(a.area_m2 for a in self.opaque), 3)
 
     def cell_box(self, x: int, y: int, w: int, h: int) -> tuple[slice, slice]:
         """Cells touched by a scan-pixel box (for scoring a ground-truth region)."""
@@ -224,11 +241,9 @@ class Reviewer:
         not cross: a fact of the scan, not a probability)."""
         out = []
         for a in analysis.opaque:
-            px0, py0 = int(a.x * analysis.scale_x), int(a.y * analysis.scale_y)
-            px1 = min(math.ceil((a.x + a.w) * analysis.scale_x), analysis.scan_columns)
-            py1 = min(math.ceil((a.y + a.h) * analysis.scale_y), analysis.scan_rows)
-            out.append(ReviewRegion(x=px0, y=py0, w=max(1, px1 - px0), h=max(1, py1 - py0), score=1.0,
-                                    label=OPAQUE_LABEL))
+            px, py, pw, ph = _scan_box(analysis, (analysis.scale_x, analysis.scale_y),
+                                       (a.x, a.y, a.x + a.w, a.y + a.h))
+            out.append(ReviewRegion(x=px, y=py, w=pw, h=ph, score=1.0, label=OPAQUE_LABEL))
         return out
 
     def not_empty_map(self, analysis: ScanAnalysis) -> FloatArray:
@@ -240,11 +255,7 @@ class Reviewer:
 
     def _box(self, analysis: ScanAnalysis, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
         """Cell box (exclusive end) -> scan pixel box clipped to the scan."""
-        px0 = int(np.floor(x0 * analysis.cell_w))
-        py0 = int(np.floor(y0 * analysis.cell_h))
-        px1 = min(int(np.ceil(x1 * analysis.cell_w)), analysis.scan_columns)
-        py1 = min(int(np.ceil(y1 * analysis.cell_h)), analysis.scan_rows)
-        return px0, py0, max(1, px1 - px0), max(1, py1 - py0)
+        return _scan_box(analysis, (analysis.cell_w, analysis.cell_h), (x0, y0, x1, y1))
 
     def regions(self, analysis: ScanAnalysis) -> list[ReviewRegion]:
         """Connected anomaly cells -> labelled regions in scan pixels, strongest first."""
@@ -353,7 +364,7 @@ class Reviewer:
             anomaly_score=anomaly_score,
             not_empty=not_empty,
             declared_empty_violation=violation,
-            opaque_m2=round(sum(a.area_m2 for a in analysis.opaque), 3),
+            opaque_m2=analysis.opaque_m2,
             scan_id=scan.scan_id,
             conditioning=conditioning,
             envelope=signals,

@@ -21,7 +21,7 @@ from gate_controller.decision.identity import ContainerIdentity, OcrRead, fuse_p
 from gate_controller.decision.notices import Notice, NoticeStore
 from gate_controller.decision.policy import ContainerFacts, DecisionInputs, PolicyConfig, ScanFacts, decide
 from inference.preview import render_preview
-from inference.result import OPAQUE_LABEL, ReviewResult
+from inference.result import ReviewResult
 from inference.scan import Scan
 from inference.worker import ReviewWorker
 
@@ -236,9 +236,7 @@ def _scan_facts(scan_obs: ScanObservation | None, result: ReviewResult | None) -
         not_empty_score=result.not_empty_score if result is not None else None,
         unfamiliar=result.unfamiliar if result is not None else False,
         opaque=result is not None and result.opaque,
-        opaque_only=(result is not None and result.opaque and result.verdict == "suspect"
-                     and not result.declared_empty_violation
-                     and all(r.label == OPAQUE_LABEL for r in result.regions)),
+        opaque_only=result is not None and result.opaque_only,
     )
 
 

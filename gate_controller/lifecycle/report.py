@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gate_controller.config.schema import LiveBarConfig
-from inference.result import OPAQUE_LABEL
+from inference.result import suspect_for_opacity_alone
 
 __all__ = ["LaneReport", "Rate", "load_verdict_samples", "shadow_report", "wilson"]
 
@@ -152,7 +152,7 @@ def _sample(raw: Mapping[str, Any]) -> VerdictSample | None:
             model, version = inference.get("model"), inference.get("version")
             regions = inference.get("regions")
             found = [r.get("label") for r in regions if isinstance(r, Mapping)] if isinstance(regions, list) else []
-            opaque_only = verdict == "suspect" and bool(found) and all(x == OPAQUE_LABEL for x in found)
+            opaque_only = suspect_for_opacity_alone(str(verdict), (str(x) for x in found))
     labels = tuple(str(x) for x in raw.get("labels") or () if isinstance(x, str))
     return VerdictSample(lane=lane, finding="clean" if finding == "clean" else "anomaly", verdict=verdict,
                          labels=labels, model=model, version=version, opaque_only=opaque_only)

@@ -192,6 +192,6 @@ class AdaptedReviewer(Reviewer):
             verdict="suspect" if suspect else "clear", score=result_score, not_empty_score=not_empty_score,
             regions=tuple(regions), latency_ms=(self._clock() - t0) * 1000.0, model=info.name, version=info.version,
             anomaly_score=anomaly_score, not_empty=not_empty, declared_empty_violation=violation,
-            opaque_m2=round(sum(a.area_m2 for a in analysis.opaque), 3), scan_id=scan.scan_id,
+            opaque_m2=analysis.opaque_m2, scan_id=scan.scan_id,
             extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles, "input": analysis.input_stats,
                    "max_distance": round(float(dist.max()) if dist.size else 0.0, 3)})

@@ -123,7 +123,7 @@ def score_scan(reviewer: Reviewer, scan: Scan, regions: Sequence[dict[str, Any]]
         false_region_scores=false_scores, latency_ms=latency, invoke_ms=analysis.invoke_ms,
         unavailable=reason is not None, reason=reason, signals=signals, flagged_curve=curve,
         unseen=[str(u["label"]) for u in scan.meta.get("synthetic", {}).get("unseen", [])],
-        opaque_m2=round(sum(a.area_m2 for a in analysis.opaque), 3))
+        opaque_m2=analysis.opaque_m2)
 
 
 CURVE_THRESHOLDS = tuple(k / 50 for k in range(1, 50))
