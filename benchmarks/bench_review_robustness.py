@@ -29,7 +29,10 @@ the threshold, `inference.training.evaluate`), declared-empty accuracy, the anom
 with an area the beam did not cross (`inference.opacity`: sent to an officer, reported apart from
 the model's false alarms), and how many scans the guard called unfamiliar (each counts as a
 miss or a false alarm). No threshold depends on the column and no scan is skipped. Targets
-(issue 13): every class >= 95 %, false alarms <= 2 %, declared empty >= 99 %.
+(issue 13): every class >= 95 %, false alarms <= 2 %, declared empty >= 99 %. A missed target
+is marked "within sampling noise" when the 95 % Wilson interval of its rate still reaches the
+target (`inference.training.evaluate.target_verdicts`): with 166 clean scans one scan is 0.6
+points.
 
     .venv/bin/python benchmarks/bench_review_robustness.py [--clean 100] [--per-class 50] [--empty 60]
         [--json out.json] [--check]
@@ -53,7 +56,7 @@ from inference.reviewer import Reviewer
 from inference.scan import Scan
 from inference.synthetic import ANOMALY_CLASSES, SyntheticScan, World, generate_scenario, nominal_world
 from inference.training.dataset import split_seed
-from inference.training.evaluate import ScanRecord, compute_metrics, score_scan
+from inference.training.evaluate import ScanRecord, compute_metrics, score_scan, target_verdicts
 
 BASE_SEED = 20261206
 
@@ -141,12 +144,14 @@ def run(reviewer: Reviewer, plan: list[tuple[int, str]]) -> dict[str, dict[str, 
         m = compute_metrics(recs, reviewer.suspect_threshold, reviewer.not_empty_threshold, labels)
         out[name] = {
             "false_alarm": m["false_alarm_scan_rate"],
+            "false_alarm_interval": m["false_alarm_interval"],
             "opaque": m["opacity"]["anomaly_free_opaque"],
             "detection": {lb: m["detection"][lb]["detection_rate"] for lb in labels},
             "declared_empty": m["declared_empty"]["accuracy"],
             "unavailable": sum(r.unavailable for r in recs),
             "scans": len(recs),
             "latency_p95_ms": m["latency_ms"]["p95"],
+            "targets": target_verdicts(m),
         }
     return out
 
@@ -160,6 +165,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
     lines.append("| false alarms % | " + " | ".join(pct(results[n]["false_alarm"]) for n in names) + " |")
+    lines.append("| false alarms, 95 % interval | " + " | ".join(
+        "-" if results[n].get("false_alarm_interval") is None
+        else "{}-{}".format(*(pct(v) for v in results[n]["false_alarm_interval"])) for n in names) + " |")
     lines.append("| clean, opaque area % | " + " | ".join(pct(results[n].get("opaque")) for n in names) + " |")
     for lb in labels:
         lines.append(f"| {lb} % | " + " | ".join(pct(results[n]["detection"][lb]) for n in names) + " |")
@@ -169,13 +177,18 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def misses(results: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per missed target; "within sampling noise" when the interval still reaches it."""
     out = []
     for name, r in results.items():
-        if r["false_alarm"] > 0.02:
-            out.append(f"{name}: false alarms {r['false_alarm']:.1%} > 2 %")
-        out += [f"{name}: {lb} {v:.1%} < 95 %" for lb, v in r["detection"].items() if v is not None and v < 0.95]
-        if r["declared_empty"] is not None and r["declared_empty"] < 0.99:
-            out.append(f"{name}: declared empty {r['declared_empty']:.1%} < 99 %")
+        for key, v in r["targets"].items():
+            if v["met"] is not False:
+                continue
+            what = "false alarms" if key == "false_alarm" else key.replace("detection.", "").replace("_", " ")
+            sign = ">" if key == "false_alarm" else "<"
+            lo, hi = v["interval"]
+            noise = "" if v["decided"] else ", within sampling noise"
+            out.append(f"{name}: {what} {v['rate']:.1%} {sign} {v['target']:.0%} "
+                       f"(95 % interval {lo:.1%}-{hi:.1%}{noise})")
     return out
 
 

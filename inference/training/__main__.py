@@ -118,6 +118,7 @@ def _by_world(records: list[Any], suspect: float, not_empty: float, labels: Sequ
                 "scans": len(subset),
                 "detection": {lb: m["detection"][lb]["detection_rate"] for lb in labels},
                 "false_alarm": m["false_alarm_scan_rate"],
+                "false_alarm_interval": m["false_alarm_interval"],
                 "opaque": m["opacity"]["anomaly_free_opaque"],
                 "declared_empty": m["declared_empty"]["accuracy"],
                 "unavailable": m["unavailable_rate"],
@@ -135,8 +136,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         collect_synthetic,
         compute_metrics,
         detection_by_place,
+        operating_curve,
         plot_roc,
         records_to_json,
+        target_verdicts,
     )
 
     model_path = args.model or DEFAULT_MODEL_PATH
@@ -149,6 +152,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = compute_metrics(records, reviewer.suspect_threshold, reviewer.not_empty_threshold, labels)
     metrics["by_world"] = _by_world(records, reviewer.suspect_threshold, reviewer.not_empty_threshold, labels)
     metrics["by_place"] = detection_by_place(records, reviewer.suspect_threshold, labels)
+    metrics["operating_curve"] = operating_curve(records, labels)
+    metrics["targets"] = target_verdicts(metrics)
     metrics["runtime"] = reviewer.backend
     metrics["test_split"] = {"base_seed": args.seed, "synthetic_scans": args.scans,
                              "field_dirs": [str(d) for d in args.samples]}

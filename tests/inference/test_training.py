@@ -27,8 +27,11 @@ from inference.training.evaluate import (
     compute_metrics,
     detection_by_place,
     not_empty_threshold,
+    operating_curve,
     score_scan,
     suspect_threshold,
+    target_verdicts,
+    wilson_interval,
 )
 from inference.training.geometry import Geometry
 from inference.training.loo import slice_table
@@ -197,8 +200,8 @@ def test_a_scan_with_an_unseen_object_is_neither_clean_nor_an_object_to_find() -
     m = compute_metrics(records, suspect, 0.5, ["weapon"])
     assert m["anomaly_free_scans"] == 99
     assert m["false_alarm_scan_rate"] == 0.0
-    assert m["detection"]["weapon"] == {"objects": 1, "detected": 1, "detection_rate": 1.0, "label_accuracy": 1.0,
-                                        "unseen": 1}
+    assert m["detection"]["weapon"] == {"objects": 1, "detected": 1, "detection_rate": 1.0,
+                                        "interval": [0.2065, 1.0], "label_accuracy": 1.0, "unseen": 1}
 
 
 def test_unseen_objects_reach_the_records_from_the_scans_ground_truth() -> None:
@@ -223,6 +226,46 @@ def test_opacity_figures_are_reported_apart_from_the_models() -> None:
     assert m["false_alarm_scan_rate"] == 0.1  # the model's own: the one clean scan at 0.5
     assert m["opacity"] == {"anomaly_free_opaque": 0.1, "false_alarm_with_opacity": 0.2, "unseen_scans": 1,
                             "unseen_scans_opaque": 1}
+
+
+def test_wilson_interval_matches_the_published_values() -> None:
+    # The values any statistics package gives (for example statsmodels proportion_confint, method wilson).
+    assert wilson_interval(0, 10) == [0.0, 0.2775]
+    assert wilson_interval(5, 10) == [0.2366, 0.7634]
+    assert wilson_interval(81, 263) == [0.2553, 0.3662]
+    assert wilson_interval(10, 10) == [0.7225, 1.0]
+    assert wilson_interval(0, 0) is None
+
+
+def test_targets_say_whether_the_sample_decides_them() -> None:
+    # 1150 clean scans, 20 flagged (1.74 %): met, but the interval reaches past 2 %.
+    clean = [_rec(0.99 if i < 20 else 0.1, False) for i in range(1150)]
+    # 230 objects, 198 found (86 %): missed, and the interval stays below 95 %.
+    objects = [_rec(0.99 if i < 198 else 0.2, True) for i in range(230)]
+    m = compute_metrics(clean + objects, 0.5, 0.5, ["weapon"])
+    assert m["false_alarm_interval"] == wilson_interval(20, 1150)
+    t = target_verdicts(m)
+    assert t["false_alarm"]["met"] is True and t["false_alarm"]["decided"] is False
+    assert t["detection.weapon"]["met"] is False and t["detection.weapon"]["decided"] is True
+    assert t["declared_empty"]["met"] is None  # no declared-empty box in the sample
+    # Ten times the sample at the same rates decides the false-alarm target too.
+    m10 = compute_metrics((clean + objects) * 10, 0.5, 0.5, ["weapon"])
+    assert target_verdicts(m10)["false_alarm"] == {"target": 0.02, "rate": 0.0174, "interval": [0.0152, 0.0199],
+                                                   "met": True, "decided": True}
+
+
+def test_operating_curve_trades_false_alarms_for_detection() -> None:
+    clean = [_rec(s, False) for s in np.linspace(0.0, 0.9, 200)]
+    objects = [_rec(s, True) for s in np.linspace(0.5, 1.0, 100)]
+    gone = _rec(1.0, True)
+    gone.unavailable = True  # a scan the guard refused: its object is missed at every threshold
+    curve = operating_curve([*clean, *objects, gone], ["weapon"], (0.01, 0.05, 0.2))
+    assert [row["target_false_alarm"] for row in curve] == [0.01, 0.05, 0.2]
+    for row in curve:
+        assert row["false_alarm"] <= row["target_false_alarm"]
+    found = [row["detection"]["weapon"] for row in curve]
+    assert found == sorted(found) and found[0] < found[-1] < 1.0
+    assert operating_curve(objects, ["weapon"]) == []  # no clean scan, no curve
 
 
 def test_detection_split_by_hiding_place() -> None:
