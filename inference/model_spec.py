@@ -136,7 +136,10 @@ class EnvelopeSpec(_Strict):
     pulse noise of the attenuation in air, model units. ``min_air_fraction``: air level as a
     fraction of full scale (source off, detector saturated dark). ``max_repaired_share``: share
     of detector rows conditioning had to repair. ``max_covered_share``: share of rows that saw no
-    air anywhere (no flat field possible). The defaults hold for models without an envelope.
+    air anywhere (no flat field possible). ``max_inverted_share``: share of the attenuating
+    pixels whose low-energy attenuation is below the high-energy one (`inference.preprocess.
+    inverted_share`: channels in the wrong order, a low channel that is not the lower energy).
+    The defaults hold for models without an envelope.
     """
 
     max_flagged_share: float = Field(default=0.35, gt=0, le=1)
@@ -144,6 +147,7 @@ class EnvelopeSpec(_Strict):
     min_air_fraction: float = Field(default=0.05, ge=0, lt=1)
     max_repaired_share: float = Field(default=0.1, gt=0, le=1)
     max_covered_share: float = Field(default=0.5, gt=0, le=1)
+    max_inverted_share: float = Field(default=0.4, gt=0, le=1)
     basis: str = ""
 
 

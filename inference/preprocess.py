@@ -31,11 +31,13 @@ from inference.model_spec import InputSpec, NormalizationSpec, QuantizationSpec
 from inference.scan import Scan
 
 __all__ = [
+    "INVERTED_BAND",
     "MAX_MODEL_COLUMNS",
     "MIN_SCAN_COLUMNS",
     "MIN_SCAN_ROWS",
     "PreparedScan",
     "dequantize",
+    "inverted_share",
     "normalize_scan",
     "padded_width",
     "prepare_quantized",
@@ -47,6 +49,12 @@ __all__ = [
 MIN_SCAN_ROWS = 16
 MIN_SCAN_COLUMNS = 16
 MAX_MODEL_COLUMNS = 8192  # ~160 m at 20 mm: far beyond any vehicle, bounds the work per scan
+INVERTED_BAND = (0.5, 4.0)
+"""High-energy attenuations for which a pixel counts for `inverted_share`: from about 60 mm of
+steel (below, the difference channel is mostly noise) to a transmission of 2 % (above, both
+channels near the floor are dominated by noise and clipping)."""
+_INVERTED_MIN_PIXELS = 50  # fewer counted pixels (an empty box's frame): no evidence either way
+_INVERTED_STEP = 4  # every 4th model column, as the input statistics
 _BAND_PIXELS = 1 << 17  # 512 KB of float32 per band: stays in L2 through conversion and halving
 
 FloatArray = npt.NDArray[np.float32]
@@ -253,3 +261,28 @@ def dequantize(x: npt.NDArray[Any], q: QuantizationSpec | None) -> FloatArray:
     if q is None:
         return x.astype(np.float32, copy=False)
     return (x.astype(np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)
+
+
+def inverted_share(data: npt.NDArray[Any], width: int, inp: InputSpec, norm: NormalizationSpec) -> float:
+    """Share of the prepared scan's attenuating pixels (high-energy attenuation within
+    `INVERTED_BAND`) whose low-energy attenuation is below the high-energy one.
+
+    Through the materials cargo is made of, the lower energy of a MeV pair is attenuated more
+    (Compton scattering falls with energy); only high-Z metals turn over, where pair production
+    takes over, and they are a small part of any load. A scan where most of the load reads the
+    other way was not made the way the model's scans were: most often a firmware that sends its
+    channels in the other order (GFP/1: channel 0 is the high energy) or a low channel that is
+    not the lower energy. 0 for a single-energy model input or scan (no difference channel, or a
+    zero one) and for a scan with fewer than 50 such pixels (every 4th model column)."""
+    names = inp.channels
+    if "high" not in names or "low_minus_high" not in names or width <= 0:
+        return 0.0
+    hi_c, diff_c = names.index("high"), names.index("low_minus_high")
+    view = dequantize(data[:, :width:_INVERTED_STEP, :], inp.quantization)
+    high = view[..., hi_c] * np.float32(norm.scale[hi_c])
+    lo, hi = INVERTED_BAND
+    counted = (high >= np.float32(lo)) & (high <= np.float32(hi))
+    count = int(np.count_nonzero(counted))
+    if count < _INVERTED_MIN_PIXELS:
+        return 0.0
+    return round(float(np.count_nonzero(view[..., diff_c][counted] < 0)) / count, 4)

@@ -37,7 +37,7 @@ from inference.adaptation.envelope import input_statistics
 from inference.errors import InferenceError
 from inference.model_spec import ModelSpec
 from inference.opacity import DEFAULT_OPAQUE_AREA_M2, OpaqueArea, opaque_areas
-from inference.preprocess import PreparedScan, dequantize, prepare_quantized
+from inference.preprocess import PreparedScan, dequantize, inverted_share, prepare_quantized
 from inference.result import OPAQUE_LABEL, REASON_UNFAMILIAR, ReviewRegion, ReviewResult
 from inference.runtime import ModelInfo, TfliteModel
 from inference.scan import Scan
@@ -94,6 +94,9 @@ class ScanAnalysis:
     scale_x: float = 1.0
     scale_y: float = 1.0
     """Scan pixels per model pixel (to map ``opaque`` back to the scan)."""
+    inverted_share: float = 0.0
+    """Share of attenuating pixels whose low energy reads less attenuated (`inference.preprocess.
+    inverted_share`), a guard signal."""
 
     @property
     def anomaly(self) -> FloatArray:
@@ -223,6 +226,7 @@ class Reviewer:
             invoke_ms=invoke_s * 1000.0,
             tiles=len(prepared.offsets),
             input_stats=input_statistics(prepared.data, prepared.width, spec.input),
+            inverted_share=inverted_share(prepared.data, prepared.width, spec.input, spec.normalization),
             report=prepared.report,
         )
 
@@ -301,6 +305,7 @@ class Reviewer:
             "air_fraction": round(min(report.get("air_fraction", [1.0]) or [1.0]), 4),
             "repaired_share": round(repaired / rows, 4),
             "covered_share": round(int(report.get("covered_rows", 0)) / rows, 4),
+            "inverted_share": analysis.inverted_share,
         }
 
     def assess(self, signals: dict[str, float]) -> str | None:
@@ -313,6 +318,7 @@ class Reviewer:
             ("air_fraction", signals["air_fraction"] < env.min_air_fraction, env.min_air_fraction),
             ("repaired_share", signals["repaired_share"] > env.max_repaired_share, env.max_repaired_share),
             ("covered_share", signals["covered_share"] > env.max_covered_share, env.max_covered_share),
+            ("inverted_share", signals.get("inverted_share", 0.0) > env.max_inverted_share, env.max_inverted_share),
         )
         out = [f"{name} {signals[name]:g} outside the training envelope (limit {limit:g})"
                for name, bad, limit in checks if bad]

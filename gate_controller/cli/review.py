@@ -96,6 +96,9 @@ def _review(args: argparse.Namespace) -> int:
                 "regions": [r.as_dict() for r in result.regions],
                 "opaque_m2": result.opaque_m2,
                 "latency_ms": round(result.latency_ms, 2),
+                # What preprocessing repaired and the guard's signals (docs/troubleshooting.md).
+                "conditioning": result.conditioning,
+                "envelope": result.envelope,
             }
             if result.error is not None:
                 obj["error"] = result.error

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from inference.adaptation.envelope import input_statistics
 from inference.adaptation.normal import NormalModel, dequantized, pick_feature_tensor
 from inference.errors import InferenceError, ModelError
-from inference.preprocess import dequantize
+from inference.preprocess import dequantize, inverted_share
 from inference.result import ReviewRegion, ReviewResult
 from inference.reviewer import Reviewer, ScanAnalysis
 from inference.scan import Scan
@@ -159,7 +159,9 @@ class AdaptedReviewer(Reviewer):
                                 tiles=len(tiles), input_stats=input_statistics(prepared.data, prepared.width,
                                                                                 spec.input),
                                 opaque=tuple(self.opaque_areas(prepared)), scale_x=prepared.scale_x,
-                                scale_y=prepared.scale_y)
+                                scale_y=prepared.scale_y,
+                                inverted_share=inverted_share(prepared.data, prepared.width, spec.input,
+                                                              spec.normalization))
         return analysis, np.ascontiguousarray(dist[:, :valid])
 
     def cell_scores(self, analysis: ScanAnalysis, dist: FloatArray) -> FloatArray:

@@ -569,6 +569,7 @@ def _envelope(records: list[Any], region: float) -> EnvelopeSpec:
     flagged = max((flagged_share_at(r, region) for r in records), default=0.2)
     noise = max((r.signals.get("noise", 0.0) for r in records), default=0.02)
     air = min((r.signals.get("air_fraction", 1.0) for r in records), default=0.1)
+    inverted = max((r.signals.get("inverted_share", 0.0) for r in records), default=0.2)
     defaults = EnvelopeSpec()
     return EnvelopeSpec(
         max_flagged_share=round(min(0.9, max(0.25, 1.5 * flagged)), 4),
@@ -576,8 +577,10 @@ def _envelope(records: list[Any], region: float) -> EnvelopeSpec:
         min_air_fraction=round(min(defaults.min_air_fraction, air / 1.5), 4),
         max_repaired_share=defaults.max_repaired_share,
         max_covered_share=defaults.max_covered_share,
+        max_inverted_share=round(min(0.6, max(0.2, 1.5 * inverted)), 4),
         basis=(f"1.5 x the extremes of {len(records)} validation scans: flagged share {flagged:.3f}, "
-               f"noise {noise:.4f}, air fraction {air:.3f}; repaired and covered row shares: defaults"))
+               f"noise {noise:.4f}, air fraction {air:.3f}, inverted share {inverted:.3f}; repaired and "
+               "covered row shares: defaults"))
 
 
 def recalibrate(model_path: Path, opts: TrainOptions) -> ModelSpec:

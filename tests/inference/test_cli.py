@@ -68,7 +68,9 @@ def test_review_lines_json_and_previews(scans: Path, tmp_path: Path, capsys: pyt
     assert (unchecked["verdict"], unchecked["opaque_m2"], unchecked["regions"]) == ("clear", 0.0, [])
     for obj, path in zip(objs, files, strict=True):
         assert set(obj) == {"file", "scan_id", "verdict", "score", "not_empty_score", "regions", "opaque_m2",
-                            "latency_ms"}
+                            "latency_ms", "conditioning", "envelope"}
+        assert obj["envelope"]["inverted_share"] < 0.2  # channels in GFP/1's order
+        assert "dead_rows" in obj["conditioning"]
         assert obj["file"] == path
         assert 0 <= obj["score"] <= 1
         assert 0 <= obj["not_empty_score"] <= 1

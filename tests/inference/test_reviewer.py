@@ -190,10 +190,30 @@ def test_alien_scans_are_unfamiliar_not_judged(reviewer: Reviewer) -> None:
         assert result.reason == "unfamiliar"
         assert signal in (result.error or ""), result.error
         assert result.score is None
-        assert set(result.envelope) == {"flagged_share", "noise", "air_fraction", "repaired_share", "covered_share"}
+        assert set(result.envelope) == {"flagged_share", "noise", "air_fraction", "repaired_share", "covered_share",
+                                        "inverted_share"}
         back = ReviewResult.from_dict(result.as_dict())
         assert back.unfamiliar
         assert back.envelope == result.envelope
+
+
+def test_channels_in_the_wrong_order_are_unfamiliar(reviewer: Reviewer) -> None:
+    """A firmware sending the low energy as channel 0 (GFP/1: channel 0 is the high energy) makes
+    the load read as if the lower energy went through more easily, which no material in cargo
+    does: the guard fires on the inverted share instead of the model judging a scan it was never
+    trained on (13 % of such clean scans were flagged suspect before the signal existed)."""
+    syn = synthetic(353, cargo="machinery")
+    normal = reviewer.review(syn.scan)
+    assert normal.verdict != "unavailable"
+    assert normal.envelope["inverted_share"] < reviewer.spec.envelope.max_inverted_share / 2
+    swapped = reviewer.review(scan_with(syn.scan, pixels=np.ascontiguousarray(syn.scan.pixels[::-1])))
+    assert swapped.verdict == "unavailable"
+    assert swapped.reason == "unfamiliar"
+    assert "inverted_share" in (swapped.error or ""), swapped.error
+    assert swapped.envelope["inverted_share"] > 0.8
+    # A single-energy scan has no low channel to invert.
+    single = reviewer.review(scan_with(syn.scan, pixels=np.ascontiguousarray(syn.scan.pixels[:1])))
+    assert single.envelope["inverted_share"] == 0.0
 
 
 def test_preview_jpeg(reviewer: Reviewer) -> None:

@@ -245,8 +245,10 @@ def test_targets_say_whether_the_sample_decides_them() -> None:
     m = compute_metrics(clean + objects, 0.5, 0.5, ["weapon"])
     assert m["false_alarm_interval"] == wilson_interval(20, 1150)
     t = target_verdicts(m)
-    assert t["false_alarm"]["met"] is True and t["false_alarm"]["decided"] is False
-    assert t["detection.weapon"]["met"] is False and t["detection.weapon"]["decided"] is True
+    assert t["false_alarm"]["met"] is True
+    assert t["false_alarm"]["decided"] is False
+    assert t["detection.weapon"]["met"] is False
+    assert t["detection.weapon"]["decided"] is True
     assert t["declared_empty"]["met"] is None  # no declared-empty box in the sample
     # Ten times the sample at the same rates decides the false-alarm target too.
     m10 = compute_metrics((clean + objects) * 10, 0.5, 0.5, ["weapon"])
@@ -264,7 +266,8 @@ def test_operating_curve_trades_false_alarms_for_detection() -> None:
     for row in curve:
         assert row["false_alarm"] <= row["target_false_alarm"]
     found = [row["detection"]["weapon"] for row in curve]
-    assert found == sorted(found) and found[0] < found[-1] < 1.0
+    assert found == sorted(found)
+    assert found[0] < found[-1] < 1.0
     assert operating_curve(objects, ["weapon"]) == []  # no clean scan, no curve
 
 
