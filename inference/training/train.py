@@ -577,7 +577,7 @@ def _envelope(records: list[Any], region: float) -> EnvelopeSpec:
         min_air_fraction=round(min(defaults.min_air_fraction, air / 1.5), 4),
         max_repaired_share=defaults.max_repaired_share,
         max_covered_share=defaults.max_covered_share,
-        max_inverted_share=round(min(0.6, max(0.2, 1.5 * inverted)), 4),
+        max_inverted_share=round(min(0.6, max(0.4, 1.5 * inverted)), 4),
         basis=(f"1.5 x the extremes of {len(records)} validation scans: flagged share {flagged:.3f}, "
                f"noise {noise:.4f}, air fraction {air:.3f}, inverted share {inverted:.3f}; repaired and "
                "covered row shares: defaults"))
