@@ -80,6 +80,11 @@ class OutputSpec(_Strict):
     ``activation`` ``sigmoid``: the tensor holds probabilities; ``logits``: the runtime applies the
     logistic function. Logits keep the ranking of confident cells, which an int8 sigmoid output
     (steps of 1/256) flattens exactly where the operating point lies.
+
+    ``decision_block``: the anomaly logits are averaged over every block of ``k x k`` neighbouring
+    cells and each cell takes the best block it lies in (`inference.reviewer.block_support`)
+    before any threshold; 1 = each cell on its own. The thresholds are calibrated under this rule,
+    so it belongs to the model, not to the site.
     """
 
     name: str
@@ -89,9 +94,12 @@ class OutputSpec(_Strict):
     stride: int = Field(ge=1)
     channels: tuple[str, ...] = Field(min_length=2)
     activation: Literal["sigmoid", "logits"] = "sigmoid"
+    decision_block: int = Field(default=1, ge=1, le=4)
 
     @model_validator(mode="after")
     def _check(self) -> OutputSpec:
+        if self.decision_block > 1 and self.activation != "logits":
+            raise ValueError("a decision_block above 1 averages logits: it needs activation 'logits'")
         if self.channels[0] != "not_empty":
             raise ValueError("output channel 0 must be 'not_empty'")
         if self.shape[3] != len(self.channels):

@@ -42,7 +42,7 @@ from inference.result import OPAQUE_LABEL, REASON_UNFAMILIAR, ReviewRegion, Revi
 from inference.runtime import ModelInfo, TfliteModel
 from inference.scan import Scan
 
-__all__ = ["MAX_REGIONS", "Reviewer", "ScanAnalysis"]
+__all__ = ["MAX_REGIONS", "Reviewer", "ScanAnalysis", "block_support"]
 
 MAX_REGIONS = 16
 
@@ -68,6 +68,35 @@ def _scan_box(analysis: ScanAnalysis, unit: tuple[float, float], box: tuple[int,
     px1 = min(int(np.ceil(x1 * unit_w)), analysis.scan_columns)
     py1 = min(int(np.ceil(y1 * unit_h)), analysis.scan_rows)
     return px0, py0, max(1, px1 - px0), max(1, py1 - py0)
+
+
+def block_support(logits: FloatArray, block: int) -> FloatArray:
+    """Each cell's best ``block x block`` neighbourhood: the anomaly logits (``rows x cols x
+    classes``) are averaged over every block of neighbouring cells that fits the map, and each
+    cell takes the highest average among the blocks it lies in (per class).
+
+    An object spans neighbouring cells and makes them respond together; a clean structure that
+    trips the network often does so in one cell alone. Averaging over 2 x 2 blocks before the
+    threshold keeps the first and damps the second: on the test stream (2.4.0's weights, 6000
+    scans) it finds 1.4-2.6 points more of the small objects at the same false-alarm rates
+    (docs/image-review.md). ``block`` 1, or a map smaller than a block, returns the logits as
+    they are."""
+    rows, cols = logits.shape[:2]
+    if block <= 1 or rows < block or cols < block:
+        return logits
+    shifts = [(i, j) for i in range(block) for j in range(block)]
+    mr, mc = rows - block + 1, cols - block + 1
+    means = np.zeros((mr, mc, *logits.shape[2:]), dtype=np.float32)
+    for i, j in shifts:
+        means += logits[i:i + mr, j:j + mc]
+    means *= np.float32(1.0 / (block * block))
+    pad = block - 1
+    padded = np.full((rows + pad, cols + pad, *logits.shape[2:]), -np.inf, dtype=np.float32)
+    padded[pad:pad + mr, pad:pad + mc] = means
+    best = padded[:rows, :cols].copy()
+    for i, j in shifts[1:]:
+        np.maximum(best, padded[i:i + rows, j:j + cols], out=best)
+    return best
 
 
 @dataclass(frozen=True)
@@ -206,6 +235,8 @@ class Reviewer:
             np.maximum(stitched[:, c0:c0 + cells_w], raw[0], out=stitched[:, c0:c0 + cells_w])
         valid = -(-prepared.width // stride)
         probs = dequantize(stitched[:, :valid], spec.output.quantization)
+        if spec.output.decision_block > 1:
+            probs[..., 1:] = block_support(probs[..., 1:], spec.output.decision_block)
         if spec.output.activation == "logits":
             np.negative(probs, out=probs)
             np.exp(probs, out=probs)

@@ -26,7 +26,7 @@ from inference.adaptation.normal import NormalModel, dequantized, pick_feature_t
 from inference.errors import InferenceError, ModelError
 from inference.preprocess import dequantize, inverted_share
 from inference.result import ReviewRegion, ReviewResult
-from inference.reviewer import Reviewer, ScanAnalysis
+from inference.reviewer import Reviewer, ScanAnalysis, block_support
 from inference.scan import Scan
 
 __all__ = ["ADAPTATION_ARRAYS", "ADAPTATION_FILE", "AdaptedReviewer"]
@@ -149,6 +149,8 @@ class AdaptedReviewer(Reviewer):
             np.maximum(dist[:, c0:c0 + w], self.normal.distance(feat), out=dist[:, c0:c0 + w])
         valid = -(-prepared.width // stride)
         probs = dequantize(stitched[:, :valid], spec.output.quantization)
+        if spec.output.decision_block > 1:
+            probs[..., 1:] = block_support(probs[..., 1:], spec.output.decision_block)
         if spec.output.activation == "logits":
             probs = (1.0 / (1.0 + np.exp(-probs))).astype(np.float32)
         if not np.isfinite(dist).all():

@@ -13,6 +13,9 @@ keeps the spots where it is most wrong:
 * **hard positives**: per object (a connected group of positive cells of one class), its highest
   logit in its own class; the objects below the model's suspect threshold are kept.
 
+Cell logits are taken under the model's decision rule (`OutputSpec.decision_block`,
+`inference.reviewer.block_support`), the scores the gate compares with its thresholds.
+
 Training then centres a share of its tiles on these spots (`train --mine-from`): the loop of
 customs review (make images, label, train, feed the results back) run on the generator's scans.
 """
@@ -30,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.preprocess import padded_width, tile_offsets
+from inference.reviewer import block_support
 from inference.training.base_weights import load_base_spec
 from inference.training.dataset import X_QUANT, ExampleSet
 from inference.training.evaluate import logit
@@ -64,6 +68,7 @@ class _TileModel:
 
         spec = load_base_spec(model_path, g)
         self.suspect_logit = logit(spec.thresholds.suspect)
+        self.decision_block = spec.output.decision_block
         self.interp = Interpreter(model_path=str(model_path), num_threads=threads)
         self.interp.allocate_tensors()
         inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
@@ -101,7 +106,9 @@ def mine(model_path: Path, data: ExampleSet, g: Geometry, *, negative_share: flo
         x, t, w = data.example(i)
         logits = model.logits(x, g, int(data.valid[i]))
         valid_cells = -(-int(data.valid[i]) // g.stride)
-        anomaly, truth = logits[:, :valid_cells, 1:], t[:, :valid_cells, 1:]
+        # Cell scores under the model's decision rule, as the gate thresholds them.
+        anomaly = block_support(logits[:, :valid_cells, 1:], model.decision_block)
+        truth = t[:, :valid_cells, 1:]
         clean = ~(truth > 0).any(axis=-1) & (w[:, :valid_cells, 1:].min(axis=-1) > 0)
         if clean.any():
             worst = np.where(clean, anomaly.max(axis=-1), -np.inf)

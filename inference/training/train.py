@@ -59,6 +59,10 @@ __all__ = ["ROUND_LEARNING_RATE", "ROUND_PROJECT", "ROUND_STEPS", "TrainOptions"
 
 _log = logging.getLogger(__name__)
 
+DECISION_BLOCK = 2
+"""The decision rule written into new models' metadata (`OutputSpec.decision_block`): anomaly
+logits averaged over 2 x 2 cells before any threshold, as 2.4.1 ships."""
+
 MODEL_NAME = "smartgate-xray-anomaly"
 MODEL_STEM = "xray_anomaly"
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -496,7 +500,7 @@ def _initial_spec(model_path: Path, g: Geometry, opts: TrainOptions, training: d
                         dtype="int8", quantization=in_q, column_mm=g.column_mm, channels=g.channels),
         output=OutputSpec(name=str(out["name"]), shape=_shape4(out["shape"]),
                           dtype="int8", quantization=out_q, stride=g.stride, channels=g.outputs,
-                          activation="logits"),
+                          activation="logits", decision_block=DECISION_BLOCK),
         normalization=g.normalization(),
         tiling=TilingSpec(overlap=g.overlap),
         labels=g.labels,
