@@ -107,7 +107,7 @@ $(TRAIN_STAMP): setup.cfg pyproject.toml
 model: $(TRAIN_STAMP)
 	$(TRAIN_VENV)/bin/python -m inference.training train --seed $(SEED) --threads 2 --version 2.2.0 \
 		--out $(MODEL_WORK)/round0
-	@r=0; version=2.4.1; for s in $(ROUND_SEEDS); do \
+	@r=0; version=2.4.0; for s in $(ROUND_SEEDS); do \
 		prev=$(MODEL_WORK)/round$$r/xray_anomaly.tflite; r=$$((r + 1)); out=$(MODEL_WORK)/round$$r; \
 		extra=""; [ $$s -ne $(SEED) ] && extra="$(NEW_SCANS)"; \
 		[ "$$s" = "$(WIDEN_SEED)" ] && { version=$(WIDE_VERSION); extra="$$extra --widen-to $(WIDEN_TO)"; }; \

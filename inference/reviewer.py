@@ -76,11 +76,11 @@ def block_support(logits: FloatArray, block: int) -> FloatArray:
     cell takes the highest average among the blocks it lies in (per class).
 
     An object spans neighbouring cells and makes them respond together; a clean structure that
-    trips the network often does so in one cell alone. Averaging over 2 x 2 blocks before the
-    threshold keeps the first and damps the second: on the test stream (2.4.0's weights, 6000
-    scans) it finds 1.4-2.6 points more of the small objects at the same false-alarm rates
-    (docs/image-review.md). ``block`` 1, or a map smaller than a block, returns the logits as
-    they are."""
+    trips the network often does so in one cell alone. With 2.4.0's network, 2 x 2 blocks find
+    1.4-2.6 points more of the small objects at the same false-alarm rates on the randomized test
+    stream but raise the reference scanner's false alarms (docs/image-review.md), so the shipped
+    model decides on single cells (``OutputSpec.decision_block`` 1). ``block`` 1, or a map smaller
+    than a block, returns the logits as they are."""
     rows, cols = logits.shape[:2]
     if block <= 1 or rows < block or cols < block:
         return logits
