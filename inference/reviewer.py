@@ -234,20 +234,10 @@ class Reviewer:
             c0 = off // stride
             np.maximum(stitched[:, c0:c0 + cells_w], raw[0], out=stitched[:, c0:c0 + cells_w])
         valid = -(-prepared.width // stride)
-        probs = dequantize(stitched[:, :valid], spec.output.quantization)
-        if spec.output.decision_block > 1:
-            probs[..., 1:] = block_support(probs[..., 1:], spec.output.decision_block)
-        if spec.output.activation == "logits":
-            np.negative(probs, out=probs)
-            np.exp(probs, out=probs)
-            probs += 1.0
-            np.reciprocal(probs, out=probs)
+        probs = self.cell_probabilities(stitched[:, :valid])
         if out_dtype.kind == "f" and not np.isfinite(probs).all():
             raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         return ScanAnalysis(
-            opaque=tuple(self.opaque_areas(prepared)),
-            scale_x=prepared.scale_x,
-            scale_y=prepared.scale_y,
             probs=np.ascontiguousarray(probs),
             labels=tuple(spec.labels),
             cell_w=stride * prepared.scale_x,
@@ -256,10 +246,36 @@ class Reviewer:
             scan_columns=scan.columns,
             invoke_ms=invoke_s * 1000.0,
             tiles=len(prepared.offsets),
-            input_stats=input_statistics(prepared.data, prepared.width, spec.input),
-            inverted_share=inverted_share(prepared.data, prepared.width, spec.input, spec.normalization),
             report=prepared.report,
+            **self.prepared_facts(prepared),
         )
+
+    def cell_probabilities(self, stitched: npt.NDArray[Any]) -> FloatArray:
+        """The stitched raw output (cells inside the scan) -> per-cell probabilities: dequantized,
+        the anomaly channels under the model's decision rule (`block_support`), then the logistic
+        function when the model outputs logits."""
+        spec = self.spec
+        probs = dequantize(stitched, spec.output.quantization)
+        if spec.output.decision_block > 1:
+            probs[..., 1:] = block_support(probs[..., 1:], spec.output.decision_block)
+        if spec.output.activation == "logits":
+            np.negative(probs, out=probs)
+            np.exp(probs, out=probs)
+            probs += 1.0
+            np.reciprocal(probs, out=probs)
+        return probs
+
+    def prepared_facts(self, prepared: PreparedScan) -> dict[str, Any]:
+        """What `ScanAnalysis` records of the prepared input besides the model's output: opaque
+        areas and the scale to map them back, the input statistics, the guard's inverted share."""
+        spec = self.spec
+        return {
+            "opaque": tuple(self.opaque_areas(prepared)),
+            "scale_x": prepared.scale_x,
+            "scale_y": prepared.scale_y,
+            "input_stats": input_statistics(prepared.data, prepared.width, spec.input),
+            "inverted_share": inverted_share(prepared.data, prepared.width, spec.input, spec.normalization),
+        }
 
     def opaque_areas(self, prepared: PreparedScan) -> list[OpaqueArea]:
         """The areas the beam did not cross, of at least ``opaque_area_m2`` (`inference.opacity`)."""
@@ -349,7 +365,7 @@ class Reviewer:
             ("air_fraction", signals["air_fraction"] < env.min_air_fraction, env.min_air_fraction),
             ("repaired_share", signals["repaired_share"] > env.max_repaired_share, env.max_repaired_share),
             ("covered_share", signals["covered_share"] > env.max_covered_share, env.max_covered_share),
-            ("inverted_share", signals.get("inverted_share", 0.0) > env.max_inverted_share, env.max_inverted_share),
+            ("inverted_share", signals["inverted_share"] > env.max_inverted_share, env.max_inverted_share),
         )
         out = [f"{name} {signals[name]:g} outside the training envelope (limit {limit:g})"
                for name, bad, limit in checks if bad]

@@ -18,31 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gate_controller.config.schema import LiveBarConfig
+from inference.rates import wilson
 from inference.result import suspect_for_opacity_alone
 
 __all__ = ["LaneReport", "Rate", "load_verdict_samples", "shadow_report", "wilson"]
 
 log = logging.getLogger(__name__)
-
-Z95 = 1.959963984540054
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of ``successes`` in ``n`` (0..1 for n = 0)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)

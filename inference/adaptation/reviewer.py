@@ -21,12 +21,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.adaptation.envelope import input_statistics
 from inference.adaptation.normal import NormalModel, dequantized, pick_feature_tensor
 from inference.errors import InferenceError, ModelError
-from inference.preprocess import dequantize, inverted_share
 from inference.result import ReviewRegion, ReviewResult
-from inference.reviewer import Reviewer, ScanAnalysis, block_support
+from inference.reviewer import Reviewer, ScanAnalysis
 from inference.scan import Scan
 
 __all__ = ["ADAPTATION_ARRAYS", "ADAPTATION_FILE", "AdaptedReviewer"]
@@ -148,22 +146,13 @@ class AdaptedReviewer(Reviewer):
             np.maximum(stitched[:, c0:c0 + w], raw, out=stitched[:, c0:c0 + w])
             np.maximum(dist[:, c0:c0 + w], self.normal.distance(feat), out=dist[:, c0:c0 + w])
         valid = -(-prepared.width // stride)
-        probs = dequantize(stitched[:, :valid], spec.output.quantization)
-        if spec.output.decision_block > 1:
-            probs[..., 1:] = block_support(probs[..., 1:], spec.output.decision_block)
-        if spec.output.activation == "logits":
-            probs = (1.0 / (1.0 + np.exp(-probs))).astype(np.float32)
+        probs = self.cell_probabilities(stitched[:, :valid])
         if not np.isfinite(dist).all():
             raise InferenceError(f"scan {scan.scan_id}: non-finite feature distances")
         analysis = ScanAnalysis(probs=np.ascontiguousarray(probs), labels=tuple(spec.labels),
                                 cell_w=stride * prepared.scale_x, cell_h=stride * prepared.scale_y,
                                 scan_rows=scan.rows, scan_columns=scan.columns, invoke_ms=invoke_s * 1000.0,
-                                tiles=len(tiles), input_stats=input_statistics(prepared.data, prepared.width,
-                                                                                spec.input),
-                                opaque=tuple(self.opaque_areas(prepared)), scale_x=prepared.scale_x,
-                                scale_y=prepared.scale_y,
-                                inverted_share=inverted_share(prepared.data, prepared.width, spec.input,
-                                                              spec.normalization))
+                                tiles=len(tiles), **self.prepared_facts(prepared))
         return analysis, np.ascontiguousarray(dist[:, :valid])
 
     def cell_scores(self, analysis: ScanAnalysis, dist: FloatArray) -> FloatArray:

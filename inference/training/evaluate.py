@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.rates import wilson
 from inference.reviewer import Reviewer, ScanAnalysis
 from inference.scan import Scan
 from inference.synthetic import generate_scenario
@@ -188,17 +189,12 @@ def collect_field(reviewer: Reviewer, samples: Iterable[FieldSample]) -> list[Sc
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> list[float] | None:
-    """The Wilson score interval of a binomial proportion (95 % for ``z = 1.96``; Wilson 1927,
-    recommended over the normal approximation by Brown, Cai and DasGupta 2001 because it keeps
-    its coverage near 0 and 1, where our false-alarm and detection rates lie). None without
-    trials."""
+    """`inference.rates.wilson` (95 % for ``z = 1.96``) rounded to 4 decimals, as the figures
+    are; None without trials."""
     if trials <= 0:
         return None
-    p = successes / trials
-    z2 = z * z
-    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
-    half = z * float(np.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))) / (1 + z2 / trials)
-    return [round(max(centre - half, 0.0), 4), round(min(centre + half, 1.0), 4)]
+    lo, hi = wilson(successes, trials, z)
+    return [round(lo, 4), round(hi, 4)]
 
 
 def _verdict(rate: float | None, interval: list[float] | None, target: float, *, at_least: bool,
