@@ -185,7 +185,7 @@ def _loo(args: argparse.Namespace) -> int:
     runner = run_joint if args.joint else run_slices
     results = runner(base, slices, test_scans=args.test_scans, control_scans=args.control_scans,
                      test_seed=args.test_seed, out_dir=args.out, rounds=args.rounds, round_steps=args.round_steps,
-                     round_project=args.round_project)
+                     round_project=args.round_project, round_seeds=tuple(args.round_seeds))
     table = slice_table(results)
     (args.out / "loo.md").write_text(table, encoding="utf-8")
     print(table)
@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--steps", type=int, default=2000, help="training steps per slice (reduced budget)")
     lo.add_argument("--rounds", type=int, default=0,
                     help="rounds continued on mined hard examples after each base model (make model: 3)")
+    lo.add_argument("--round-seeds", type=int, nargs="+", default=[], metavar="SEED",
+                    help="after the rounds on the same scans, one round per seed on its new training scans "
+                         "(the rounds of model 2.4.0; make model: ROUND_SEEDS other than SEED)")
     lo.add_argument("--round-steps", type=int, default=ROUND_STEPS, help="training steps per round")
     lo.add_argument("--round-project", type=float, default=ROUND_PROJECT,
                     help=f"share of a round's tiles with a projected object (default {ROUND_PROJECT}; "

@@ -18,6 +18,10 @@ four, so the budget can stay close to the shipped model's.
 examples the previous model mines from the same held-out training set, as `make model` does for
 the shipped model (docs/retraining.md), so the protocol measures the shipped recipe; the base
 model is measured on the same test sets (row ``base``), so the rounds' own effect shows.
+``--round-seeds S ...`` then adds one round per seed on that seed's **new** training scans (the
+held-out regions removed from them too), mined by the previous model and calibrated on the seed's
+own validation scans, as the rounds of model 2.4.0 were made (`make model`'s ``ROUND_SEEDS`` other
+than ``SEED``).
 
 ``python -m inference.training loo`` runs it; the results go to a JSON file and a Markdown
 table (docs/image-review.md quotes it).
@@ -63,7 +67,8 @@ def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
                control_scans: int, test_seed: int, out_dir: Path, rounds: int = 0,
-               round_steps: int = ROUND_STEPS, round_project: float = ROUND_PROJECT) -> list[dict[str, Any]]:
+               round_steps: int = ROUND_STEPS, round_project: float = ROUND_PROJECT,
+               round_seeds: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     """Train one model per slice (held out) and measure it on the slice and on the whole stream."""
     from inference.training.evaluate import collect_synthetic
 
@@ -72,7 +77,8 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
         name = slice_name(region)
         slice_dir = out_dir / name.replace("/", "-").replace("=", "_").replace(",", "+")
         stages, train_s = _train_stages(replace(base, exclude=dict(region), out_dir=slice_dir,
-                                                version=f"loo-{name}"), rounds, round_steps, round_project)
+                                                version=f"loo-{name}"), rounds, round_steps, round_project,
+                                         round_seeds)
         held = {key: _measure(r, collect_synthetic(r, "test", test_seed, test_scans, only=region))
                 for key, r in stages.items()}
         control = {key: _measure(r, collect_synthetic(r, "test", test_seed, control_scans, exclude=region))
@@ -82,11 +88,14 @@ def run_slices(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...
 
 
 def _train_stages(opts: TrainOptions, rounds: int = 0, round_steps: int = ROUND_STEPS,
-                  round_project: float = ROUND_PROJECT) -> tuple[dict[str, Reviewer], float]:
-    """Train with ``opts``, then ``rounds`` rounds continued on mined hard examples (same held-out
-    region). The reviewers a row measures: the last model's (key ``""``) and, after rounds, the
-    base model's (``"base"``), so the rounds' own effect on a held-out slice can be read off; and
-    the seconds it all took."""
+                  round_project: float = ROUND_PROJECT, round_seeds: tuple[int, ...] = (),
+                  ) -> tuple[dict[str, Reviewer], float]:
+    """Train with ``opts``, then ``rounds`` rounds continued on mined hard examples of the same
+    training scans, then one round per seed of ``round_seeds`` on that seed's new scans (never
+    cached, as `make model` makes them), every stage with the same region held out. The reviewers
+    a row measures: the last model's (key ``""``) and, after rounds, the base model's
+    (``"base"``), so the rounds' own effect on a held-out slice can be read off; and the seconds
+    it all took."""
     from inference.reviewer import Reviewer
 
     t0 = time.monotonic()
@@ -94,9 +103,12 @@ def _train_stages(opts: TrainOptions, rounds: int = 0, round_steps: int = ROUND_
     for r in range(1, rounds + 1):
         model_path = train(round_options(replace(opts, out_dir=opts.out_dir / f"round{r}"), model_path,
                                          steps=round_steps, project=round_project))
+    for seed in round_seeds:
+        model_path = train(round_options(replace(opts, seed=seed, cache_dir=None, out_dir=opts.out_dir / f"seed{seed}"),
+                                         model_path, steps=round_steps, project=round_project))
     seconds = time.monotonic() - t0
     stages = {"": Reviewer(model_path, num_threads=1)}
-    if rounds:
+    if rounds or round_seeds:
         stages["base"] = Reviewer(base_path, num_threads=1)
     return stages, seconds
 
@@ -152,13 +164,14 @@ def other_slices(slices: tuple[dict[str, tuple[str, ...]], ...], region: dict[st
 
 def run_joint(base: TrainOptions, slices: tuple[dict[str, tuple[str, ...]], ...], *, test_scans: int,
               control_scans: int, test_seed: int, out_dir: Path, rounds: int = 0,
-              round_steps: int = ROUND_STEPS, round_project: float = ROUND_PROJECT) -> list[dict[str, Any]]:
+              round_steps: int = ROUND_STEPS, round_project: float = ROUND_PROJECT,
+              round_seeds: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     """One model trained without any of the slices; each slice tested on its own scans."""
     from inference.training.evaluate import collect_synthetic
 
     union = _union(slices)
     stages, train_s = _train_stages(replace(base, exclude=union, out_dir=out_dir / "joint", version="loo-joint"),
-                                    rounds, round_steps, round_project)
+                                    rounds, round_steps, round_project, round_seeds)
     control = {key: _measure(r, collect_synthetic(r, "test", test_seed, control_scans, exclude=union))
                for key, r in stages.items()}
     results: list[dict[str, Any]] = []

@@ -43,10 +43,10 @@ codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out"
          main([*common, "--mine-from", str(work / "absent.tflite"), "--out", str(work / "never")]),
          main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--mine-from", str(DEFAULT_MODEL_PATH),
                "--hard-share", "0.5", "--out", str(work / "cont")])]
-# Leave-one-out with rounds (here the 2.3.0 recipe's, with threat projection): the held-out base
-# model, then one round on it.
+# Leave-one-out with rounds (here with threat projection): the held-out base model, one round on
+# its own scans, then one round on a new seed's scans.
 codes.append(main(["loo", "--joint", "--slice", "energy=6/9", "--scans", "8", "--steps", "2", "--rounds", "1",
-                   "--round-steps", "2", "--round-project", "0.3", "--val-scans", "8", "--val-empty-scans", "4",
+                   "--round-seeds", "9", "--round-steps", "2", "--round-project", "0.3", "--val-scans", "8", "--val-empty-scans", "4",
                    "--test-scans", "4", "--control-scans", "4", "--no-cache", "--workers", "1", "--threads", "1",
                    "--out", str(work / "loo")]))
 print("EXIT CODES", *codes)
@@ -101,16 +101,20 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     assert (mined["model"], mined["scans"], mined["share_of_tiles"]) == ("xray_anomaly.tflite", 6, 0.5)
     assert mined["negatives"] == 1
 
-    # The leave-one-out row is of the round's model, continued from the held-out base model.
+    # The leave-one-out row is of the last round's model: base -> round on its scans -> round on
+    # seed 9's new scans, each continued from the one before, every one without the slice.
     row = json.loads((tmp_path / "loo" / "loo.json").read_text())[0]
     assert row["slice"] == "energy=6/9"
-    assert row["model"].endswith("joint/round1/xray_anomaly.tflite")
-    assert row["continued_from"]["version"] == "loo-joint"
+    assert row["model"].endswith("joint/seed9/xray_anomaly.tflite")
     loo_base = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "xray_anomaly.tflite"))
-    assert row["continued_from"]["sha256"] == loo_base.sha256
     loo_round = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "round1" / "xray_anomaly.tflite"))
+    loo_seed = load_spec(metadata_path_for(tmp_path / "loo" / "joint" / "seed9" / "xray_anomaly.tflite"))
+    assert loo_round.training["continued_from"]["sha256"] == loo_base.sha256
+    assert row["continued_from"]["sha256"] == loo_round.sha256
+    assert (loo_base.training["seed"], loo_round.training["seed"], loo_seed.training["seed"]) == (7, 7, 9)
     assert (loo_base.training["project"], loo_round.training["project"]) == (0.0, 0.3)
-    assert "6/9" in loo_base.training["data"]  # held out of the base model's training too
+    for spec in (loo_base, loo_round, loo_seed):
+        assert "6/9" in spec.training["data"]  # held out of every stage's training
     # The base model is measured on the same test sets, so the rounds' own effect can be read off.
     assert row["base"]["held_out"]["scans"] == row["held_out"]["scans"]
     assert row["base"]["control"]["scans"] == row["control"]["scans"]
