@@ -158,6 +158,35 @@ class EnvelopeSpec(_Strict):
     max_inverted_share: float = Field(default=0.4, gt=0, le=1)
     basis: str = ""
 
+    @classmethod
+    def around(cls, *, flagged: float, noise: float, air: float, inverted: float, what: str) -> EnvelopeSpec:
+        """The envelope of a set of scans (``what``, e.g. "3600 validation scans") from its most
+        extreme values: each limit 1.5 times beyond them, so the guard fires only on scans clearly
+        outside what the model was calibrated on, with floors that keep a few quiet scans from
+        making it hair-trigger. Repaired and covered row shares keep their defaults: they describe
+        a broken detector, not a scanner model."""
+        defaults = cls()
+        return cls(
+            max_flagged_share=round(min(0.9, max(0.25, 1.5 * flagged)), 4),
+            max_noise=round(max(0.02, 1.5 * noise), 5),
+            min_air_fraction=round(min(defaults.min_air_fraction, air / 1.5), 4),
+            max_repaired_share=defaults.max_repaired_share,
+            max_covered_share=defaults.max_covered_share,
+            max_inverted_share=round(min(0.6, max(0.4, 1.5 * inverted)), 4),
+            basis=(f"1.5 x the extremes of {what}: flagged share {flagged:.3f}, noise {noise:.4f}, air fraction "
+                   f"{air:.3f}, inverted share {inverted:.3f}; repaired and covered row shares: defaults"))
+
+    def widened(self, site: EnvelopeSpec, what: str) -> EnvelopeSpec:
+        """This envelope widened (never narrowed) to ``site``'s, the envelope of a site's own scans
+        (``what``) that an adapted or fine-tuned model was validated on: its scanner's noise, air
+        level and flagged share. The channel order check stays as it was: inverted channels are a
+        wiring fault at any site."""
+        return self.model_copy(update={
+            "max_flagged_share": max(self.max_flagged_share, site.max_flagged_share),
+            "max_noise": max(self.max_noise, site.max_noise),
+            "min_air_fraction": min(self.min_air_fraction, site.min_air_fraction),
+            "basis": f"{self.basis}; widened to {what}: {site.basis}"})
+
 
 class ModelSpec(BaseModel):
     """The whole metadata document. ``training`` and ``metrics`` are free-form provenance."""

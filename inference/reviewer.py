@@ -136,6 +136,12 @@ class ScanAnalysis:
         """The total area of ``opaque`` (m2), as `ReviewResult.opaque_m2` reports it."""
         return round(sum(a.area_m2 for a in self.opaque), 3)
 
+    @property
+    def conditioning(self) -> dict[str, Any]:
+        """The conditioning report as the review result carries it (`ReviewResult.conditioning`;
+        the noise estimate goes out as a guard signal instead)."""
+        return {k: v for k, v in self.report.items() if k != "noise"}
+
     def cell_box(self, x: int, y: int, w: int, h: int) -> tuple[slice, slice]:
         """Cells touched by a scan-pixel box (for scoring a ground-truth region)."""
         r0 = int(y // self.cell_h)
@@ -336,12 +342,16 @@ class Reviewer:
         out.sort(key=lambda r: -r.score)
         return out[:MAX_REGIONS]
 
-    def envelope_signals(self, analysis: ScanAnalysis) -> dict[str, float]:
+    def envelope_signals(self, analysis: ScanAnalysis, best: FloatArray | None = None) -> dict[str, float]:
         """The guard's signals for one analysed scan (see `EnvelopeSpec`). The flagged share is
-        measured at the metadata's region threshold, the one the envelope was measured at: a
-        threshold override (config, commissioning) moves the verdict, not the guard."""
+        the share of ``best`` (the per-cell score the verdict is taken on; by default the network's
+        highest anomaly probability) at the metadata's region threshold, the one the envelope was
+        measured at: a threshold override (config, commissioning) moves the verdict, not the guard."""
         report = analysis.report
-        best = analysis.anomaly.max(axis=-1) if analysis.anomaly.size else np.zeros((1, 1), np.float32)
+        if best is None:
+            best = analysis.anomaly.max(axis=-1) if analysis.anomaly.size else np.zeros((1, 1), np.float32)
+        elif not best.size:
+            best = np.zeros((1, 1), np.float32)
         rows = max(int(report.get("rows", analysis.scan_rows)), 1)
         repaired = len(set(report.get("dead_rows", [])) | set(report.get("stuck_rows", []))
                        | set(report.get("noisy_rows", [])))
@@ -371,6 +381,18 @@ class Reviewer:
                for name, bad, limit in checks if bad]
         return "; ".join(out) if out else None
 
+    def unfamiliar_result(self, scan: Scan, analysis: ScanAnalysis, signals: dict[str, float], why: str,
+                          t0: float) -> ReviewResult:
+        """Verdict ``unavailable`` (reason `REASON_UNFAMILIAR`) for a scan outside the training
+        envelope, with the conditioning report and the guard's signals as evidence."""
+        info = self.model_info
+        return ReviewResult(
+            verdict="unavailable", score=None, not_empty_score=None,
+            latency_ms=(self._clock() - t0) * 1000.0, model=info.name, version=info.version,
+            error=f"scan unlike the model's training: {why}", scan_id=scan.scan_id,
+            reason=REASON_UNFAMILIAR, conditioning=analysis.conditioning, envelope=signals,
+            extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles})
+
     def review(self, scan: Scan, *, declared: str | None = None) -> ReviewResult:
         """Review one scan. ``declared`` (e.g. the release notice's) overrides ``scan.declared``.
 
@@ -381,15 +403,10 @@ class Reviewer:
         analysis = self.analyse(scan)
         info = self.model_info
         signals = self.envelope_signals(analysis)
-        conditioning = {k: v for k, v in analysis.report.items() if k != "noise"}
+        conditioning = analysis.conditioning
         unfamiliar = self.assess(signals)
         if unfamiliar is not None:
-            return ReviewResult(
-                verdict="unavailable", score=None, not_empty_score=None,
-                latency_ms=(self._clock() - t0) * 1000.0, model=info.name, version=info.version,
-                error=f"scan unlike the model's training: {unfamiliar}", scan_id=scan.scan_id,
-                reason=REASON_UNFAMILIAR, conditioning=conditioning, envelope=signals,
-                extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles})
+            return self.unfamiliar_result(scan, analysis, signals, unfamiliar, t0)
         regions = self.regions(analysis)
         anomaly_score = float(analysis.anomaly.max()) if analysis.anomaly.size else 0.0
         cargo = self.not_empty_map(analysis)

@@ -46,7 +46,7 @@ from inference.adaptation.normal import NormalAccumulator
 from inference.adaptation.reviewer import ADAPTATION_ARRAYS, ADAPTATION_FILE, ADAPTATION_FORMAT, AdaptedReviewer
 from inference.adaptation.tip import ThreatObject, extract_threats, project
 from inference.errors import ModelError, ScanFormatError
-from inference.model_spec import NormalizationSpec
+from inference.model_spec import EnvelopeSpec, NormalizationSpec
 from inference.reviewer import Reviewer
 from inference.scan import Scan, held_out, load_scan, readable_scans
 
@@ -127,6 +127,8 @@ class _Judge:
     def __init__(self, base: Reviewer, adapted: AdaptedReviewer) -> None:
         self.base = base
         self.adapted = adapted
+        self.signals: list[dict[str, float]] = []
+        """The guard's signals of every clean scan judged, under the adapted review."""
 
     def clean(self, scan: Scan, not_empty_threshold: float) -> tuple[tuple[bool, bool], tuple[bool, bool]]:
         """On a clean scan, before and after: the anomaly false alarm (declared-empty checks apart),
@@ -136,7 +138,9 @@ class _Judge:
         before = bool(analysis.anomaly.size and analysis.anomaly.max() >= self.base.suspect_threshold)
         loaded = float(self.base.not_empty_map(analysis).max())
         a_analysis, dist = self.adapted.analyse_distances(scan)
-        after = bool(self.adapted.cell_scores(a_analysis, dist).max() >= 0.5)
+        score = self.adapted.cell_scores(a_analysis, dist)
+        after = bool(score.max() >= 0.5)
+        self.signals.append(self.adapted.envelope_signals(a_analysis, score))
         return (before, after), (loaded >= self.base.not_empty_threshold, loaded >= not_empty_threshold)
 
     def threat(self, scan: Scan, box: tuple[int, int, int, int]) -> tuple[bool, bool]:
@@ -223,6 +227,10 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
     adapted.normal = total.model()
     adapted.distance_threshold = threshold
     adapted.network_threshold = network_threshold
+    thresholds = {**base.spec.thresholds.model_dump(), "suspect": 0.5, "region": _REGION_SCORE,
+                  "not_empty": not_empty_threshold}
+    adapted.spec = adapted.spec.model_copy(update={"thresholds": adapted.spec.thresholds.model_copy(
+        update=thresholds)})
     progress(f"distance threshold {threshold:.2f} ({quantile:.1%} of {len(cv_scores)} cross-validated clean "
              f"scores); network threshold "
              + (f"{network_threshold:.4f}" if network_threshold is not None else
@@ -260,6 +268,7 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
             counts["after"] += a
         detection[label] = counts
     field = _field_samples(samples_dir, judge) if samples_dir is not None else None
+    envelope_spec, guard = _site_envelope(adapted, judge.signals)
     t_val = time.perf_counter()
     n_val = len(val)
     report: dict[str, Any] = {
@@ -283,6 +292,7 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
             "others_called_loaded": {"before": _rate(loaded_counts["before"], loaded_counts["n"]),
                                      "after": _rate(loaded_counts["after"], loaded_counts["n"])},
         },
+        "guard": guard,
         "network_fit": network_fit,
         "not_empty_fit": not_empty_fit,
         "field_samples": field,
@@ -295,11 +305,8 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
             "feature_shape": list(adapted.feature_shape), "distance_threshold": threshold,
             "network_threshold": network_threshold,
             "score": "d^2 / (d^2 + distance_threshold^2); suspect at 0.5"}
-    spec = base.spec
     region = float(threshold * np.sqrt(_REGION_SCORE / (1 - _REGION_SCORE)))
-    thresholds = {**spec.thresholds.model_dump(), "suspect": 0.5, "region": _REGION_SCORE,
-                  "not_empty": not_empty_threshold}
-    report["normalization"] = {"before": list(spec.normalization.scale), "after": list(normalization.scale)}
+    report["normalization"] = {"before": list(base.spec.normalization.scale), "after": list(normalization.scale)}
     files = {ADAPTATION_FILE: (json.dumps(meta, indent=1) + "\n").encode(),
              ADAPTATION_ARRAYS: adapted.normal.to_bytes(), ENVELOPE_FILE: envelope.to_json().encode(),
              REPORT_FILE: (json.dumps(report, indent=1) + "\n").encode()}
@@ -310,8 +317,31 @@ def adapt(model: Path | None, clean_dir: Path, out: Path, *, sign: Callable[...,
                   "method": "per-row Gaussian (PaDiM-style) on network features; TIP validation"}
     files[REPORT_FILE] = (json.dumps(report, indent=1) + "\n").encode()
     sign(model_path, out, name=name, version=version, files=files, provenance=provenance, figures=figures,
-         spec_update={"thresholds": thresholds, "normalization": normalization.model_dump(mode="json")})
+         spec_update={"thresholds": thresholds, "normalization": normalization.model_dump(mode="json"),
+                      "envelope": envelope_spec.model_dump(mode="json")})
     return report
+
+
+def _site_envelope(adapted: AdaptedReviewer, signals: Sequence[dict[str, float]],
+                   ) -> tuple[EnvelopeSpec, dict[str, Any]]:
+    """The package's guard envelope: the shipped model's, widened to the site's held-out clean
+    scans as the adapted review sees them (their noise, air level and flagged share; the adapted
+    review was validated on exactly those), and how many of them the guard still calls unfamiliar
+    (a broken detector row, channels in the wrong order: faults, not the scanner's character)."""
+    base = adapted.spec.envelope
+    site = EnvelopeSpec.around(
+        flagged=max((s["flagged_share"] for s in signals), default=0.0),
+        noise=max((s["noise"] for s in signals), default=0.0),
+        air=min((s["air_fraction"] for s in signals), default=1.0),
+        inverted=max((s["inverted_share"] for s in signals), default=0.0),
+        what=f"{len(signals)} held-out clean site scans under the adapted review")
+    envelope = base.widened(site, "the site's scans")
+    adapted.spec = adapted.spec.model_copy(update={"envelope": envelope})
+    reasons = [r for r in (adapted.assess(s) for s in signals) if r is not None]
+    return envelope, {"unavailable": len(reasons), "of": len(signals), "reasons": sorted(set(reasons))[:5],
+                      "widened": {k: [getattr(base, k), getattr(envelope, k)] for k in
+                                  ("max_flagged_share", "max_noise", "min_air_fraction")
+                                  if getattr(base, k) != getattr(envelope, k)}}
 
 
 def _fit_normalization(base: Reviewer, fit: Sequence[Path], options: AdaptOptions) -> NormalizationSpec:

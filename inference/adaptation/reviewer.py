@@ -147,12 +147,14 @@ class AdaptedReviewer(Reviewer):
             np.maximum(dist[:, c0:c0 + w], self.normal.distance(feat), out=dist[:, c0:c0 + w])
         valid = -(-prepared.width // stride)
         probs = self.cell_probabilities(stitched[:, :valid])
+        if out_dtype.kind == "f" and not np.isfinite(probs).all():
+            raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         if not np.isfinite(dist).all():
             raise InferenceError(f"scan {scan.scan_id}: non-finite feature distances")
         analysis = ScanAnalysis(probs=np.ascontiguousarray(probs), labels=tuple(spec.labels),
                                 cell_w=stride * prepared.scale_x, cell_h=stride * prepared.scale_y,
                                 scan_rows=scan.rows, scan_columns=scan.columns, invoke_ms=invoke_s * 1000.0,
-                                tiles=len(tiles), **self.prepared_facts(prepared))
+                                tiles=len(tiles), report=prepared.report, **self.prepared_facts(prepared))
         return analysis, np.ascontiguousarray(dist[:, :valid])
 
     def cell_scores(self, analysis: ScanAnalysis, dist: FloatArray) -> FloatArray:
@@ -162,9 +164,15 @@ class AdaptedReviewer(Reviewer):
         return score
 
     def review(self, scan: Scan, *, declared: str | None = None) -> ReviewResult:
+        """As `Reviewer.review`, on the adapted cell score; the guard is the shipped model's, its
+        flagged share taken on that score at the package's region threshold."""
         t0 = self._clock()
         analysis, dist = self.analyse_distances(scan)
         score = self.cell_scores(analysis, dist)
+        signals = self.envelope_signals(analysis, score)
+        unfamiliar = self.assess(signals)
+        if unfamiliar is not None:
+            return self.unfamiliar_result(scan, analysis, signals, unfamiliar, t0)
         regions = self.regions_of(analysis, score)
         anomaly_score = float(score.max()) if score.size else 0.0
         cargo = self.not_empty_map(analysis)
@@ -185,6 +193,6 @@ class AdaptedReviewer(Reviewer):
             verdict="suspect" if suspect else "clear", score=result_score, not_empty_score=not_empty_score,
             regions=tuple(regions), latency_ms=(self._clock() - t0) * 1000.0, model=info.name, version=info.version,
             anomaly_score=anomaly_score, not_empty=not_empty, declared_empty_violation=violation,
-            opaque_m2=analysis.opaque_m2, scan_id=scan.scan_id,
+            opaque_m2=analysis.opaque_m2, scan_id=scan.scan_id, conditioning=analysis.conditioning, envelope=signals,
             extra={"invoke_ms": round(analysis.invoke_ms, 3), "tiles": analysis.tiles, "input": analysis.input_stats,
                    "max_distance": round(float(dist.max()) if dist.size else 0.0, 3)})

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from inference.adaptation.tip import ThreatObject, project
-from inference.model_spec import EnvelopeSpec, ModelSpec
+from inference.model_spec import ModelSpec
 from inference.reviewer import Reviewer
 from inference.scan import load_scan
 from inference.training.dataset import FieldSample
@@ -34,7 +34,7 @@ from inference.training.evaluate import (
     suspect_threshold,
 )
 
-__all__ = ["calibrate_site", "merge_envelope", "site_not_empty_threshold", "site_records"]
+__all__ = ["calibrate_site", "site_not_empty_threshold", "site_records"]
 
 TARGET_FALSE_NOT_EMPTY = 0.005
 
@@ -113,7 +113,7 @@ def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: S
                  "construction); detection is on TIP objects never used in training"),
     }
     thresholds = spec.thresholds.model_copy(update={"suspect": suspect, "not_empty": not_empty, "region": region})
-    envelope = merge_envelope(spec.envelope, _envelope(records, region))
+    envelope = spec.envelope.widened(_envelope(records, region), "the site's held-out scans")
     training = {**spec.training, "calibration": (
         f"suspect = lowest value with <= {target_false_alarm:.1%} false-alarm scans among {len(val)} held-out "
         "clean site scans" + (f" and {len(samples)} held-out field samples" if samples else "")
@@ -122,14 +122,3 @@ def calibrate_site(model_path: Path, base_path: Path, spec: ModelSpec, *, val: S
         + "; measured with LiteRT")}
     return spec.model_copy(update={"thresholds": thresholds, "envelope": envelope, "training": training,
                                    "metrics": {"validation": after, "site": validation}}), validation
-
-
-def merge_envelope(base: EnvelopeSpec, site: EnvelopeSpec) -> EnvelopeSpec:
-    """The base envelope widened to the site's own scans (never narrowed)."""
-    return base.model_copy(update={
-        "max_flagged_share": max(base.max_flagged_share, site.max_flagged_share),
-        "max_noise": max(base.max_noise, site.max_noise),
-        "min_air_fraction": min(base.min_air_fraction, site.min_air_fraction),
-        "basis": f"{base.basis}; widened to the site's held-out scans: {site.basis}"})
-
-

@@ -567,26 +567,15 @@ def _calibrate(model_path: Path, spec: ModelSpec, opts: TrainOptions,
 
 
 def _envelope(records: list[Any], region: float) -> EnvelopeSpec:
-    """The training envelope from the validation scans (randomized worlds, every regime): each
-    limit lies 1.5 times beyond the most extreme validation scan, so the guard only fires on
-    scans clearly outside what the model was trained and calibrated on."""
+    """The training envelope from the validation scans (randomized worlds, every regime)."""
     from inference.training.evaluate import flagged_share_at
 
-    flagged = max((flagged_share_at(r, region) for r in records), default=0.2)
-    noise = max((r.signals.get("noise", 0.0) for r in records), default=0.02)
-    air = min((r.signals.get("air_fraction", 1.0) for r in records), default=0.1)
-    inverted = max((r.signals.get("inverted_share", 0.0) for r in records), default=0.2)
-    defaults = EnvelopeSpec()
-    return EnvelopeSpec(
-        max_flagged_share=round(min(0.9, max(0.25, 1.5 * flagged)), 4),
-        max_noise=round(max(0.02, 1.5 * noise), 5),
-        min_air_fraction=round(min(defaults.min_air_fraction, air / 1.5), 4),
-        max_repaired_share=defaults.max_repaired_share,
-        max_covered_share=defaults.max_covered_share,
-        max_inverted_share=round(min(0.6, max(0.4, 1.5 * inverted)), 4),
-        basis=(f"1.5 x the extremes of {len(records)} validation scans: flagged share {flagged:.3f}, "
-               f"noise {noise:.4f}, air fraction {air:.3f}, inverted share {inverted:.3f}; repaired and "
-               "covered row shares: defaults"))
+    return EnvelopeSpec.around(
+        flagged=max((flagged_share_at(r, region) for r in records), default=0.2),
+        noise=max((r.signals.get("noise", 0.0) for r in records), default=0.02),
+        air=min((r.signals.get("air_fraction", 1.0) for r in records), default=0.1),
+        inverted=max((r.signals.get("inverted_share", 0.0) for r in records), default=0.2),
+        what=f"{len(records)} validation scans")
 
 
 def recalibrate(model_path: Path, opts: TrainOptions) -> ModelSpec:

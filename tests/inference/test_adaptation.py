@@ -18,6 +18,7 @@ from inference.adaptation.tip import extract_threats, project
 from inference.errors import ModelError
 from inference.package import build_package, generate_key, load_private_key, load_public_keys, verify_package
 from inference.package.loader import open_reviewer
+from inference.reviewer import Reviewer
 from inference.scan import Scan, save_scan
 from inference.synthetic import generate_scan
 from inference.worker import ReviewWorker
@@ -124,6 +125,33 @@ def test_adapt_writes_a_signed_package_the_worker_reviews_with(tmp_path: Path) -
     assert direct.version == "1.1.0.1"
     assert 0.0 <= (direct.score or 0.0) < 1.0
     assert "max_distance" in direct.extra
+    # The guard is the shipped model's, widened (never narrowed) to the site's held-out clean
+    # scans, which it therefore lets through; the adapted review reports conditioning and signals.
+    shipped = Reviewer().spec.envelope
+    envelope = package.spec.envelope
+    assert envelope.max_noise >= shipped.max_noise
+    assert envelope.max_flagged_share >= shipped.max_flagged_share
+    assert envelope.min_air_fraction <= shipped.min_air_fraction
+    assert (envelope.max_inverted_share, envelope.max_repaired_share) == (shipped.max_inverted_share,
+                                                                         shipped.max_repaired_share)
+    assert "widened to the site's scans" in envelope.basis
+    assert report["guard"]["of"] == report["validation_scans"]
+    assert report["guard"]["unavailable"] == 0, report["guard"]
+    assert direct.verdict != "unavailable"
+    assert direct.conditioning["flat_field"] == "per_row"
+    assert set(direct.envelope) == {"flagged_share", "noise", "air_fraction", "repaired_share", "covered_share",
+                                    "inverted_share"}
+    # A detector fault or a wiring fault is not the site's character: the adapted review sends
+    # such scans to an officer as the shipped model does, naming the signal.
+    dead = scan.pixels.copy()
+    dead[:, ::5] = 0  # every fifth detector row dead: 20 % repaired
+    swapped = np.ascontiguousarray(scan.pixels[::-1])
+    for pixels, signal in ((dead, "repaired_share"), (swapped, "inverted_share")):
+        faulty = reviewer.review(Scan(pixels=pixels, scan_id="fault", bits=16, pixel_mm=scan.pixel_mm))
+        assert faulty.verdict == "unavailable", (signal, faulty)
+        assert faulty.reason == "unfamiliar"
+        assert signal in (faulty.error or ""), faulty.error
+        assert faulty.conditioning
 
     async def via_worker() -> None:
         async with ReviewWorker(out) as worker:

@@ -46,7 +46,8 @@ codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out"
 # Leave-one-out with rounds (here with threat projection): the held-out base model, one round on
 # its own scans, then one round on a new seed's scans.
 codes.append(main(["loo", "--joint", "--slice", "energy=6/9", "--scans", "8", "--steps", "2", "--rounds", "1",
-                   "--round-seeds", "9", "--round-steps", "2", "--round-project", "0.3", "--val-scans", "8", "--val-empty-scans", "4",
+                   "--round-seeds", "9", "--round-steps", "2", "--round-project", "0.3", "--val-scans", "8",
+                   "--val-empty-scans", "4",
                    "--test-scans", "4", "--control-scans", "4", "--no-cache", "--workers", "1", "--threads", "1",
                    "--out", str(work / "loo")]))
 print("EXIT CODES", *codes)
