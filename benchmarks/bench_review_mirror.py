@@ -11,7 +11,7 @@ compared at the thresholds that flag 1, 1.5, 2 and 5 % of each review's own anom
 the same run: the model's part of the review (`Reviewer.analyse`) as scanned and mirrored, p50
 per scan on one thread.
 
-    .venv/bin/python benchmarks/bench_review_mirror.py [--split test] [--scans 3000] [--model PATH] [--json FILE]
+    .venv/bin/python benchmarks/bench_review_mirror.py [--split test] [--scans 1000] [--model PATH] [--json FILE]
 
 ``--split test`` is the held-out test stream (base seed 20261124, the first scans of
 ``evaluate``), ``--split val`` the validation stream thresholds are chosen on (seed 7).
@@ -79,7 +79,7 @@ class MirroredReviewer(Reviewer):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=sorted(SEEDS), default="test")
-    parser.add_argument("--scans", type=int, default=3000)
+    parser.add_argument("--scans", type=int, default=1000, help="scans of the stream (docs: 3000 test, 2000 val)")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
