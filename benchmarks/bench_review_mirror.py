@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.preprocess import PreparedScan, dequantize
+from inference.preprocess import dequantize
 from inference.reviewer import Reviewer, ScanAnalysis
 from inference.scan import Scan
 from inference.synthetic import generate_scenario
@@ -46,18 +46,6 @@ FALSE_ALARMS = (0.01, 0.015, 0.02, 0.05)
 class MirroredReviewer(Reviewer):
     """`Reviewer` whose cell logits are the mean of the scan's and of its mirror image's."""
 
-    def _logits(self, prepared: PreparedScan, valid: int) -> np.ndarray[Any, Any]:
-        spec = self.spec
-        stride = spec.output.stride
-        cells_w = spec.input.width // stride
-        dtype = np.dtype(spec.output.dtype)
-        stitched = np.full((spec.input.rows // stride, prepared.data.shape[1] // stride, len(spec.output.channels)),
-                           np.iinfo(dtype).min if dtype.kind in "iu" else -np.inf, dtype=dtype)
-        for off, tile in zip(prepared.offsets, self.quantized_tiles(prepared), strict=True):
-            c0 = off // stride
-            np.maximum(stitched[:, c0:c0 + cells_w], self.invoke(tile)[0], out=stitched[:, c0:c0 + cells_w])
-        return dequantize(stitched[:, :valid], spec.output.quantization)
-
     def analyse(self, scan: Scan) -> ScanAnalysis:
         spec = self.spec
         if spec.output.activation != "logits" or spec.output.decision_block != 1:
@@ -68,7 +56,9 @@ class MirroredReviewer(Reviewer):
         span = valid * stride  # padded with air to a whole cell: the mirrored cells line up
         mirrored = prepared.data.copy()
         mirrored[:, :span] = prepared.data[:, :span][:, ::-1]
-        logits = (self._logits(prepared, valid) + self._logits(replace(prepared, data=mirrored), valid)[:, ::-1]) / 2
+        quant = spec.output.quantization
+        logits = (dequantize(self.stitch(prepared)[0], quant)
+                  + dequantize(self.stitch(replace(prepared, data=mirrored))[0], quant)[:, ::-1]) / 2
         probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         return ScanAnalysis(probs=np.ascontiguousarray(probs), labels=tuple(spec.labels),
                             cell_w=stride * prepared.scale_x, cell_h=stride * prepared.scale_y,

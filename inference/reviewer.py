@@ -227,21 +227,9 @@ class Reviewer:
         spec = self.spec
         prepared = self.prepare(scan)
         stride = spec.output.stride
-        cells_w = spec.input.width // stride
-        total = prepared.data.shape[1] // stride
-        out_dtype = np.dtype(spec.output.dtype)
-        lowest = np.iinfo(out_dtype).min if out_dtype.kind in "iu" else -np.inf
-        stitched = np.full((spec.input.rows // stride, total, len(spec.output.channels)), lowest, dtype=out_dtype)
-        invoke_s = 0.0
-        for off, tile in zip(prepared.offsets, self.quantized_tiles(prepared), strict=True):
-            t0 = self._clock()
-            raw = self._model.run(tile)
-            invoke_s += self._clock() - t0
-            c0 = off // stride
-            np.maximum(stitched[:, c0:c0 + cells_w], raw[0], out=stitched[:, c0:c0 + cells_w])
-        valid = -(-prepared.width // stride)
-        probs = self.cell_probabilities(stitched[:, :valid])
-        if out_dtype.kind == "f" and not np.isfinite(probs).all():
+        stitched, invoke_s = self.stitch(prepared)
+        probs = self.cell_probabilities(stitched)
+        if stitched.dtype.kind == "f" and not np.isfinite(probs).all():
             raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         return ScanAnalysis(
             probs=np.ascontiguousarray(probs),
@@ -255,6 +243,31 @@ class Reviewer:
             report=prepared.report,
             **self.prepared_facts(prepared),
         )
+
+    def output_buffer(self, prepared: PreparedScan) -> npt.NDArray[Any]:
+        """The raw output map of the whole padded scan, filled with the lowest value, for tiles
+        to be stitched into by the maximum."""
+        spec = self.spec
+        stride = spec.output.stride
+        dtype = np.dtype(spec.output.dtype)
+        lowest = np.iinfo(dtype).min if dtype.kind in "iu" else -np.inf
+        return np.full((spec.input.rows // stride, prepared.data.shape[1] // stride, len(spec.output.channels)),
+                       lowest, dtype=dtype)
+
+    def stitch(self, prepared: PreparedScan) -> tuple[npt.NDArray[Any], float]:
+        """Run the model over every tile of ``prepared`` and stitch the raw outputs by the maximum:
+        ``(raw map of the cells inside the scan, seconds spent in invoke)``."""
+        stride = self.spec.output.stride
+        cells_w = self.spec.input.width // stride
+        stitched = self.output_buffer(prepared)
+        invoke_s = 0.0
+        for off, tile in zip(prepared.offsets, self.quantized_tiles(prepared), strict=True):
+            t0 = self._clock()
+            raw = self.invoke(tile)
+            invoke_s += self._clock() - t0
+            c0 = off // stride
+            np.maximum(stitched[:, c0:c0 + cells_w], raw[0], out=stitched[:, c0:c0 + cells_w])
+        return stitched[:, :-(-prepared.width // stride)], invoke_s
 
     def cell_probabilities(self, stitched: npt.NDArray[Any]) -> FloatArray:
         """The stitched raw output (cells inside the scan) -> per-cell probabilities: dequantized,
@@ -348,9 +361,9 @@ class Reviewer:
         highest anomaly probability) at the metadata's region threshold, the one the envelope was
         measured at: a threshold override (config, commissioning) moves the verdict, not the guard."""
         report = analysis.report
-        if best is None:
-            best = analysis.anomaly.max(axis=-1) if analysis.anomaly.size else np.zeros((1, 1), np.float32)
-        elif not best.size:
+        if best is None and analysis.anomaly.size:
+            best = analysis.anomaly.max(axis=-1)
+        if best is None or not best.size:
             best = np.zeros((1, 1), np.float32)
         rows = max(int(report.get("rows", analysis.scan_rows)), 1)
         repaired = len(set(report.get("dead_rows", [])) | set(report.get("stuck_rows", []))

@@ -327,7 +327,8 @@ def _site_envelope(adapted: AdaptedReviewer, signals: Sequence[dict[str, float]]
     """The package's guard envelope: the shipped model's, widened to the site's held-out clean
     scans as the adapted review sees them (their noise, air level and flagged share; the adapted
     review was validated on exactly those), and how many of them the guard still calls unfamiliar
-    (a broken detector row, channels in the wrong order: faults, not the scanner's character)."""
+    (a broken detector row, channels in the wrong order: faults, not the scanner's character).
+    The envelope is set on ``adapted``, whose guard judges them under it."""
     base = adapted.spec.envelope
     site = EnvelopeSpec.around(
         flagged=max((s["flagged_share"] for s in signals), default=0.0),

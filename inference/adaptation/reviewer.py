@@ -136,18 +136,15 @@ class AdaptedReviewer(Reviewer):
         spec = self.spec
         stride = spec.output.stride
         prepared, tiles, invoke_s = self.run_tiles(scan)
-        total = prepared.data.shape[1] // stride
-        out_dtype = np.dtype(spec.output.dtype)
-        lowest = np.iinfo(out_dtype).min if out_dtype.kind in "iu" else -np.inf
-        stitched = np.full((spec.input.rows // stride, total, len(spec.output.channels)), lowest, dtype=out_dtype)
-        dist = np.zeros((spec.input.rows // stride, total), dtype=np.float32)
+        stitched = self.output_buffer(prepared)
+        dist = np.zeros(stitched.shape[:2], dtype=np.float32)
         for c0, raw, feat in tiles:
             w = raw.shape[1]
             np.maximum(stitched[:, c0:c0 + w], raw, out=stitched[:, c0:c0 + w])
             np.maximum(dist[:, c0:c0 + w], self.normal.distance(feat), out=dist[:, c0:c0 + w])
         valid = -(-prepared.width // stride)
         probs = self.cell_probabilities(stitched[:, :valid])
-        if out_dtype.kind == "f" and not np.isfinite(probs).all():
+        if stitched.dtype.kind == "f" and not np.isfinite(probs).all():
             raise InferenceError(f"scan {scan.scan_id}: the model produced non-finite outputs")
         if not np.isfinite(dist).all():
             raise InferenceError(f"scan {scan.scan_id}: non-finite feature distances")
