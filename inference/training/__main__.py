@@ -41,6 +41,16 @@ def _widths(text: str) -> tuple[int, int, int, int]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, 0 or more")
+    return value
+
+
 def train_options(args: argparse.Namespace) -> TrainOptions:
     """The `TrainOptions` of a parsed ``train`` command line (``--round`` expanded)."""
     from inference.training.train import (
@@ -57,6 +67,8 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
                          "drop --continue-from / --mine-from")
     if args.widen_to is not None and args.round is None and args.continue_from is None:
         raise SystemExit("--widen-to widens a continued network: give --continue-from or --round")
+    if args.deepen and args.round is None and args.continue_from is None:
+        raise SystemExit("--deepen deepens a continued network: give --continue-from or --round")
 
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -73,7 +85,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
                         init_weights=args.init_weights, continue_from=args.continue_from,
                         peak_per_class=args.peak_per_class, project=given(args.project, d.project),
                         project_objects=args.project_objects, project_anywhere=args.project_anywhere,
-                        mine_from=args.mine_from, widen_to=args.widen_to,
+                        mine_from=args.mine_from, widen_to=args.widen_to, deepen=args.deepen,
                         hard_share=args.hard_share, hard_negatives=args.hard_negatives)
     if args.round is None:
         return opts
@@ -290,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--widen-to", type=_widths, default=None, metavar="A,B,C,D",
                    help="with --continue-from or --round: first widen the continued network to these stage "
                         "widths, computing the same function (new channels copy existing ones)")
+    t.add_argument("--deepen", type=_count, default=0, metavar="N",
+                   help="with --continue-from or --round: first add N bottleneck residual blocks after the "
+                        "last convolution, computing the same function (each new block starts at zero)")
     t.add_argument("--mine-from", type=Path, default=None, metavar="MODEL.tflite",
                    help="before training, run this int8 model over the training set and centre a share of "
                         "the tiles on its hard spots: the worst clean spots and the objects it misses")

@@ -32,11 +32,21 @@ from inference.errors import ModelError
 from inference.model_spec import ModelSpec, load_spec, metadata_path_for
 from inference.training.geometry import Geometry
 
-__all__ = ["LAYER_NAMES", "check_base", "dequantized_weights", "load_base_spec", "widened", "widths_of"]
+__all__ = ["LAYER_NAMES", "blocks_of", "check_base", "deepened", "dequantized_weights", "layer_names",
+           "load_base_spec", "widened", "widths_of"]
 
-LAYER_NAMES = ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "head")
-"""`inference.training.model.CONV_LAYERS` (repeated here: that module imports TensorFlow)."""
-_LAYER_IN_NAME = re.compile(r"/(c\d|head)(?:_conv)?(?:_\d+)?/")
+
+def layer_names(blocks: int = 0) -> tuple[str, ...]:
+    """The convolutions of the network in graph order: ``c1``..``c7``, then ``blocks`` residual
+    blocks of three (``rKa``, ``rKb``, ``rKc``; `inference.training.model`), then ``head``."""
+    return (*(f"c{i}" for i in range(1, 8)), *(f"r{k}{part}" for k in range(1, blocks + 1) for part in "abc"),
+            "head")
+
+
+LAYER_NAMES = layer_names(0)
+"""`inference.training.model.CONV_LAYERS`, the network without residual blocks (repeated here:
+that module imports TensorFlow)."""
+_LAYER_IN_NAME = re.compile(r"/(c\d|r\d+[abc]|head)(?:_conv)?(?:_\d+)?/")
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -80,6 +90,43 @@ def widths_of(weights: dict[str, tuple[FloatArray, FloatArray]]) -> tuple[int, i
             int(weights["c6"][0].shape[3]))
 
 
+def blocks_of(weights: dict[str, tuple[FloatArray, FloatArray]]) -> int:
+    """How many residual blocks (`deepened`) the network of ``weights`` has after ``c7``."""
+    return sum(1 for name in weights if re.fullmatch(r"r\d+a", name))
+
+
+def deepened(weights: dict[str, tuple[FloatArray, FloatArray]], blocks: int, *,
+             seed: int) -> dict[str, tuple[FloatArray, FloatArray]]:
+    """The folded weights of a deeper network computing the same function (the residual form of
+    Net2DeeperNet, Chen, Goodfellow and Shlens, ICLR 2016; zero-initialized last layer of each
+    block as in Goyal et al. 2017): ``blocks`` bottleneck residual blocks after ``c7`` in all,
+    each a 1 x 1 convolution to half the last stage's width, a dilated 3 x 3 one, and a 1 x 1 one
+    back to full width whose sum with the block's input goes through ReLU6. The new blocks' first
+    two layers are He-initialized, their last one is zero, so each new block adds nothing (``c7``'s
+    ReLU6 output stays in [0, 6], which the block's ReLU6 passes unchanged) until training moves it.
+    Continuing a shipped model this way adds depth, context and non-linearity at the cells' scale
+    for about 9 % more multiply-accumulates per block, and starts where the model stands."""
+    have = blocks_of(weights)
+    if blocks < have:
+        raise ValueError(f"the network already has {have} residual blocks; cannot deepen it to {blocks}")
+    rng = np.random.default_rng([seed, 0xDEE9])
+    width = int(weights["c7"][0].shape[3])
+    inner = width // 2
+
+    def he(kh: int, cin: int, cout: int) -> FloatArray:
+        drawn = rng.standard_normal((kh, kh, cin, cout)) * np.sqrt(2.0 / (kh * kh * cin))
+        return np.asarray(drawn, dtype=np.float32)
+
+    out = {name: (np.array(weights[name][0], np.float32), np.array(weights[name][1], np.float32))
+           for name in layer_names(have)[:-1]}
+    for k in range(have + 1, blocks + 1):
+        out[f"r{k}a"] = (he(1, width, inner), np.zeros(inner, np.float32))
+        out[f"r{k}b"] = (he(3, inner, inner), np.zeros(inner, np.float32))
+        out[f"r{k}c"] = (np.zeros((1, 1, inner, width), np.float32), np.zeros(width, np.float32))
+    out["head"] = (np.array(weights["head"][0], np.float32), np.array(weights["head"][1], np.float32))
+    return out
+
+
 _STAGE_OF = (0, 1, 1, 2, 2, 3, 3)
 """Which of the four stage widths each of c1..c7 has (`inference.training.model`'s layout)."""
 
@@ -95,6 +142,8 @@ def widened(weights: dict[str, tuple[FloatArray, FloatArray]], widths: tuple[int
     exact. Continuing a shipped model on a wider network this way starts where the model stands
     instead of from scratch."""
     old = widths_of(weights)
+    if blocks_of(weights):
+        raise ValueError("a network with residual blocks cannot be widened: widen it before deepening it")
     if len(widths) != 4 or any(new < was for new, was in zip(widths, old, strict=True)):
         raise ValueError(f"widths {widths} must be four stage widths no narrower than the model's {old}")
     rng = np.random.default_rng([seed, 0x2E7])
@@ -117,8 +166,9 @@ def widened(weights: dict[str, tuple[FloatArray, FloatArray]], widths: tuple[int
 
 
 def dequantized_weights(model_path: Path) -> dict[str, tuple[FloatArray, FloatArray]]:
-    """Per layer of `LAYER_NAMES`: the folded (kernel ``(kh, kw, in, out)``, bias ``(out,)``) of
-    the int8 network in ``model_path``. A model of another architecture is a `ModelError`."""
+    """Per layer of `layer_names` (with the network's residual blocks): the folded (kernel
+    ``(kh, kw, in, out)``, bias ``(out,)``) of the int8 network in ``model_path``. A model of
+    another architecture is a `ModelError`."""
     from ai_edge_litert.interpreter import Interpreter
 
     try:
@@ -129,11 +179,12 @@ def dequantized_weights(model_path: Path) -> dict[str, tuple[FloatArray, FloatAr
         raise ModelError(f"{model_path}: cannot read the network: {err}") from err
     tensors = {int(t["index"]): t for t in interp.get_tensor_details()}
     convs = [op for op in ops if op["op_name"] == "CONV_2D"]
-    if len(convs) != len(LAYER_NAMES):
+    extra = len(convs) - len(LAYER_NAMES)
+    if extra < 0 or extra % 3:
         raise ModelError(f"{model_path}: {len(convs)} convolutions, the smartgate network has {len(LAYER_NAMES)} "
-                         "(another architecture cannot be fine-tuned from it)")
+                         "plus three per residual block (another architecture cannot be fine-tuned from it)")
     out: dict[str, tuple[FloatArray, FloatArray]] = {}
-    for name, op in zip(LAYER_NAMES, convs, strict=True):
+    for name, op in zip(layer_names(extra // 3), convs, strict=True):
         _, filter_index, bias_index = (int(i) for i in op["inputs"][:3])
         filt, bias = tensors[filter_index], tensors[bias_index]
         found = _LAYER_IN_NAME.search(str(filt["name"]))

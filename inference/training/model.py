@@ -15,13 +15,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from inference.training.base_weights import blocks_of, layer_names
 from inference.training.geometry import WIDTHS, Geometry
 
 __all__ = ["CONV_LAYERS", "WIDTHS", "build_export_model", "build_folded_model", "build_model", "fold_batch_norm",
            "folded_weights_of", "set_folded_weights"]
 
-CONV_LAYERS = ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "head")
-"""The convolutions in order; each ``cN`` is conv + batch norm + ReLU6, ``head`` a 1 x 1 conv."""
+CONV_LAYERS = layer_names(0)
+"""The convolutions in order; each ``cN`` is conv + batch norm + ReLU6, ``head`` a 1 x 1 conv. A
+continued network may have residual blocks between ``c7`` and ``head`` (`build_folded_model`)."""
+BLOCK_DILATION = 2
+"""Dilation of the 3 x 3 convolution in each residual block (`build_folded_model`)."""
 FoldedWeights = dict[str, tuple[Any, Any]]
 """Per layer of `CONV_LAYERS`: (kernel ``(kh, kw, in, out)``, bias ``(out,)``) with batch norm folded in."""
 
@@ -49,17 +53,30 @@ def build_model(g: Geometry, widths: tuple[int, int, int, int] = WIDTHS) -> Any:
     return tf.keras.Model(inp, logits, name="smartgate_xray")
 
 
-def build_folded_model(g: Geometry, widths: tuple[int, int, int, int] = WIDTHS) -> Any:
+def build_folded_model(g: Geometry, widths: tuple[int, int, int, int] = WIDTHS, blocks: int = 0) -> Any:
     """The same network with every batch norm folded into its convolution (conv with bias +
     ReLU6): what the int8 model computes. Fine-tuning starts from it, because the folded weights
     are what a shipped ``.tflite`` holds (`inference.training.base_weights`), and a handful of
-    site scans is too few to re-estimate batch statistics anyway."""
+    site scans is too few to re-estimate batch statistics anyway.
+
+    ``blocks`` bottleneck residual blocks follow ``c7`` (`base_weights.deepened`, which a continued
+    run uses to add them): 1 x 1 to half the width + ReLU6, 3 x 3 dilated + ReLU6, 1 x 1 back,
+    added to the block's input, ReLU6."""
     inp = tf.keras.Input((g.rows, None, len(g.channels)), name="scan")
     x = inp
     for name, filters, stride, dilation in _layout(widths):
         x = tf.keras.layers.Conv2D(filters, 3, strides=stride, dilation_rate=dilation, padding="same",
                                    use_bias=True, name=f"{name}_conv")(x)
         x = tf.keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
+    inner = widths[3] // 2
+    for k in range(1, blocks + 1):
+        y = tf.keras.layers.Conv2D(inner, 1, name=f"r{k}a_conv")(x)
+        y = tf.keras.layers.ReLU(6.0, name=f"r{k}a_relu")(y)
+        y = tf.keras.layers.Conv2D(inner, 3, dilation_rate=BLOCK_DILATION, padding="same", name=f"r{k}b_conv")(y)
+        y = tf.keras.layers.ReLU(6.0, name=f"r{k}b_relu")(y)
+        y = tf.keras.layers.Conv2D(widths[3], 1, name=f"r{k}c_conv")(y)
+        x = tf.keras.layers.Add(name=f"r{k}_add")([x, y])
+        x = tf.keras.layers.ReLU(6.0, name=f"r{k}_relu")(x)
     logits = tf.keras.layers.Conv2D(len(g.outputs), 1, name="head")(x)
     return tf.keras.Model(inp, logits, name="smartgate_xray")
 
@@ -78,10 +95,15 @@ def fold_batch_norm(trained: Any) -> FoldedWeights:
     return out
 
 
+def _blocks_in(model: Any) -> int:
+    return sum(1 for layer in model.layers if layer.name.startswith("r") and layer.name.endswith("a_conv"))
+
+
 def folded_weights_of(model: Any) -> FoldedWeights:
-    """The weights of a `build_folded_model` network, per layer of `CONV_LAYERS`."""
+    """The weights of a `build_folded_model` network, per layer of `CONV_LAYERS` and its residual
+    blocks (`base_weights.layer_names`)."""
     out: FoldedWeights = {}
-    for name in CONV_LAYERS:
+    for name in layer_names(_blocks_in(model)):
         kernel, bias = model.get_layer(_folded_layer(name)).get_weights()
         out[name] = (kernel.astype(np.float32), bias.astype(np.float32))
     return out
@@ -92,8 +114,11 @@ def _folded_layer(name: str) -> str:
 
 
 def set_folded_weights(model: Any, weights: FoldedWeights) -> None:
-    """Load folded weights into a `build_folded_model` network; shapes must match exactly."""
-    for name in CONV_LAYERS:
+    """Load folded weights into a `build_folded_model` network; layers and shapes must match exactly."""
+    if blocks_of(weights) != _blocks_in(model):
+        raise ValueError(f"weights with {blocks_of(weights)} residual blocks do not fit a network with "
+                         f"{_blocks_in(model)}")
+    for name in layer_names(blocks_of(weights)):
         layer = model.get_layer(_folded_layer(name))
         kernel, bias = weights[name]
         want = [tuple(w.shape) for w in layer.get_weights()]

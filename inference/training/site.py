@@ -48,7 +48,7 @@ from inference.adaptation.tip import ThreatObject, extract_threats, project
 from inference.errors import ModelError
 from inference.model_spec import ModelSpec, QuantizationSpec, file_sha256, load_spec, metadata_path_for
 from inference.scan import Scan, held_out, load_scan, readable_scans
-from inference.training.base_weights import dequantized_weights, load_base_spec, widths_of
+from inference.training.base_weights import blocks_of, dequantized_weights, load_base_spec, widths_of
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -148,9 +148,10 @@ def _base_weights(base_path: Path, weights: Path | None) -> tuple[dict[str, tupl
         # A checkpoint of the network with batch norm (`train`) or folded (`train --continue-from`):
         # the base model's metadata says which `train` wrote; a --weights file may be either.
         folded_first = training.get("batch_norm") == "folded"
+        blocks = int(training.get("blocks") or 0)  # residual blocks exist only in continued (folded) networks
         errors: list[str] = []
         for folded in (folded_first, not folded_first):
-            trained = build_folded_model(Geometry(), widths) if folded else build_model(Geometry(), widths)
+            trained = build_folded_model(Geometry(), widths, blocks) if folded else build_model(Geometry(), widths)
             try:
                 trained.load_weights(str(checkpoint))
             except (ValueError, OSError) as err:
@@ -312,8 +313,8 @@ def _train(opts: SiteOptions, g: Geometry, base_path: Path, base_training: dict[
     except RuntimeError:  # TensorFlow already running in this process: its threads stay as they are
         _log.warning("TensorFlow already initialized: --threads %d not applied", opts.threads)
     weights, source = _base_weights(base_path, opts.weights)
-    widths = widths_of(weights)  # the base network's own stage widths
-    model = build_folded_model(g, widths)
+    widths = widths_of(weights)  # the base network's own stage widths and residual blocks
+    model = build_folded_model(g, widths, blocks_of(weights))
     try:
         set_folded_weights(model, weights)
     except ValueError as err:

@@ -40,7 +40,14 @@ from inference.model_spec import (
     metadata_path_for,
 )
 from inference.scan import held_out
-from inference.training.base_weights import dequantized_weights, load_base_spec, widened, widths_of
+from inference.training.base_weights import (
+    blocks_of,
+    deepened,
+    dequantized_weights,
+    load_base_spec,
+    widened,
+    widths_of,
+)
 from inference.training.dataset import (
     X_QUANT,
     Example,
@@ -104,6 +111,7 @@ class TrainOptions:
     # are dequantized (`base_weights`) and the network is trained with batch norm folded.
     continue_from: Path | None = None
     widen_to: tuple[int, int, int, int] | None = None  # with continue_from: widen the network first
+    deepen: int = 0  # with continue_from: add this many residual blocks after c7 (`base_weights.deepened`)
     hard_cells: int = 8
     project: float = 0.0  # share of training tiles that get a projected object (`projection`); 0: off
     project_objects: int = 3000  # rendered objects per projected class
@@ -367,9 +375,10 @@ def train(opts: TrainOptions) -> Path:
     if opts.samples:
         _log.info("field samples: %d for training, %d held out for calibration", len(field_train), len(field_val))
 
-    widths = opts.widths
+    widths, blocks = opts.widths, 0
     if opts.continue_from is not None and continued is not None:
-        model, widths = _continued_model(opts.continue_from, continued, g, widen_to=opts.widen_to, seed=opts.seed)
+        model, widths, blocks = _continued_model(opts.continue_from, continued, g, widen_to=opts.widen_to,
+                                                 deepen=opts.deepen, seed=opts.seed)
     else:
         model = build_model(g, widths)
     if opts.init_weights is not None:
@@ -439,6 +448,7 @@ def train(opts: TrainOptions) -> Path:
         "tile": [g.rows, g.tile_width],
         "parameters": int(model.count_params()),
         "widths": list(widths),
+        "blocks": blocks,
         "peak_loss": opts.peak_loss,
         "hard_cells": opts.hard_cells,
         "threads": opts.threads,
@@ -451,7 +461,8 @@ def train(opts: TrainOptions) -> Path:
         "init_weights": opts.init_weights.name if opts.init_weights is not None else None,
         **({"continued_from": {"name": continued.name, "version": continued.version, "sha256": continued.sha256,
                                "steps": continued.training.get("steps"),
-                               "widths": continued.training.get("widths")}, "batch_norm": "folded"}
+                               "widths": continued.training.get("widths"),
+                               "blocks": continued.training.get("blocks", 0)}, "batch_norm": "folded"}
            if continued is not None else {}),
         "generation_s": round(gen_s, 1),
         "training_s": round(train_s, 1),
@@ -465,9 +476,11 @@ def train(opts: TrainOptions) -> Path:
 
 
 def _continued_model(model_path: Path, spec: ModelSpec, g: Geometry, *, widen_to: tuple[int, int, int, int] | None,
-                     seed: int) -> tuple[Any, tuple[int, int, int, int]]:
+                     deepen: int = 0, seed: int) -> tuple[Any, tuple[int, int, int, int], int]:
     """The folded network of the int8 model ``model_path`` (metadata ``spec``) with its dequantized
-    weights, widened to ``widen_to`` first if given (`base_weights.widened`), and its stage widths."""
+    weights, widened to ``widen_to`` first if given (`base_weights.widened`) and given ``deepen``
+    more residual blocks (`base_weights.deepened`), both function-preserving; with its stage widths
+    and residual blocks."""
     from inference.training.model import build_folded_model, set_folded_weights
 
     weights = dequantized_weights(model_path)
@@ -475,12 +488,16 @@ def _continued_model(model_path: Path, spec: ModelSpec, g: Geometry, *, widen_to
         _log.info("widening %s from %s to %s (function-preserving)", spec.version,
                   "/".join(map(str, widths_of(weights))), "/".join(map(str, widen_to)))
         weights = widened(weights, widen_to, seed=seed)
-    widths = widths_of(weights)
-    model = build_folded_model(g, widths)
+    if deepen > 0:
+        _log.info("deepening %s from %d to %d residual blocks (function-preserving)", spec.version,
+                  blocks_of(weights), blocks_of(weights) + deepen)
+        weights = deepened(weights, blocks_of(weights) + deepen, seed=seed)
+    widths, blocks = widths_of(weights), blocks_of(weights)
+    model = build_folded_model(g, widths, blocks)
     set_folded_weights(model, weights)
-    _log.info("continuing %s %s (widths %s, weights dequantized, batch norm folded)", spec.name, spec.version,
-              "/".join(map(str, widths)))
-    return model, widths
+    _log.info("continuing %s %s (widths %s, %d residual blocks, weights dequantized, batch norm folded)", spec.name,
+              spec.version, "/".join(map(str, widths)), blocks)
+    return model, widths, blocks
 
 
 def _initial_spec(model_path: Path, g: Geometry, opts: TrainOptions, training: dict[str, Any]) -> ModelSpec:

@@ -26,7 +26,15 @@ from inference.package.loader import open_reviewer
 from inference.runtime import DEFAULT_MODEL_PATH
 from inference.scan import Scan, save_scan
 from inference.synthetic import generate_scan
-from inference.training.base_weights import LAYER_NAMES, dequantized_weights, widened, widths_of
+from inference.training.base_weights import (
+    LAYER_NAMES,
+    blocks_of,
+    deepened,
+    dequantized_weights,
+    layer_names,
+    widened,
+    widths_of,
+)
 from inference.training.dataset import load_field_samples, projected_example
 from inference.training.geometry import WIDTHS, Geometry
 from inference.training.site import SiteOptions, fine_tune, replay_exclude
@@ -325,6 +333,10 @@ def _folded_forward(weights: dict[str, tuple[np.ndarray, np.ndarray]], x: np.nda
     layout = (("c1", 2, 1), ("c2", 2, 1), ("c3", 1, 1), ("c4", 2, 1), ("c5", 1, 1), ("c6", 1, 2), ("c7", 1, 4))
     for name, stride, dilation in layout:
         x = np.clip(_conv(x, *weights[name], stride, dilation), 0.0, 6.0)
+    for k in range(1, blocks_of(weights) + 1):  # residual blocks (`inference.training.model.build_folded_model`)
+        y = np.clip(_conv(x, *weights[f"r{k}a"], 1, 1), 0.0, 6.0)
+        y = np.clip(_conv(y, *weights[f"r{k}b"], 1, 2), 0.0, 6.0)
+        x = np.clip(x + _conv(y, *weights[f"r{k}c"], 1, 1), 0.0, 6.0)
     return _conv(x, *weights["head"], 1, 1)
 
 
@@ -341,3 +353,23 @@ def test_a_widened_network_computes_what_the_shipped_one_does() -> None:
     assert 0 < np.abs(noisy - base).max() < 0.05 * np.abs(base).max()
     with pytest.raises(ValueError, match="no narrower"):
         widened(weights, (16, 80, 112, 160), seed=1)
+
+
+def test_a_deepened_network_computes_what_the_shipped_one_does() -> None:
+    weights = dequantized_weights(DEFAULT_MODEL_PATH)
+    x = np.random.default_rng(5).uniform(0.0, 1.2, size=(40, 48, 2))
+    base = _folded_forward(weights, x)
+    deep = deepened(weights, 2, seed=1)
+    assert tuple(deep) == layer_names(2)
+    assert blocks_of(deep) == 2
+    assert deep["r2b"][0].shape == (3, 3, 56, 56)
+    assert not deep["r2c"][0].any()
+    np.testing.assert_allclose(_folded_forward(deep, x), base, rtol=1e-5, atol=1e-5)
+    # Once training moves a block's last layer, the block acts.
+    moved = {**deep, "r1c": (deep["r1c"][0] + 0.05, deep["r1c"][1])}
+    assert np.abs(_folded_forward(moved, x) - base).max() > 1e-3
+    assert tuple(deepened(deep, 3, seed=2))[:-1] == layer_names(3)[:-1]
+    with pytest.raises(ValueError, match="already has 2"):
+        deepened(deep, 1, seed=1)
+    with pytest.raises(ValueError, match="cannot be widened"):
+        widened(deep, (48, 80, 112, 160), seed=1)

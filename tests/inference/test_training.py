@@ -112,6 +112,13 @@ def test_a_round_is_the_shipped_recipe_unless_told_otherwise(tmp_path: Path) -> 
     assert wider.continue_from == prev
     with pytest.raises(SystemExit, match="widens a continued network"):
         train_options(parser.parse_args(["train", "--widen-to", "48,80,112,160"]))
+    deeper = train_options(parser.parse_args(["train", "--round", str(prev), "--deepen", "3"]))
+    assert (deeper.deepen, deeper.continue_from) == (3, prev)
+    with pytest.raises(SystemExit, match="deepens a continued network"):
+        train_options(parser.parse_args(["train", "--deepen", "2"]))
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit):  # argparse refuses it
+            parser.parse_args(["train", "--round", str(prev), "--deepen", bad])
 
 
 def test_loo_table_lists_every_slice_and_test_set() -> None:

@@ -42,7 +42,11 @@ common = ["train", "--scans", "6", "--steps", "3", "--batch", "2", "--val-scans"
 codes = [main([*common, "--continue-from", str(work / "missing.tflite"), "--out", str(work / "never")]),
          main([*common, "--mine-from", str(work / "absent.tflite"), "--out", str(work / "never")]),
          main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--mine-from", str(DEFAULT_MODEL_PATH),
-               "--hard-share", "0.5", "--out", str(work / "cont")])]
+               "--hard-share", "0.5", "--out", str(work / "cont")]),
+         # Two residual blocks added (function-preserving), then one more on the deepened int8 model.
+         main([*common, "--continue-from", str(DEFAULT_MODEL_PATH), "--deepen", "2", "--out", str(work / "deep")]),
+         main([*common, "--continue-from", str(work / "deep" / "xray_anomaly.tflite"), "--deepen", "1",
+               "--out", str(work / "deeper")])]
 # Leave-one-out with rounds (here with threat projection): the held-out base model, one round on
 # its own scans, then one round on a new seed's scans.
 codes.append(main(["loo", "--joint", "--slice", "energy=6/9", "--scans", "8", "--steps", "2", "--rounds", "1",
@@ -56,6 +60,9 @@ read_back, source = _base_weights(model, None)
 base = dequantized_weights(DEFAULT_MODEL_PATH)
 worst = max(float(np.abs(read_back[k][0] - base[k][0]).max() / (np.abs(base[k][0]).max() + 1e-9)) for k in base)
 print("CHECKPOINT", source["source"], f"{worst:.6f}")
+deeper, source = _base_weights(work / "deeper" / "xray_anomaly.tflite", None)
+print("DEEPER", source["source"], *deeper)
+print("DEEPER INT8", *dequantized_weights(work / "deeper" / "xray_anomaly.tflite"))
 """
 
 
@@ -81,11 +88,11 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
                           timeout=800, check=False, cwd=tmp_path, preexec_fn=lambda: os.nice(10))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "EXIT CODES 1 1 0 0" in proc.stdout, log[-4000:]
+    assert "EXIT CODES 1 1 0 0 0 0" in proc.stdout, log[-4000:]
     assert "missing.tflite" in proc.stderr  # the missing base model is named
     assert "absent.tflite" in proc.stderr
     # The checkpoint beside the continued model is the folded network, read back as such.
-    checkpoint = proc.stdout.split("CHECKPOINT ")[1]
+    checkpoint = proc.stdout.split("CHECKPOINT ")[1].split("\n")[0]
     assert checkpoint.startswith("keras checkpoint"), proc.stdout
     assert float(checkpoint.split()[-1]) < 0.01, proc.stdout
 
@@ -94,7 +101,7 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     training = load_spec(metadata_path_for(model)).training
     assert training["continued_from"] == {"name": shipped.name, "version": shipped.version,
                                           "sha256": shipped.sha256, "steps": shipped.training["steps"],
-                                          "widths": shipped.training["widths"]}
+                                          "widths": shipped.training["widths"], "blocks": 0}
     assert training["batch_norm"] == "folded"
     assert training["widths"] == shipped.training["widths"]
     # Hard spots were mined from the six training scans with the shipped model.
@@ -127,3 +134,15 @@ def test_continued_training_starts_from_the_int8_model(tmp_path: Path) -> None:
     before, after = _logits(DEFAULT_MODEL_PATH, tile), _logits(model, tile)
     assert np.corrcoef(before, after)[0, 1] > 0.99
     assert float(np.abs(after - before).mean()) < 0.1 * float(before.std())
+
+    # Deepened networks: the residual blocks are recorded, read back from the checkpoint and from
+    # the int8 model by name, and the deepened model still computes the shipped model's logits.
+    blocks = [*(f"c{i}" for i in range(1, 8)), "r1a", "r1b", "r1c", "r2a", "r2b", "r2c", "r3a", "r3b", "r3c", "head"]
+    assert proc.stdout.split("DEEPER ")[1].split("\n")[0].split() == ["keras", "checkpoint", *blocks], proc.stdout
+    assert proc.stdout.split("DEEPER INT8 ")[1].split("\n")[0].split() == blocks, proc.stdout
+    deep = load_spec(metadata_path_for(tmp_path / "deep" / "xray_anomaly.tflite")).training
+    deeper = load_spec(metadata_path_for(tmp_path / "deeper" / "xray_anomaly.tflite"))
+    assert (deep["blocks"], deeper.training["blocks"], deeper.training["continued_from"]["blocks"]) == (2, 3, 2)
+    assert deeper.training["parameters"] > training["parameters"]
+    deeper_logits = _logits(tmp_path / "deeper" / "xray_anomaly.tflite", tile)
+    assert np.corrcoef(before, deeper_logits)[0, 1] > 0.99
