@@ -10,6 +10,7 @@ thread. Targets: p95 end to end <= 150 ms (issues 3 and 13); overhead over bare 
 <= 30 % (issue 3, set before scan conditioning existed; reported, not checked any more).
 
     .venv/bin/python benchmarks/bench_review.py [--runs 200] [--cpu 0] [--rows 256] [--pitch MM] [--check]
+        [--model OTHER.tflite]
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-async def _worker_latency(scan: Scan, runs: int) -> dict[str, float]:
+async def _worker_latency(scan: Scan, runs: int, model: Path | None) -> dict[str, float]:
     """The daemon's path: pixels piped to the review child process and the result back."""
-    async with ReviewWorker(num_threads=1, timeout_s=10.0) as worker:
+    async with ReviewWorker(model, num_threads=1, timeout_s=10.0) as worker:
         assert worker.pid is not None
         os.sched_setaffinity(worker.pid, os.sched_getaffinity(0))
         for _ in range(5):
@@ -62,11 +63,13 @@ def main() -> int:
     parser.add_argument("--pitch", type=float, default=None, help="pulse pitch in mm (default: 2400 pulses)")
     parser.add_argument("--worker-runs", type=int, default=100,
                         help="also time ReviewWorker.review (child process, pipe transfer); 0 = skip")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="the int8 .tflite to time, its .json beside it (default: the shipped model)")
     args = parser.parse_args()
     cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
 
-    reviewer = Reviewer(num_threads=1)
+    reviewer = Reviewer(args.model, num_threads=1)
     world = nominal_world(rows=args.rows, col_mm=args.pitch)
     scan = generate_scan(4242, cargo="mixed", anomalies=("weapon",), world=world).scan
     assert scan.pixels.shape[:2] == (2, args.rows)
@@ -126,7 +129,7 @@ def main() -> int:
         "overhead_p95": round(p95_e2e / p95_bare - 1.0, 3),
     }
     if args.worker_runs:
-        report["isolated_worker_ms"] = asyncio.run(_worker_latency(scan, args.worker_runs))
+        report["isolated_worker_ms"] = asyncio.run(_worker_latency(scan, args.worker_runs, args.model))
     ok = p95_e2e <= 150.0
     print(json.dumps(report, indent=2))
     print(f"end-to-end p95 {p95_e2e:.1f} ms (target <= 150): {'PASS' if ok else 'MISS'}; bare invoke p50 "
