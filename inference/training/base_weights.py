@@ -22,6 +22,7 @@ model's geometry and normalization are the training toolchain's.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,10 @@ def widths_of(weights: dict[str, tuple[FloatArray, FloatArray]]) -> tuple[int, i
             int(weights["c6"][0].shape[3]))
 
 
-def blocks_of(weights: dict[str, tuple[FloatArray, FloatArray]]) -> int:
-    """How many residual blocks (`deepened`) the network of ``weights`` has after ``c7``."""
-    return sum(1 for name in weights if re.fullmatch(r"r\d+a", name))
+def blocks_of(names: Iterable[str]) -> int:
+    """How many residual blocks (`deepened`) a network has after ``c7``, from its layer names (a
+    folded weights dict iterates over them)."""
+    return sum(1 for name in names if re.fullmatch(r"r\d+a", name))
 
 
 def deepened(weights: dict[str, tuple[FloatArray, FloatArray]], blocks: int, *,

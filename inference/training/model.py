@@ -96,7 +96,7 @@ def fold_batch_norm(trained: Any) -> FoldedWeights:
 
 
 def _blocks_in(model: Any) -> int:
-    return sum(1 for layer in model.layers if layer.name.startswith("r") and layer.name.endswith("a_conv"))
+    return blocks_of(layer.name.removesuffix("_conv") for layer in model.layers)
 
 
 def folded_weights_of(model: Any) -> FoldedWeights:
